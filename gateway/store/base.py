@@ -1,0 +1,60 @@
+"""The store protocol every piece of shared state goes through.
+
+Sessions, pre-login state, the assertion replay cache, cached mandate sets and
+short locks all live behind this protocol, so the same code runs on one process
+(``MemoryStore``, the demo default) and on many replicas (``RedisStore``).
+
+Rules every implementation keeps:
+
+- Every key has a TTL; nothing is stored forever.
+- Keys are plain strings chosen by the caller. A caller that needs several keys
+  to live on one Redis Cluster slot puts the shared part in ``{braces}``
+  (a hash tag), e.g. ``session:{abc}:data`` and ``session:{abc}:lock``.
+- Values are bytes; callers serialise.
+- Any failure to reach the backing service raises
+  :class:`gateway.errors.StoreUnavailable`, never a library-specific error,
+  so callers fail closed with one ``except``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Store(Protocol):
+    async def get(self, key: str) -> bytes | None:
+        """Return the value, or ``None`` if absent or expired."""
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (> 0), replacing any old value."""
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        """Store only if ``key`` is absent; True if stored. Used for locks and replay caches."""
+
+    async def take(self, key: str) -> bytes | None:
+        """Atomically return and delete the value: single-use state (pending logins)."""
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; absent keys are fine."""
+
+    async def ttl(self, key: str) -> float | None:
+        """Seconds left for ``key``, or ``None`` if absent."""
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        """Send ``message`` to every subscriber of ``channel`` on every replica."""
+
+    def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+        """Yield messages published to ``channel`` from now on, until cancelled.
+
+        The iterator survives outages of the backing service: it reconnects by
+        itself (messages sent while disconnected are lost, which callers allow
+        for by also expiring what the message would have invalidated).
+        """
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store is usable right now."""
+
+    async def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
