@@ -1,0 +1,1 @@
+"""Test support code shared by several test areas (real peers, fixtures, builders)."""
