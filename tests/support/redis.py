@@ -1,0 +1,206 @@
+"""Real ``redis-server`` processes for tests: start on a free port, stop, restart.
+
+Any area that needs Redis in a test uses this instead of a fake::
+
+    from tests.support.redis import RedisServer, redis_server  # noqa: F401  (fixture)
+
+    async def test_something(redis_server: RedisServer) -> None:
+        store = RedisStore.from_url(redis_server.url)
+        ...
+        redis_server.stop()       # simulate an outage (same port kept)
+        redis_server.start()      # Redis is back on the same port
+
+Servers run without persistence (``--save "" --appendonly no``) in a private
+temporary directory and listen on 127.0.0.1 only. ``RedisServer`` also works as
+a context manager, and ``extra_args`` lets a caller start a replica
+(``["--replicaof", "127.0.0.1", str(port)]``) or a cluster node
+(``["--cluster-enabled", "yes"]``). ``SentinelServer`` starts a sentinel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ping(port: int, timeout: float = 0.2) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(64)
+
+
+class RedisServer:
+    """One ``redis-server`` (or sentinel) process on a fixed loopback port."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        sentinel: bool = False,
+        config_text: str = "",
+    ) -> None:
+        self.port = port or free_port()
+        self.extra_args = list(extra_args)
+        self.sentinel = sentinel
+        self.config_text = config_text
+        self._dir = Path(tempfile.mkdtemp(prefix="gw-redis-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the process (again) on the same port and wait until it answers PING."""
+        if self.running:
+            return
+        conf = self._dir / "redis.conf"
+        # A sentinel rewrites its config file, so it must be a real file it can write.
+        conf.write_text(self.config_text)
+        args = [
+            REDIS_SERVER,
+            str(conf),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self._dir),
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self._dir / "redis.log"),
+        ]
+        if self.sentinel:
+            args.append("--sentinel")
+        else:
+            args += ["--save", "", "--appendonly", "no"]
+        args += self.extra_args
+        self._proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self._dir
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if _ping(self.port).startswith(b"+PONG"):
+                    return
+            except OSError:
+                pass
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                log = (self._dir / "redis.log").read_text(errors="replace")[-2000:]
+                self.stop()
+                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Stop the process (an outage as seen by clients); the port stays reserved for us."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def kill(self) -> None:
+        """Stop abruptly with SIGKILL (a crash rather than a shutdown)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def cli(self, *args: str) -> str:
+        """Run ``redis-cli`` against this server and return its output."""
+        out = subprocess.run(
+            [REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port), *args],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        return out.stdout.decode()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+def sentinel_config(master_name: str, primary_port: int, *, quorum: int = 1) -> str:
+    """A minimal sentinel config watching one primary, with fast failover for tests."""
+    return (
+        f"sentinel monitor {master_name} 127.0.0.1 {primary_port} {quorum}\n"
+        f"sentinel down-after-milliseconds {master_name} 300\n"
+        f"sentinel failover-timeout {master_name} 2000\n"
+        f"sentinel parallel-syncs {master_name} 1\n"
+        "sentinel resolve-hostnames no\n"
+    )
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh, empty redis-server on a free port for one test."""
+    with RedisServer() as server:
+        yield server
+
+
+__all__ = [
+    "REDIS_CLI",
+    "REDIS_SERVER",
+    "RedisServer",
+    "eventually",
+    "free_port",
+    "redis_server",
+    "sentinel_config",
+]
+
+
+async def eventually(predicate: Callable[[], bool], *, within: float = 5.0) -> None:
+    """Wait until ``predicate()`` is true, polling; fail the test after ``within`` seconds."""
+    step = 0.01
+    for _ in range(int(within / step)):
+        if predicate():
+            return
+        await asyncio.sleep(step)
+    raise AssertionError(f"condition not met within {within} s")
