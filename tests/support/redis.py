@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -42,10 +43,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ping(port: int, timeout: float = 0.2) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b"PING\r\n")
-        return s.recv(64)
+def _ping(port: int, timeout: float = 0.2, *, tls: bool = False) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        if tls:
+            # A TLS server may demand a client certificate; listening is ready enough.
+            return b"+PONG"
+        raw.sendall(b"PING\r\n")
+        return raw.recv(64)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Server TLS material: certificate, key, and the CA file that verifies clients."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    auth_clients: bool = False
 
 
 class RedisServer:
@@ -58,17 +72,19 @@ class RedisServer:
         extra_args: Sequence[str] = (),
         sentinel: bool = False,
         config_text: str = "",
+        tls: TlsFiles | None = None,
     ) -> None:
         self.port = port or free_port()
         self.extra_args = list(extra_args)
         self.sentinel = sentinel
         self.config_text = config_text
+        self.tls = tls
         self._dir = Path(tempfile.mkdtemp(prefix="gw-redis-"))
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     @property
     def address(self) -> str:
@@ -88,8 +104,6 @@ class RedisServer:
         args = [
             REDIS_SERVER,
             str(conf),
-            "--port",
-            str(self.port),
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -99,6 +113,23 @@ class RedisServer:
             "--logfile",
             str(self._dir / "redis.log"),
         ]
+        if self.tls is not None:
+            args += [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(self.tls.cert_file),
+                "--tls-key-file",
+                str(self.tls.key_file),
+                "--tls-ca-cert-file",
+                str(self.tls.ca_file),
+                "--tls-auth-clients",
+                "yes" if self.tls.auth_clients else "no",
+            ]
+        else:
+            args += ["--port", str(self.port)]
         if self.sentinel:
             args.append("--sentinel")
         else:
@@ -110,7 +141,7 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if _ping(self.port).startswith(b"+PONG"):
+                if _ping(self.port, tls=self.tls is not None).startswith((b"+PONG", b"-NOAUTH")):
                     return
             except OSError:
                 pass
@@ -189,6 +220,7 @@ __all__ = [
     "REDIS_CLI",
     "REDIS_SERVER",
     "RedisServer",
+    "TlsFiles",
     "eventually",
     "free_port",
     "redis_server",

@@ -1,0 +1,193 @@
+"""``RedisStore``: the shared store for many replicas (standalone, Sentinel, Cluster).
+
+The store is a thin, fail-closed mapping of the ``Store`` protocol onto Redis
+commands; the client (standalone, Sentinel-managed or Cluster) is built by
+:func:`gateway.store.factory.create_store` from the configured URL.
+
+=============  ==============================================================
+protocol       Redis
+=============  ==============================================================
+``get``        ``GET``
+``set``        ``SET key value PX ttl_ms``
+``add``        ``SET key value NX PX ttl_ms`` (locks, replay cache)
+``take``       ``GETDEL`` (atomic single use; Redis >= 6.2)
+``delete``     ``DEL``
+``ttl``        ``PTTL``
+``publish``    ``PUBLISH`` (also on Cluster: see below)
+``subscribe``  ``SUBSCRIBE`` on a dedicated connection, reconnecting with backoff
+``ping``       ``PING``
+=============  ==============================================================
+
+Keys and channels get the deployment's ``key_prefix`` (default ``gw:``) in
+front, so several deployments can share one Redis. The prefix never contains a
+hash tag, so a caller's ``{tag}`` still decides the Cluster slot.
+
+Every TTL is sent in milliseconds (at least 1 ms): nothing is stored forever.
+
+Every failure to talk to Redis (refused, timed out, reset, cluster down, a
+failover in progress, even an unexpected reply) becomes
+:class:`gateway.errors.StoreUnavailable`, so callers fail closed with one
+``except``. Socket and connect timeouts are short (settings) so an outage fails
+fast instead of stalling requests.
+
+Pub/sub on Cluster uses classic ``PUBLISH``/``SUBSCRIBE``: the cluster bus
+broadcasts a classic publish to every node, so a subscriber connected to any
+node receives it, and a failover or reshard never strands a subscription on the
+wrong node. The cost (every node sees every message) is negligible for the
+low-volume invalidation messages the gateway sends. Sharded pub/sub would only
+pay off for high message rates.
+
+A subscription survives outages: when its connection breaks it logs
+``store_subscription_lost``, waits (exponential backoff with jitter, capped),
+subscribes again and logs ``store_subscription_restored``. Messages published
+while it was disconnected are lost, as the protocol allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
+
+from gateway.errors import StoreUnavailable
+
+_log = structlog.get_logger("gateway.store")
+
+# What a broken or unreachable Redis raises through redis-py: its own errors,
+# cluster topology errors (not RedisError subclasses), and raw socket/timeouts.
+_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+
+class RedisStore:
+    """Redis implementation of :class:`gateway.store.base.Store`."""
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        key_prefix: str = "gw:",
+        description: str = "redis",
+        subscribe_backoff_initial: float = 0.1,
+        subscribe_backoff_max: float = 5.0,
+        subscribe_poll_interval: float = 1.0,
+    ) -> None:
+        if "{" in key_prefix or "}" in key_prefix:
+            # A brace in the prefix would become the hash tag of every key and put
+            # the whole deployment on one Cluster slot.
+            raise ValueError("key_prefix must not contain '{' or '}'")
+        self._client = client
+        self._prefix = key_prefix
+        self.description = description
+        """Where this store points, without credentials (for logs and health output)."""
+        self._backoff_initial = subscribe_backoff_initial
+        self._backoff_max = subscribe_backoff_max
+        self._poll = subscribe_poll_interval
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        """The underlying redis-py client (for diagnostics such as ``MEMORY USAGE``)."""
+        return self._client
+
+    def full_key(self, key: str) -> str:
+        """The key as stored in Redis, with the deployment prefix."""
+        return self._prefix + key
+
+    async def _call(self, op: str, awaitable: Awaitable[Any]) -> Any:
+        try:
+            return await awaitable
+        except _FAILURES as exc:
+            # Only the exception type reaches the log: redis-py messages can quote
+            # hosts and, for some errors, command arguments (our values).
+            raise StoreUnavailable(
+                f"{self.description}: {op} failed: {type(exc).__name__}"
+            ) from exc
+
+    @staticmethod
+    def _ms(ttl: float) -> int:
+        if not ttl > 0:
+            raise ValueError(f"ttl must be > 0, got {ttl!r}")
+        return max(1, math.ceil(ttl * 1000))
+
+    # -- the protocol ------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._call("get", self._client.get(self.full_key(key)))
+        return value
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        ms = self._ms(ttl)
+        await self._call("set", self._client.set(self.full_key(key), value, px=ms))
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        ms = self._ms(ttl)
+        stored = await self._call(
+            "add", self._client.set(self.full_key(key), value, px=ms, nx=True)
+        )
+        return bool(stored)
+
+    async def take(self, key: str) -> bytes | None:
+        value: bytes | None = await self._call("take", self._client.getdel(self.full_key(key)))
+        return value
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete", self._client.delete(self.full_key(key)))
+
+    async def ttl(self, key: str) -> float | None:
+        ms: int = await self._call("ttl", self._client.pttl(self.full_key(key)))
+        if ms == -2:
+            return None
+        if ms == -1:
+            # A key without TTL was not written by us; report it honestly.
+            return math.inf
+        return ms / 1000.0
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        await self._call("publish", self._client.publish(self.full_key(channel), message))
+
+    def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+        return self._subscription(self.full_key(channel))
+
+    async def _subscription(self, channel: str) -> AsyncIterator[bytes]:
+        backoff = self._backoff_initial
+        lost = False
+        while True:
+            pubsub: Any = self._client.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                if lost:
+                    _log.info("store_subscription_restored", store=self.description)
+                    lost = False
+                backoff = self._backoff_initial
+                while True:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=self._poll
+                    )
+                    if message is not None and message.get("type") == "message":
+                        data = message["data"]
+                        yield data if isinstance(data, bytes) else str(data).encode()
+            except _FAILURES as exc:
+                if not lost:
+                    _log.warning(
+                        "store_subscription_lost", store=self.description, error=type(exc).__name__
+                    )
+                    lost = True
+            finally:
+                with contextlib.suppress(*_FAILURES):
+                    await pubsub.aclose()
+            await asyncio.sleep(backoff * (0.5 + random.random() / 2))
+            backoff = min(backoff * 2, self._backoff_max)
+
+    async def ping(self) -> None:
+        await self._call("ping", self._client.ping())
+
+    async def close(self) -> None:
+        with contextlib.suppress(*_FAILURES):
+            await self._client.aclose()
