@@ -1,0 +1,163 @@
+"""Minting and caching identity tokens, and checking the gateway's own tokens.
+
+A token is signed once per (session, identity/allowed-set fingerprint, audience,
+signing kid) and reused until less than ``reuse_margin`` of its lifetime is left.
+Signing costs tens of microseconds (ES256); a cache hit costs a dictionary lookup,
+so the cache is what keeps an authenticated route close to the bare proxy's speed.
+The cache is a bounded LRU: it never grows past ``cache_size`` entries.
+
+Signing is CPU-only and short, so it runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import structlog
+
+from gateway.errors import NotAuthenticated
+from gateway.tokens.claims import TokenSubject, build_claims, employers_response
+from gateway.tokens.keys import KeySet, KeySnapshot
+from gateway.tokens.settings import TokenSettings
+
+_log = structlog.get_logger("gateway.tokens")
+
+# Claims every token carries; ``verify_own`` refuses a token without them.
+_REQUIRED = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti", "sid"]
+
+# Leeway for the gateway checking its own tokens (replicas share NTP time); the
+# same value docs/backends.md recommends to backends.
+VERIFY_LEEWAY_SECONDS = 30
+
+# Each employer entry takes at least this many base64url characters in a token
+# (``{"kvk":"12345678"},`` is 20 bytes → 27 characters). Sets bigger than the budget
+# allows at that rate go straight to the substitute without a wasted first signature.
+_MIN_ENTRY_CHARS = 24
+
+
+class TokenMinter:
+    """Signs identity tokens for backends and reuses them while they are fresh."""
+
+    def __init__(
+        self,
+        settings: TokenSettings,
+        keys: KeySet,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if keys.algorithm != settings.algorithm:
+            raise ValueError("key set and settings name different algorithms")
+        self._settings = settings
+        self._keys = keys
+        self._clock = clock
+        self._budget = settings.token_budget
+        self._reuse_for = settings.lifetime_seconds * (1.0 - settings.reuse_margin)
+        self._cache: OrderedDict[tuple[str, str, str, str], tuple[str, float]] = OrderedDict()
+        self.hits = 0
+        """Tokens served from the cache (for metrics)."""
+        self.signs = 0
+        """Tokens signed (for metrics)."""
+        self.substitutes = 0
+        """Tokens that carry the large-set substitute instead of the list (for metrics)."""
+
+    @property
+    def settings(self) -> TokenSettings:
+        return self._settings
+
+    @property
+    def keys(self) -> KeySet:
+        return self._keys
+
+    def __len__(self) -> int:
+        """Number of cached tokens (bounded by ``cache_size``)."""
+        return len(self._cache)
+
+    def mint(self, subject: TokenSubject, audience: str) -> str:
+        """The compact JWS for this session and audience: cached if still fresh, else newly signed.
+
+        Raises ``EmployerNotAllowed`` when the session's active employer is not in its
+        allowed set (never signed), ``ValueError`` for registry values that cannot be
+        represented (see ``claims``).
+        """
+        snapshot = self._keys.snapshot
+        key = (subject.session_ref, subject.fingerprint, audience, snapshot.kid)
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and now < cached[1]:
+            self._cache.move_to_end(key)
+            self.hits += 1
+            return cached[0]
+        issued_at = int(now)
+        token = self._sign(subject, audience, issued_at, snapshot)
+        self._cache[key] = (token, issued_at + self._reuse_for)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._settings.cache_size:
+            self._cache.popitem(last=False)
+        return token
+
+    def _sign(self, subject: TokenSubject, audience: str, now: int, snap: KeySnapshot) -> str:
+        settings = self._settings
+        large = len(subject.allowed) * _MIN_ENTRY_CHARS > self._budget
+        claims = build_claims(subject, audience, now, settings=settings, large_set=large)
+        token = self._encode(claims, snap)
+        if not large and len(token) > self._budget:
+            large = True
+            claims = build_claims(
+                subject, audience, now, settings=settings, jti=claims["jti"], large_set=True
+            )
+            token = self._encode(claims, snap)
+        if large:
+            self.substitutes += 1
+        if len(token) > self._budget:
+            # Only a pathological organisation name could get here; refusing is safer
+            # than sending a header the backend's server drops or truncates.
+            _log.error("token_too_large", length=len(token), budget=self._budget)
+            raise ValueError("identity token exceeds the header size limit")
+        return token
+
+    def _encode(self, claims: dict[str, Any], snap: KeySnapshot) -> str:
+        self.signs += 1
+        # A loaded key object, never PEM: pyjwt would re-parse a PEM on every call.
+        return jwt.encode(
+            claims, snap.signing_key, algorithm=snap.algorithm, headers={"kid": snap.kid}
+        )
+
+    def clear(self) -> None:
+        """Drop every cached token (e.g. in tests, or after an incident)."""
+        self._cache.clear()
+
+    def verify_own(self, token: str) -> dict[str, Any]:
+        """Check a token this gateway issued (any audience); raises ``NotAuthenticated``.
+
+        Used by the employers endpoint, which backends call with the token they
+        received. Only the configured algorithm and the published keys are accepted.
+        """
+        snap = self._keys.snapshot
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = snap.verification_key(kid) if isinstance(kid, str) else None
+            if key is None:
+                raise jwt.InvalidTokenError("unknown kid")
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[snap.algorithm],
+                issuer=self._settings.issuer,
+                leeway=VERIFY_LEEWAY_SECONDS,
+                options={"verify_aud": False, "require": _REQUIRED},
+            )
+        except jwt.PyJWTError as exc:
+            raise NotAuthenticated(f"identity token rejected: {type(exc).__name__}") from None
+        if not isinstance(claims.get("aud"), str) or not isinstance(claims.get("sid"), str):
+            raise NotAuthenticated("identity token rejected: malformed aud or sid")
+        return claims
+
+    def employers_response(
+        self, claims: dict[str, Any], subject: TokenSubject | None
+    ) -> tuple[int, dict[str, Any]]:
+        """``claims.employers_response`` bound to these settings (status, JSON body)."""
+        return employers_response(claims, subject, settings=self._settings)
