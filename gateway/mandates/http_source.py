@@ -205,8 +205,12 @@ class HttpMandateSource:
     def _parse(self, body: bytes, administrator_kvk: str) -> list[Mandate]:
         try:
             doc = RegistryResponse.model_validate_json(body)
-        except ValidationError as exc:
-            problems = describe_errors(exc)
+        except (ValueError, TypeError) as exc:  # ValidationError is a ValueError
+            problems = (
+                describe_errors(exc)
+                if isinstance(exc, ValidationError)
+                else [("", type(exc).__name__)]
+            )
             # Paths and messages only: the body holds business data, not for logs.
             log.error(
                 "registry_response_invalid",

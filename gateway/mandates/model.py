@@ -120,7 +120,7 @@ class MandateRecord(BaseModel):
     # than a new feature, and ignoring it could silently drop a restriction.
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
-    administrator_kvk: KvkText | None = None
+    administrator_kvk: Annotated[KvkText | None, BeforeValidator(_optional_text)] = None
     """Required in files (one file holds every administrator); optional in an HTTP
     response, where it must match the administrator asked for if present."""
     employer_kvk: KvkText
@@ -128,15 +128,14 @@ class MandateRecord(BaseModel):
         str, BeforeValidator(_no_bare_numbers), Field(min_length=1, max_length=200)
     ]
     fund_employer_number: Annotated[
-        str | None,
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,32}$")] | None,
         BeforeValidator(_optional_text),
-        Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,32}$"),
     ] = None
     status: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z_]+$")]
     valid_from: DateText
     valid_until: OptionalDate = None
     branch: Annotated[
-        str | None, BeforeValidator(_optional_text), Field(default=None, pattern=BRANCH_PATTERN)
+        Annotated[str, Field(pattern=BRANCH_PATTERN)] | None, BeforeValidator(_optional_text)
     ] = None
     scopes: Annotated[
         list[Annotated[str, Field(pattern=SCOPE_PATTERN)]],

@@ -89,7 +89,7 @@ class InvalidateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     administrator_kvk: Annotated[str, Field(pattern=KVK_PATTERN)]
-    employer_kvk: Annotated[str | None, Field(default=None, pattern=KVK_PATTERN)] = None
+    employer_kvk: Annotated[str, Field(pattern=KVK_PATTERN)] | None = None
     """Optional, for the audit trail only: the cache is per administrator."""
 
 

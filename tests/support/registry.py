@@ -109,7 +109,7 @@ class RegistryServer:
         if self._runner is None:
             app = web.Application()
             app.router.add_get("/api/administrators/{kvk}/mandates", self._handle)
-            self._runner = web.AppRunner(app, handle_signals=False)
+            self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
             await self._runner.setup()
         if self._site is None:
             if not self.port:
@@ -121,7 +121,6 @@ class RegistryServer:
                 "127.0.0.1",
                 self.port,
                 ssl_context=self.ssl_context,
-                shutdown_timeout=0.1,
                 reuse_address=True,
             )
             await self._site.start()
