@@ -1,0 +1,225 @@
+"""The broker's SAML metadata: parsing, signature check, periodic refresh.
+
+The metadata is the only place keys come from: the broker's signing
+certificates here are the only keys any signature is checked with. When a
+metadata-signing certificate is configured, metadata without a valid
+signature by it is refused. A failed refresh keeps the last good metadata
+(and logs ``broker_metadata_refresh_failed``) so a broker hiccup does not
+end logins; before the first good load, logins fail closed with
+``BrokerUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from lxml import etree  # type: ignore[import-untyped, unused-ignore]
+
+from gateway.errors import BrokerUnavailable, GatewayError, SamlInvalid
+from gateway.saml.settings import KNOWN_DIGEST_ALGORITHMS, KNOWN_SIGNATURE_ALGORITHMS
+from gateway.saml.signature import verify_enveloped
+from gateway.saml.xml import check_unique_ids, parse_instant, parse_xml, q, strict_text
+
+log = structlog.get_logger("gateway.saml")
+
+BINDING_REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
+BINDING_POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
+BINDING_ARTIFACT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Artifact"
+BINDING_SOAP = "urn:oasis:names:tc:SAML:2.0:bindings:SOAP"
+
+MAX_METADATA_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BrokerMetadata:
+    """What we use from the broker's IDPSSODescriptor."""
+
+    entity_id: str
+    signing_certs: tuple[bytes, ...]
+    """PEM certificates; the only keys signatures are checked with."""
+    sso_urls: dict[str, str]
+    """SingleSignOnService location per binding URI."""
+    ars_urls: dict[int, str]
+    """ArtifactResolutionService (SOAP) location per endpoint index."""
+    slo_urls: dict[str, str] = field(default_factory=dict)
+    """SingleLogoutService location per binding URI (may be empty)."""
+    valid_until: dt.datetime | None = None
+
+
+def parse_broker_metadata(
+    data: bytes,
+    *,
+    entity_id: str | None = None,
+    signing_cert_pem: bytes | None = None,
+    now: dt.datetime | None = None,
+) -> BrokerMetadata:
+    """Parse (and, with ``signing_cert_pem``, verify) broker metadata; ``SamlInvalid`` if bad."""
+    root = parse_xml(data, max_bytes=MAX_METADATA_BYTES)
+    check_unique_ids(root)
+    if signing_cert_pem is not None:
+        verify_enveloped(
+            root,
+            [signing_cert_pem],
+            signature_algorithms=KNOWN_SIGNATURE_ALGORITHMS,
+            digest_algorithms=KNOWN_DIGEST_ALGORITHMS,
+            what="metadata",
+        )
+    now = now or dt.datetime.now(dt.UTC)
+    _check_valid_until(root, now)
+    if root.tag == q("md", "EntityDescriptor"):
+        candidates = [root]
+    elif root.tag == q("md", "EntitiesDescriptor"):
+        candidates = list(root.iter(q("md", "EntityDescriptor")))
+    else:
+        raise SamlInvalid("metadata_root_unexpected")
+    candidates = [
+        c
+        for c in candidates
+        if c.find(q("md", "IDPSSODescriptor")) is not None
+        and (entity_id is None or c.get("entityID") == entity_id)
+    ]
+    if len(candidates) != 1:
+        raise SamlInvalid(f"metadata_idp_count_{len(candidates)}")
+    ed = candidates[0]
+    if ed is not root:
+        _check_valid_until(ed, now)
+    idp = ed.find(q("md", "IDPSSODescriptor"))
+    assert idp is not None
+    valid_until = ed.get("validUntil") or root.get("validUntil")
+    certs = tuple(
+        _certificates(idp, "signing"),
+    )
+    if not certs:
+        raise SamlInvalid("metadata_signing_cert_missing")
+    sso = {
+        el.get("Binding", ""): el.get("Location", "")
+        for el in idp.findall(q("md", "SingleSignOnService"))
+    }
+    ars: dict[int, str] = {}
+    for el in idp.findall(q("md", "ArtifactResolutionService")):
+        if el.get("Binding") != BINDING_SOAP:
+            continue
+        try:
+            ars[int(el.get("index", ""))] = el.get("Location", "")
+        except ValueError:
+            raise SamlInvalid("metadata_ars_index_malformed") from None
+    slo = {
+        el.get("Binding", ""): el.get("Location", "")
+        for el in idp.findall(q("md", "SingleLogoutService"))
+    }
+    return BrokerMetadata(
+        entity_id=ed.get("entityID", ""),
+        signing_certs=certs,
+        sso_urls=sso,
+        ars_urls=ars,
+        slo_urls=slo,
+        valid_until=parse_instant(valid_until, "metadata_valid_until") if valid_until else None,
+    )
+
+
+def _check_valid_until(el: etree._Element, now: dt.datetime) -> None:
+    valid_until = el.get("validUntil")
+    if valid_until and parse_instant(valid_until, "metadata_valid_until") <= now:
+        raise SamlInvalid("metadata_expired")
+
+
+def _certificates(descriptor: etree._Element, use: str) -> list[bytes]:
+    out: list[bytes] = []
+    for kd in descriptor.findall(q("md", "KeyDescriptor")):
+        if kd.get("use") not in (None, use):
+            continue
+        for cert_el in kd.iter(q("ds", "X509Certificate")):
+            der = base64.b64decode("".join(strict_text(cert_el, "x509_certificate").split()))
+            try:
+                cert = x509.load_der_x509_certificate(der)
+            except ValueError:
+                raise SamlInvalid("metadata_certificate_malformed") from None
+            out.append(cert.public_bytes(serialization.Encoding.PEM))
+    return out
+
+
+Fetcher = Callable[[str], Awaitable[bytes]]
+
+
+class BrokerMetadataSource:
+    """Holds the current broker metadata and refreshes it in the background."""
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        fetch_url: Fetcher,
+        entity_id: str | None = None,
+        signing_cert_pem: bytes | None = None,
+        refresh_seconds: float = 3600.0,
+    ) -> None:
+        self._source = source
+        self._fetch_url = fetch_url
+        self._entity_id = entity_id
+        self._signing_cert_pem = signing_cert_pem
+        self._refresh_seconds = refresh_seconds
+        self._current: BrokerMetadata | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def current(self) -> BrokerMetadata:
+        """The last good metadata; ``BrokerUnavailable`` before the first good load."""
+        if self._current is None:
+            raise BrokerUnavailable("broker_metadata_unavailable")
+        return self._current
+
+    @property
+    def loaded(self) -> bool:
+        return self._current is not None
+
+    async def refresh(self) -> bool:
+        """Load once; on failure keep the last good metadata. Returns success."""
+        try:
+            if self._source.startswith(("https://", "http://")):
+                data = await self._fetch_url(self._source)
+            else:
+                data = await asyncio.to_thread(Path(self._source).read_bytes)
+            metadata = parse_broker_metadata(
+                data, entity_id=self._entity_id, signing_cert_pem=self._signing_cert_pem
+            )
+        except (OSError, GatewayError, ValueError) as exc:
+            reason = exc.detail if isinstance(exc, GatewayError) else type(exc).__name__
+            log.error(
+                "broker_metadata_refresh_failed",
+                source=self._source,
+                reason=reason,
+                keeping_last_good=self._current is not None,
+            )
+            return False
+        if self._current is None or self._current != metadata:
+            log.info("broker_metadata_loaded", entity_id=metadata.entity_id)
+        self._current = metadata
+        return True
+
+    async def start(self) -> None:
+        """First load, then a background refresh loop."""
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="broker-metadata-refresh")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            # Before the first good load, retry sooner: logins are failing meanwhile.
+            delay = self._refresh_seconds if self._current else min(self._refresh_seconds, 10.0)
+            await asyncio.sleep(delay)
+            await self.refresh()

@@ -1,0 +1,162 @@
+"""``ServiceProvider``: the SAML core's one object for the aiohttp layer.
+
+It owns the broker metadata (with its refresh task), the artifact resolver's
+``ClientSession`` and the worker pool in which every signature check and
+decryption runs, so a burst of logins never stalls the event loop. A thread
+pool is enough: the crypto is lxml + python-xmlsec + ``cryptography``, which
+release the GIL for their heavy parts, and nothing here touches pysaml2's
+global state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from gateway.errors import SamlInvalid
+from gateway.saml.artifact import (
+    ArtifactResolver,
+    artifact_resolve_envelope,
+    parse_artifact,
+    verify_artifact_response,
+)
+from gateway.saml.authn_request import AuthnRequestHttp, build_authn_request, new_id
+from gateway.saml.encryption import Decrypter
+from gateway.saml.keys import SpKeys, load_sp_keys
+from gateway.saml.metadata import BrokerMetadata, BrokerMetadataSource
+from gateway.saml.settings import SamlSettings
+from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
+from gateway.saml.verify import Expectation, VerifiedLogin, VerifyContext, verify_response
+
+T = TypeVar("T")
+
+
+class ServiceProvider:
+    """The gateway's eHerkenning service provider. ``await start()`` before use."""
+
+    def __init__(self, settings: SamlSettings) -> None:
+        self.settings = settings
+        # Keys are read at construction so a wrong path fails at startup, not at login.
+        self.keys: SpKeys = load_sp_keys(settings)
+        self._decrypter = Decrypter(
+            entity_id=settings.entity_id,
+            keys=self.keys.decryption_keys,
+            key_transport_algorithms=settings.key_transport_algorithms,
+            block_algorithms=settings.block_algorithms,
+            max_bytes=settings.max_message_bytes,
+        )
+        self._resolver = ArtifactResolver(settings)
+        cert = (
+            Path(settings.broker_metadata_cert).read_bytes()
+            if settings.broker_metadata_cert
+            else None
+        )
+        self.broker = BrokerMetadataSource(
+            settings.broker_metadata,
+            fetch_url=self._resolver.fetch,
+            entity_id=settings.broker_entity_id,
+            signing_cert_pem=cert,
+            refresh_seconds=settings.broker_metadata_refresh_seconds,
+        )
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        """Open the HTTP session and worker pool, load the broker metadata, start refreshing."""
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.settings.verify_workers, thread_name_prefix="saml-verify"
+        )
+        await self._resolver.start()
+        await self.broker.start()
+
+    async def close(self) -> None:
+        await self.broker.close()
+        await self._resolver.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    @property
+    def metadata(self) -> BrokerMetadata:
+        """Current broker metadata (``BrokerUnavailable`` if none was ever loaded)."""
+        return self.broker.current
+
+    def expectation(self, request_id: str, now: dt.datetime | None = None) -> Expectation:
+        """What a response for the pending ``request_id`` of this browser must match."""
+        return Expectation(
+            request_id=request_id,
+            acs_url=self.settings.acs_url,
+            sp_entity_id=self.settings.entity_id,
+            now=now,
+        )
+
+    def build_authn_request(self, relay_state: str | None = None) -> tuple[str, AuthnRequestHttp]:
+        """A signed AuthnRequest (about 1-2 ms of RSA on the calling thread)."""
+        return build_authn_request(self.settings, self.metadata, self.keys.signing, relay_state)
+
+    async def authn_request(self, relay_state: str | None = None) -> tuple[str, AuthnRequestHttp]:
+        """``build_authn_request`` in the worker pool (keeps the event loop free)."""
+        return await self._run(self.build_authn_request, relay_state)
+
+    async def consume_artifact(self, artifact: str, expectation: Expectation) -> VerifiedLogin:
+        """Resolve ``SAMLart`` at the broker and verify the result.
+
+        Raises ``SamlInvalid``, ``LoginCancelled``, ``LoginNotAuthorised``,
+        ``LevelTooLow`` or ``BrokerUnavailable``; nothing else.
+        """
+        metadata = self.metadata
+        parsed = parse_artifact(artifact, metadata.entity_id)
+        url = metadata.ars_urls.get(parsed.endpoint_index)
+        if not url:
+            raise SamlInvalid("artifact_endpoint_index_unknown")
+        resolve_id = new_id()
+        envelope = await self._run(
+            artifact_resolve_envelope,
+            self.settings,
+            self.keys.signing,
+            parsed,
+            url,
+            resolve_id,
+            dt.datetime.now(dt.UTC),
+        )
+        answer = await self._resolver.post(url, envelope)
+        ctx = self._context(metadata)
+        return await self._run(verify_artifact_response, answer, resolve_id, expectation, ctx)
+
+    async def consume_post_response(
+        self, saml_response_b64: str, expectation: Expectation
+    ) -> VerifiedLogin:
+        """Verify an HTTP-POST ``SAMLResponse`` (only when ``accept_post_response``)."""
+        if not self.settings.accept_post_response:
+            raise SamlInvalid("post_binding_disabled")
+        if len(saml_response_b64) > self.settings.max_message_bytes * 4 // 3 + 4:
+            raise SamlInvalid("message_too_large")
+        try:
+            data = base64.b64decode("".join(saml_response_b64.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise SamlInvalid("base64_malformed") from None
+        ctx = self._context(self.metadata)
+        return await self._run(verify_response, data, expectation, ctx)
+
+    def sp_metadata_xml(self) -> bytes:
+        """Our signed SP metadata."""
+        return sp_metadata_xml(self.settings, self.keys)
+
+    def service_catalogue_xml(self) -> bytes:
+        """The signed dienstcatalogus."""
+        return service_catalogue_xml(self.settings, self.keys)
+
+    def _context(self, metadata: BrokerMetadata) -> VerifyContext:
+        return VerifyContext(settings=self.settings, metadata=metadata, decrypter=self._decrypter)
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        if self._pool is None:
+            raise RuntimeError("ServiceProvider.start() was not called")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
