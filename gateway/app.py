@@ -1,0 +1,342 @@
+"""Wiring: builds the aiohttp application from a configuration. No decisions live here.
+
+The request path (``design.md``) is: the edge middleware (request id, timing,
+error pages, access log, metrics) → the gateway's own endpoints under the
+reserved prefix, or the proxy handler: safe-path check → route match → policy
+(``gateway.policy``) → forward (``gateway.proxy``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import (
+    BadRequest,
+    ConfigInvalid,
+    GatewayError,
+    MethodNotAllowed,
+    NotAuthenticated,
+    NotFound,
+)
+from gateway.logs import configure_logging, safe_query
+from gateway.metrics import Metrics
+from gateway.pages import error_response
+from gateway.proxy import Forwarder, client_view
+from gateway.routing import NoMatch, Router, unsafe_path
+
+log = structlog.get_logger("gateway.app")
+access_log = structlog.get_logger("gateway.access")
+
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+
+
+@dataclass
+class Generation:
+    """One loaded configuration and what is compiled from it; replaced whole on reload."""
+
+    config: GatewayConfig
+    router: Router
+    deny_headers: frozenset[str]
+    number: int
+
+
+def _compile(config: GatewayConfig, number: int) -> Generation:
+    deny = {h.lower() for h in config.server.deny_headers}
+    return Generation(config, Router(config.routes), frozenset(deny), number)
+
+
+@dataclass
+class Runtime:
+    """Mutable process state: the current configuration generation and lifecycle flags."""
+
+    path: Path | None
+    current: Generation
+    environ: dict[str, str] | None = None
+    draining: bool = False
+    _stamp: tuple[int, int, int] | None = None
+    readiness: list[Callable[[], Awaitable[tuple[str, bool, str]]]] = field(default_factory=list)
+
+    def reload(self, metrics: Metrics) -> bool:
+        """Load the file again; switch to it only if valid. In-flight requests keep theirs."""
+        if self.path is None:
+            return False
+        try:
+            config = load_config(self.path, self.environ)
+        except ConfigInvalid as exc:
+            metrics.config_reloads.labels("rejected").inc()
+            log.error(
+                "config_reload_rejected",
+                file=str(self.path),
+                problems=[str(p) for p in exc.problems],
+                kept_generation=self.current.number,
+            )
+            return False
+        old = self.current.config
+        if config.server != old.server:
+            log.warning(
+                "config_server_section_changed",
+                detail="listen address, workers and prefix apply after a restart",
+            )
+        self.current = _compile(config, self.current.number + 1)
+        self._stamp = _file_stamp(self.path)
+        metrics.config_reloads.labels("applied").inc()
+        log.info("config_reloaded", file=str(self.path), generation=self.current.number)
+        return True
+
+    def changed_on_disk(self) -> bool:
+        if self.path is None:
+            return False
+        stamp = _file_stamp(self.path)
+        if self._stamp is None:
+            self._stamp = stamp
+            return False
+        if stamp != self._stamp:
+            self._stamp = stamp
+            return True
+        return False
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+# Per-request values shared between the edge middleware and the handlers.
+REQUEST_ID = web.RequestKey("request_id", str)
+TIMING = web.RequestKey("timing", dict)
+ROUTE_NAME = web.RequestKey("route_name", str)
+ERROR_EXTRA = web.RequestKey("error_extra", dict)
+
+RUNTIME = web.AppKey("runtime", Runtime)
+METRICS = web.AppKey("metrics", Metrics)
+FORWARDER = web.AppKey("forwarder", Forwarder)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def request_id_of(request: web.BaseRequest) -> str:
+    return str(request.get(REQUEST_ID, "-"))
+
+
+@web.middleware
+async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Per-request cross-cutting work in one place: id, timing, errors, access log, metrics."""
+    started = time.perf_counter()
+    runtime = request.app[RUNTIME]
+    metrics = request.app[METRICS]
+    header = runtime.current.config.server.request_id_header
+    incoming = request.headers.get(header, "")
+    request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    timing: dict[str, float] = {}
+    request[TIMING] = timing
+    metrics.in_flight.inc()
+    status = 500
+    resp: web.StreamResponse | None = None
+    try:
+        try:
+            resp = await handler(request)
+        except GatewayError as err:
+            if err.status >= 500:
+                log.warning(
+                    "request_failed", code=err.code, detail=err.detail, request_id=request_id
+                )
+            resp = error_response(request, err, request_id, **request.get(ERROR_EXTRA, {}))
+        except web.HTTPException as exc:
+            # aiohttp's own routing answers (e.g. 405 on a gateway endpoint).
+            mapped: GatewayError = (
+                MethodNotAllowed()
+                if exc.status == 405
+                else NotFound()
+                if exc.status == 404
+                else BadRequest(exc.reason)
+            )
+            resp = error_response(request, mapped, request_id)
+        except asyncio.CancelledError:
+            status = 499  # client went away
+            raise
+        except Exception:
+            log.exception("request_crashed", request_id=request_id)
+            resp = error_response(request, GatewayError("unexpected"), request_id)
+        if not resp.prepared:
+            resp.headers.setdefault(header, request_id)
+        status = resp.status
+        return resp
+    finally:
+        metrics.in_flight.dec()
+        elapsed = time.perf_counter() - started
+        route = request.get(ROUTE_NAME, "-")
+        metrics.requests.labels(route, request.method, str(status)).inc()
+        metrics.duration.labels(route).observe(elapsed)
+        if runtime.current.config.logging.access_log:
+            access_log.info(
+                "request_handled",
+                request_id=request_id,
+                route=route,
+                method=request.method,
+                path=request.path,
+                query=safe_query(request.query_string),
+                status=status,
+                bytes=resp.body_length if resp is not None else 0,
+                duration_ms=round(elapsed * 1000, 2),
+                upstream_ms=round(timing["upstream"] * 1000, 2) if "upstream" in timing else None,
+                client=request.remote,
+            )
+
+
+async def proxy_handler(request: web.Request) -> web.StreamResponse:
+    """Everything outside the reserved prefix: route, apply the policy, forward."""
+    generation = request.app[RUNTIME].current  # in-flight requests keep this generation
+    config = generation.config
+    path = request.path
+    if path.startswith(config.server.reserved_prefix):
+        raise NotFound(f"no gateway endpoint {path}")
+    if unsafe_path(path, request.raw_path.split("?", 1)[0]):
+        raise BadRequest("unsafe path")
+    match = generation.router.resolve(request.host, path, request.method)
+    if isinstance(match, NoMatch):
+        raise MethodNotAllowed() if match.path_matched else NotFound(f"no route for {path}")
+    route = match.route.settings
+    request[ROUTE_NAME] = route.name
+    if route.policy == "authenticated":
+        # Until the login flow is wired in, an authenticated route is closed.
+        raise NotAuthenticated(f"route {route.name} needs a session")
+    client = client_view(
+        request,
+        config.server.trusted_proxies,
+        str(config.server.public_url).rstrip("/") if config.server.public_url else None,
+    )
+    forwarder = request.app[FORWARDER]
+    return await forwarder.forward(
+        request,
+        route,
+        client,
+        request[REQUEST_ID],
+        {},
+        request[TIMING],
+        deny=generation.deny_headers,
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Process alive: answers as long as the event loop runs."""
+    return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Dependencies usable: config loaded, upstreams resolvable, not draining."""
+    runtime = request.app[RUNTIME]
+    checks: dict[str, dict[str, object]] = {}
+    ok = True
+    if runtime.draining:
+        ok = False
+        checks["draining"] = {"ok": False, "detail": "shutting down"}
+    checks["config"] = {"ok": True, "detail": f"generation {runtime.current.number}"}
+    results = await asyncio.gather(*(check() for check in runtime.readiness))
+    for name, passed, detail in results:
+        checks[name] = {"ok": passed, "detail": detail}
+        ok = ok and passed
+    return web.json_response(
+        {"status": "ready" if ok else "not_ready", "checks": checks},
+        status=200 if ok else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    return web.Response(
+        body=metrics.render(),
+        headers={"Content-Type": metrics.content_type, "Cache-Control": "no-store"},
+    )
+
+
+def upstream_dns_check(runtime: Runtime) -> Callable[[], Awaitable[tuple[str, bool, str]]]:
+    """A readiness check: every upstream host name resolves (cached for 10 s)."""
+    cache: dict[str, float] = {}
+
+    async def check() -> tuple[str, bool, str]:
+        loop = asyncio.get_running_loop()
+        hosts = {str(r.upstream.host) for r in runtime.current.config.routes if r.upstream.host}
+        now = time.monotonic()
+        failed = []
+        for host in sorted(hosts):
+            if cache.get(host, 0) > now:
+                continue
+            try:
+                await asyncio.wait_for(loop.getaddrinfo(host, None), timeout=2)
+                cache[host] = now + 10
+            except (OSError, TimeoutError):
+                failed.append(host)
+        if failed:
+            return "upstreams", False, "cannot resolve: " + ", ".join(failed)
+        return "upstreams", True, f"{len(hosts)} resolvable"
+
+    return check
+
+
+def build_app(
+    config: GatewayConfig,
+    *,
+    config_path: Path | None = None,
+    environ: dict[str, str] | None = None,
+    configure_logs: bool = True,
+) -> web.Application:
+    """The gateway application for ``config``; ``config_path`` enables reload."""
+    if configure_logs:
+        configure_logging(config.logging.format, config.logging.level)
+    app = web.Application(middlewares=[edge], client_max_size=1024**2)
+    runtime = Runtime(config_path, _compile(config, 1), environ)
+    if config_path is not None:
+        runtime.changed_on_disk()  # remember the stamp of the file we loaded
+    runtime.readiness.append(upstream_dns_check(runtime))
+    metrics = Metrics()
+    forwarder = Forwarder(config.server, metrics)
+    app[RUNTIME] = runtime
+    app[METRICS] = metrics
+    app[FORWARDER] = forwarder
+
+    async def forwarder_ctx(app: web.Application) -> AsyncIterator[None]:
+        await forwarder.start()
+        yield
+        await forwarder.close()
+
+    async def watch_ctx(app: web.Application) -> AsyncIterator[None]:
+        interval = config.server.config_poll_seconds
+        task = None
+        if config_path is not None and interval > 0:
+            task = asyncio.create_task(_watch(runtime, metrics, interval))
+        yield
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    app.cleanup_ctx.append(forwarder_ctx)
+    app.cleanup_ctx.append(watch_ctx)
+
+    prefix = config.server.reserved_prefix
+    app.router.add_get(prefix + "healthz", healthz)
+    app.router.add_get(prefix + "readyz", readyz)
+    app.router.add_get(prefix + "metrics", metrics_handler)
+    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    return app
+
+
+async def _watch(runtime: Runtime, metrics: Metrics, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        if runtime.changed_on_disk():
+            runtime.reload(metrics)

@@ -1,0 +1,130 @@
+"""The ``gateway`` command: the only place that reads argv or sets an exit code.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import config_json_schema, load_config
+from gateway.errors import ConfigInvalid
+
+DEFAULT_CONFIG_ENV = "GATEWAY_CONFIG"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gateway", description="eHerkenning identity gateway for the employer portal."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the gateway from a configuration file")
+    s.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get(DEFAULT_CONFIG_ENV),
+        help=f"configuration file (default: ${DEFAULT_CONFIG_ENV})",
+    )
+
+    c = sub.add_parser("check-config", help="validate a configuration file and list every problem")
+    c.add_argument("file", type=Path)
+
+    sub.add_parser("config-schema", help="print the JSON Schema of the configuration file")
+    sub.add_parser("version", help="print the version")
+
+    d = sub.add_parser("demo", help="run the demo: gateway + sample portal, nothing to install")
+    d.add_argument("--config", type=Path, default=Path("config/demo.yaml"))
+    d.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    d.add_argument("--portal-port", type=int, default=9081, help="sample portal port")
+
+    pt = sub.add_parser("portal", help="run only the sample legacy portal")
+    pt.add_argument("--host", default="127.0.0.1")
+    pt.add_argument("--port", type=int, default=9081)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cmd = args.command
+    if cmd == "version":
+        print(f"gateway {__version__}")
+        return 0
+    if cmd == "config-schema":
+        print(json.dumps(config_json_schema(), indent=2))
+        return 0
+    if cmd == "check-config":
+        return _check_config(args.file)
+    if cmd == "serve":
+        if args.config is None:
+            print(
+                f"gateway serve: give --config FILE or set ${DEFAULT_CONFIG_ENV}", file=sys.stderr
+            )
+            return 2
+        return _serve(args.config)
+    if cmd == "demo":
+        from gateway.demo import run_demo
+
+        return _config_errors_to_exit(lambda: run_demo(args.config, args.port, args.portal_port))
+    if cmd == "portal":
+        from aiohttp import web
+
+        from gateway.portal import build_portal_app
+
+        web.run_app(build_portal_app(), host=args.host, port=args.port, access_log=None)
+        return 0
+    raise AssertionError(cmd)  # argparse rejects unknown commands
+
+
+def _check_config(path: Path) -> int:
+    try:
+        config = load_config(path)
+    except ConfigInvalid as exc:
+        _print_problems(exc)
+        return 2
+    print(f"{path}: OK ({len(config.routes)} routes)")
+    for i, route in enumerate(config.routes):
+        m = route.match
+        methods = ",".join(m.methods) if m.methods else "*"
+        host = m.host or "*"
+        print(
+            f"  [{i}] {route.name}: {host} {m.type} {m.path} {methods} -> {route.upstream}"
+            f" ({route.policy})"
+        )
+    return 0
+
+
+def _print_problems(exc: ConfigInvalid) -> None:
+    n = len(exc.problems)
+    print(f"configuration invalid: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _config_errors_to_exit(run: object) -> int:
+    assert callable(run)
+    try:
+        result = run()
+    except ConfigInvalid as exc:
+        _print_problems(exc)
+        return 2
+    return int(result or 0)
+
+
+def _serve(path: Path) -> int:
+    from gateway.logs import configure_logging
+    from gateway.server import serve
+
+    try:
+        config = load_config(path)
+    except ConfigInvalid as exc:
+        _print_problems(exc)
+        return 2
+    configure_logging(config.logging.format, config.logging.level)
+    return serve(config, path)

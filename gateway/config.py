@@ -1,0 +1,464 @@
+"""Configuration: one YAML file plus environment overrides, validated all at once.
+
+The file is validated with pydantic models that forbid unknown keys, so a typo
+is an error rather than a silently ignored setting. Every problem is reported
+together, each with the file, the path inside it (``routes[2].upstream``), the
+line where YAML can tell, and what is wrong.
+
+Environment overrides
+---------------------
+Any value can be overridden by an environment variable named ``GATEWAY__``
+followed by the path, with ``__`` between the parts, case-insensitive::
+
+    GATEWAY__SERVER__PORT=9000
+    GATEWAY__LOGGING__FORMAT=console
+    GATEWAY__ROUTES__0__UPSTREAM=http://portal:8080      # by position
+    GATEWAY__ROUTES__PORTAL__UPSTREAM=http://portal:8080 # or by route name
+
+The value is read as a YAML scalar or flow collection (``true``, ``5``,
+``[GET, POST]``). Secrets never sit in the YAML: settings that hold one take a
+file path (``*_file``) or the name of an environment variable (``*_env``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ConfigInvalid, ConfigProblem
+
+ENV_PREFIX = "GATEWAY__"
+
+# Hop-by-hop and identity headers are always removed; this list adds the
+# headers a legacy portal behind us might be tempted to trust.
+DEFAULT_DENY_HEADERS = (
+    "X-Gateway-Identity",
+    "X-Remote-User",
+    "X-Forwarded-User",
+    "X-Authenticated-User",
+    "Remote-User",
+    "X-User",
+    "X-Employer",
+    "X-Kvk",
+)
+
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+
+class Model(BaseModel):
+    """Base for every config section: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Model):
+    """How the gateway listens and what it serves itself."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    public_url: AnyHttpUrl | None = Field(
+        None,
+        description="The URL users type (e.g. https://portaal.fonds.nl). Used to rewrite "
+        "upstream redirects, and later as the token issuer. Default: taken from each request.",
+    )
+    reserved_prefix: str = Field(
+        "/_gateway/", description="Everything the gateway serves itself lives here."
+    )
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list,
+        description="Networks whose X-Forwarded-*/Forwarded headers are believed "
+        "(your load balancer). Everyone else's are replaced.",
+    )
+    workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
+    shutdown_grace_seconds: float = Field(
+        25.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
+    drain_delay_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="On SIGTERM, how long to keep accepting while readiness reports 503, "
+        "so a load balancer can stop sending traffic first.",
+    )
+    uvloop: bool = Field(True, description="Use uvloop when it is installed.")
+    config_poll_seconds: float = Field(
+        2.0, ge=0, description="How often to check the config file for changes (0: only SIGHUP)."
+    )
+    deny_headers: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DENY_HEADERS),
+        description="Client-sent headers removed before routing. Identity headers of every "
+        "route are always added to this list.",
+    )
+    request_id_header: str = "X-Request-ID"
+    upstream_pool_size: int = Field(
+        200, ge=1, description="Maximum open connections to all upstreams together."
+    )
+    gateway_cookie_prefixes: list[str] = Field(
+        default_factory=lambda: ["__Host-gw_", "gw_"],
+        description="Cookies whose name starts with one of these belong to the gateway and "
+        "are never forwarded upstream.",
+    )
+
+    @field_validator("reserved_prefix")
+    @classmethod
+    def _prefix_shape(cls, v: str) -> str:
+        if not re.fullmatch(r"/[A-Za-z0-9._~-]+/", v):
+            raise ValueError("must look like /_gateway/ (one path segment, slashes both sides)")
+        return v
+
+
+class LoggingSettings(Model):
+    format: Literal["json", "console"] = Field(
+        "json", description="json in production; console for people."
+    )
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = Field(True, description="One structured line per request.")
+
+
+class MatchRule(Model):
+    """Which requests a route takes."""
+
+    path: str = Field(description="Path prefix, exact path, or pattern (see `type`).")
+    type: Literal["prefix", "exact", "pattern"] = Field(
+        "prefix",
+        description="prefix: segment-wise prefix (/api takes /api and /api/x, not /apix); "
+        "exact: this path only; pattern: full match with {name} for one segment "
+        "or {name:regex}.",
+    )
+    host: str | None = Field(
+        None, description="Host name to match (case-insensitive; *.example.nl allowed)."
+    )
+    methods: list[str] | None = Field(None, description="Allowed methods; default all.")
+
+    @field_validator("path")
+    @classmethod
+    def _path_shape(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with /")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_known(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        up = [m.upper() for m in v]
+        unknown = sorted(set(up) - HTTP_METHODS)
+        if unknown:
+            raise ValueError(f"unknown HTTP method(s): {', '.join(unknown)}")
+        if not up:
+            raise ValueError("must list at least one method, or be left out for all")
+        return up
+
+
+class Timeouts(Model):
+    connect: float = Field(5.0, gt=0, description="Seconds to open a connection upstream.")
+    read: float = Field(
+        60.0, gt=0, description="Seconds the upstream may stay silent while answering."
+    )
+
+
+class HeaderOps(Model):
+    set: dict[str, str] = Field(default_factory=dict, description="Headers to set (replace).")
+    remove: list[str] = Field(default_factory=list, description="Headers to remove.")
+
+
+class RouteSettings(Model):
+    """One entry of the ordered route list; the first route that matches wins."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Unique route name.")
+    match: MatchRule
+    upstream: AnyHttpUrl = Field(description="Base URL of the application behind this route.")
+    policy: Literal["public", "authenticated"] = "authenticated"
+    strip_prefix: str | None = Field(
+        None, description="Path prefix removed before forwarding (e.g. /portaal)."
+    )
+    preserve_host: bool = Field(
+        False, description="Send the client's Host upstream instead of the upstream's own."
+    )
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024, ge=0, description="Largest request body accepted (413 above)."
+    )
+    websocket: bool = Field(False, description="Pass websocket upgrades through.")
+    request_headers: HeaderOps = Field(default_factory=HeaderOps)
+    response_headers: HeaderOps = Field(default_factory=HeaderOps)
+
+    @field_validator("strip_prefix")
+    @classmethod
+    def _strip_shape(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("/") or v.endswith("/")):
+            raise ValueError("must start with / and not end with / (e.g. /portaal)")
+        return v
+
+    @model_validator(mode="after")
+    def _upstream_plain(self) -> RouteSettings:
+        if self.upstream.query or self.upstream.fragment:
+            raise ValueError("upstream: must not have a query or fragment")
+        return self
+
+
+class GatewayConfig(Model):
+    """The whole configuration file."""
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    routes: Annotated[list[RouteSettings], Field(min_length=1)]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read, override from ``environ`` and validate; raise ``ConfigInvalid`` with every problem."""
+    file = str(path)
+    environ = os.environ if environ is None else environ
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigInvalid([ConfigProblem(file, "", f"cannot read file: {exc.strerror}")]) from exc
+    return parse_config(text, file=file, environ=environ)
+
+
+def parse_config(text: str, *, file: str, environ: Mapping[str, str]) -> GatewayConfig:
+    """Validate YAML ``text`` (named ``file`` in messages) with overrides from ``environ``."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigInvalid([ConfigProblem(file, "", f"not valid YAML: {where}{problem}")]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigInvalid([ConfigProblem(file, "", "the file must hold a mapping of sections")])
+
+    problems: list[ConfigProblem] = []
+    env_sources = _apply_env_overrides(data, environ, file, problems)
+    config: GatewayConfig | None = None
+    try:
+        config = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            where = _format_loc(loc)
+            src = env_sources.get(_env_key(loc))
+            line = _line_of(node, loc)
+            suffix = f" (from environment variable {src})" if src else ""
+            prefix = f"line {line}: " if line and not src else ""
+            problems.append(ConfigProblem(file, where, f"{prefix}{_message(err)}{suffix}"))
+    problems.extend(_semantic_problems(config, data, file, node))
+    if problems:
+        raise ConfigInvalid(problems)
+    assert config is not None
+    return config
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"])
+    if err["type"] == "extra_forbidden":
+        return "unknown key (check the spelling; see config/gateway.example.yaml)"
+    if err["type"] == "missing":
+        return "required, but missing"
+    return msg.removeprefix("Value error, ")
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _env_key(loc: tuple[Any, ...]) -> str:
+    return "__".join(str(p).lower() for p in loc)
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest YAML node on ``loc`` that exists."""
+    line: int | None = None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        nxt: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if getattr(key, "value", None) == part:
+                    line = key.start_mark.line + 1
+                    nxt = value
+                    break
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
+            nxt = node.value[part]
+        node = nxt
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line
+
+
+def _apply_env_overrides(
+    data: dict[str, Any],
+    environ: Mapping[str, str],
+    file: str,
+    problems: list[ConfigProblem],
+) -> dict[str, str]:
+    """Write ``GATEWAY__A__B=value`` into ``data['a']['b']``; return loc-key → variable name."""
+    sources: dict[str, str] = {}
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not parts:
+            continue
+        try:
+            value = yaml.safe_load(environ[name])
+        except yaml.YAMLError:
+            value = environ[name]
+        target: Any = data
+        resolved: list[str] = []
+        ok = True
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(target, list):
+                idx = _list_index(target, part)
+                if idx is None:
+                    problems.append(
+                        ConfigProblem(
+                            file,
+                            _format_loc(tuple(resolved)),
+                            f"environment variable {name}: no list entry {part!r} "
+                            "(use a position or a route name)",
+                        )
+                    )
+                    ok = False
+                    break
+                resolved.append(str(idx))
+                if last:
+                    target[idx] = value
+                else:
+                    target = target[idx]
+            elif isinstance(target, dict):
+                resolved.append(part)
+                if last:
+                    target[part] = value
+                else:
+                    if not isinstance(target.get(part), dict | list):
+                        target[part] = {}
+                    target = target[part]
+            else:
+                ok = False
+                break
+        if ok:
+            sources["__".join(resolved)] = name
+    return sources
+
+
+def _list_index(items: list[Any], part: str) -> int | None:
+    if part.isdigit():
+        idx = int(part)
+        return idx if idx < len(items) else None
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and str(item.get("name", "")).lower() == part:
+            return i
+    return None
+
+
+def _valid_routes(
+    config: GatewayConfig | None, data: dict[str, Any]
+) -> tuple[str, list[tuple[int, RouteSettings]]]:
+    """The reserved prefix and every route that is valid on its own, even if others are not.
+
+    This lets cross-field checks run (and report) alongside field errors, so one
+    run of ``check-config`` lists everything.
+    """
+    if config is not None:
+        return config.server.reserved_prefix, list(enumerate(config.routes))
+    try:
+        reserved = ServerSettings.model_validate(data.get("server") or {}).reserved_prefix
+    except ValidationError:
+        reserved = ServerSettings().reserved_prefix
+    routes: list[tuple[int, RouteSettings]] = []
+    raw = data.get("routes")
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        try:
+            routes.append((i, RouteSettings.model_validate(item)))
+        except ValidationError:
+            continue
+    return reserved, routes
+
+
+def _semantic_problems(
+    config: GatewayConfig | None, data: dict[str, Any], file: str, node: yaml.Node | None
+) -> list[ConfigProblem]:
+    """Checks that span fields: unique names, reserved paths, valid patterns."""
+    from gateway.routing import PatternError, compile_pattern
+
+    problems: list[ConfigProblem] = []
+    reserved, routes = _valid_routes(config, data)
+
+    def add(loc: tuple[Any, ...], message: str) -> None:
+        line = _line_of(node, loc)
+        problems.append(
+            ConfigProblem(file, _format_loc(loc), (f"line {line}: " if line else "") + message)
+        )
+
+    seen: dict[str, int] = {}
+    for i, route in routes:
+        if route.name in seen:
+            add(("routes", i, "name"), f"duplicate route name (also routes[{seen[route.name]}])")
+        seen.setdefault(route.name, i)
+        path = route.match.path
+        if path.rstrip("/") + "/" == reserved or path.startswith(reserved):
+            add(
+                ("routes", i, "match", "path"),
+                f"{reserved} is reserved for the gateway itself and is never proxied",
+            )
+        if route.match.type == "pattern":
+            try:
+                compile_pattern(path)
+            except PatternError as exc:
+                add(("routes", i, "match", "path"), str(exc))
+        strip = route.strip_prefix
+        if (
+            strip
+            and route.match.type != "pattern"
+            and not (path == strip or path.startswith(strip + "/"))
+        ):
+            add(
+                ("routes", i, "strip_prefix"),
+                f"{strip!r} is not a prefix of the route's path {path!r}",
+            )
+    return problems
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file, for editors and CI checks."""
+    schema = GatewayConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "eHerkenning gateway configuration"
+    return schema

@@ -1,0 +1,133 @@
+"""Structured logs: JSON for machines, console for people, secrets never included.
+
+Every log line passes the redaction processor, which blanks values under
+sensitive keys (cookies, authorisation, tokens, SAML messages, keys, passwords)
+and any value that looks like a JWT or a base64 SAML message, wherever it
+appears. Query strings are logged with sensitive parameter values removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, TextIO
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+import structlog
+
+REDACTED = "[redacted]"
+
+_SENSITIVE_KEY = re.compile(
+    r"cookie|authori[sz]ation|token|jwt|saml|assertion|artifact|password|passwd|secret|"
+    r"private|credential|signature|relay_?state|csrf|session_id|bearer",
+    re.IGNORECASE,
+)
+# eyJ... = base64url of '{"' (a JWS/JWT); PD94/PHNh/PHNhbW = base64 of '<?x' / '<sa'.
+_SENSITIVE_VALUE = re.compile(
+    r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}|PD94bWwg|PHNhbWw|PHNhbWxw|<saml|<samlp|"
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----"
+)
+_SENSITIVE_PARAMS = frozenset(
+    {
+        "samlart",
+        "samlrequest",
+        "samlresponse",
+        "relaystate",
+        "signature",
+        "sigalg",
+        "token",
+        "access_token",
+        "id_token",
+        "code",
+        "state",
+        "password",
+        "session",
+        "csrf",
+    }
+)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return REDACTED if _SENSITIVE_VALUE.search(value) else value
+    if isinstance(value, bytes):
+        return REDACTED
+    if isinstance(value, Mapping):
+        return {k: (REDACTED if _sensitive_key(k) else _redact_value(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+def _sensitive_key(key: object) -> bool:
+    return isinstance(key, str) and bool(_SENSITIVE_KEY.search(key))
+
+
+def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: remove secrets from every field of every event."""
+    for key in list(event_dict):
+        value = event_dict[key]
+        if key == "event":
+            event_dict[key] = _redact_value(value)
+        elif _sensitive_key(key):
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = _redact_value(value)
+    return event_dict
+
+
+def safe_query(query_string: str) -> str:
+    """The query string with values of sensitive parameters replaced."""
+    if not query_string:
+        return ""
+    pairs = parse_qsl(query_string, keep_blank_values=True)
+    return urlencode(
+        [(k, REDACTED if k.lower() in _SENSITIVE_PARAMS else v) for k, v in pairs], safe="[]"
+    )
+
+
+def _orjson_dumps(obj: Any, default: Any = None) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
+    """Set up structlog once per process (call again to change format or level)."""
+    stream = stream or sys.stdout
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    renderer: Any
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    else:
+        shared.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries that use stdlib logging (aiohttp, pysaml2) go through the same
+    # renderer, at warning and above, so nothing bypasses redaction.
+    logging.basicConfig(
+        level=logging.WARNING, handlers=[_StructlogHandler()], force=True, format="%(message)s"
+    )
+
+
+class _StructlogHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+        except Exception:  # a broken library log call must not break us
+            msg = str(record.msg)
+        structlog.get_logger(record.name).log(
+            record.levelno, "library_logged", logger=record.name, message=msg
+        )

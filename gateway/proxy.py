@@ -1,0 +1,469 @@
+"""Forwarding one request upstream: header hygiene, streaming, websockets, errors.
+
+What crosses the gateway, and what does not:
+
+- Hop-by-hop headers (Connection and the headers it names, Keep-Alive, TE,
+  Trailer, Transfer-Encoding, Upgrade unless a websocket is passed through,
+  Proxy-*, Expect) never cross in either direction.
+- Client-sent identity headers and every header on the deny-list were already
+  removed before routing (``gateway.app``); the gateway's own cookies are
+  removed from ``Cookie`` here, and an upstream may not set them either.
+- ``X-Forwarded-For/-Proto/-Host`` and ``Forwarded`` are rebuilt: incoming
+  values are believed only from configured trusted proxies.
+- Bodies stream in both directions in chunks; nothing is buffered whole.
+- Upstream redirects to the upstream's own address are rewritten to the public
+  address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway.config import RouteSettings, ServerSettings
+from gateway.errors import BodyTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.metrics import Metrics
+
+log = structlog.get_logger("gateway.proxy")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+    }
+)
+# Recomputed by us for every request; client copies are never passed on as-is.
+_FORWARDING = frozenset(
+    {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"}
+)
+_WS_HANDSHAKE = frozenset(
+    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
+)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Precomputed facts about a route's upstream, so the hot path only concatenates."""
+
+    settings: RouteSettings
+
+    @cached_property
+    def url(self) -> URL:
+        return URL(str(self.settings.upstream))
+
+    @cached_property
+    def origin(self) -> str:
+        return str(self.url.origin())
+
+    @cached_property
+    def base_path(self) -> str:
+        return self.url.raw_path.rstrip("/")
+
+    def target(self, raw_path: str, raw_query: str) -> URL:
+        strip = self.settings.strip_prefix
+        if strip and (raw_path == strip or raw_path.startswith(strip + "/")):
+            raw_path = raw_path[len(strip) :] or "/"
+        target = self.origin + self.base_path + raw_path
+        if raw_query:
+            target += "?" + raw_query
+        return URL(target, encoded=True)
+
+    def public_location(self, location: str, public_origin: str) -> str:
+        """Rewrite ``location`` if it points at the upstream's own address."""
+        if not location.startswith(("http://", "https://")):
+            return location
+        try:
+            loc = URL(location)
+        except ValueError:
+            return location
+        if str(loc.origin()) != self.origin:
+            return location
+        path = loc.raw_path
+        if self.base_path and (path == self.base_path or path.startswith(self.base_path + "/")):
+            path = path[len(self.base_path) :] or "/"
+        path = (self.settings.strip_prefix or "") + path
+        out = public_origin + path
+        if loc.raw_query_string:
+            out += "?" + loc.raw_query_string
+        if loc.raw_fragment:
+            out += "#" + loc.raw_fragment
+        return out
+
+
+@dataclass(frozen=True)
+class ClientView:
+    """Who the client is and how it reached us, after applying trusted-proxy rules."""
+
+    address: str
+    proto: str
+    host: str
+    xff: str
+    forwarded: str
+
+    @property
+    def public_origin(self) -> str:
+        return f"{self.proto}://{self.host}"
+
+
+def client_view(
+    request: web.BaseRequest, trusted: Iterable[Network], public_url: str | None
+) -> ClientView:
+    """Work out client address, scheme and host; believe forwarded headers only from ``trusted``."""
+    peer = request.remote or "unknown"
+    proto = request.scheme
+    host = request.host
+    trusted = tuple(trusted)
+    incoming_xff = request.headers.get("X-Forwarded-For", "")
+    incoming_fwd = request.headers.get("Forwarded", "")
+    if trusted and _is_trusted(peer, trusted):
+        hops = [h.strip() for h in incoming_xff.split(",") if h.strip()]
+        client = peer
+        for hop in reversed(hops):
+            client = hop
+            if not _is_trusted(hop, trusted):
+                break
+        proto = request.headers.get("X-Forwarded-Proto", proto).split(",")[0].strip() or proto
+        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip() or host
+        xff = f"{incoming_xff}, {peer}" if incoming_xff else peer
+        fwd_prefix = f"{incoming_fwd}, " if incoming_fwd else ""
+    else:
+        client = peer
+        xff = peer
+        fwd_prefix = ""
+    if public_url:
+        pub = URL(public_url)
+        proto, host = pub.scheme, pub.raw_authority
+    for_value = f'"[{peer}]"' if ":" in peer else peer
+    forwarded = f"{fwd_prefix}for={for_value};proto={proto};host={_quote_host(host)}"
+    return ClientView(client, proto, host, xff, forwarded)
+
+
+def _quote_host(host: str) -> str:
+    return f'"{host}"' if ":" in host else host
+
+
+def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:
+    """Header names listed in ``Connection``: hop-by-hop by declaration."""
+    value = headers.get("Connection", "")
+    return {t.strip().lower() for t in value.split(",") if t.strip()}
+
+
+def is_gateway_cookie(name: str, prefixes: tuple[str, ...]) -> bool:
+    return name.startswith(prefixes)
+
+
+def strip_gateway_cookies(cookie_header: str, prefixes: tuple[str, ...]) -> str:
+    """``Cookie`` without the gateway's own cookies; other cookies pass unchanged."""
+    kept = [
+        part
+        for part in cookie_header.split(";")
+        if part.strip() and not is_gateway_cookie(part.strip().split("=", 1)[0], prefixes)
+    ]
+    return ";".join(kept).strip()
+
+
+class Forwarder:
+    """Sends requests to upstreams through one pooled client session per process."""
+
+    def __init__(self, server: ServerSettings, metrics: Metrics):
+        self.server = server
+        self.metrics = metrics
+        self.cookie_prefixes = tuple(server.gateway_cookie_prefixes)
+        self._session: aiohttp.ClientSession | None = None
+        self._upstreams: dict[int, Upstream] = {}
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.server.upstream_pool_size, ttl_dns_cache=30, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # A shared jar would replay one user's upstream cookies to another.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            # Pass the client's headers through as they are; add none of our own.
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Forwarder.start() was not called"
+        return self._session
+
+    def upstream(self, route: RouteSettings) -> Upstream:
+        key = id(route)
+        up = self._upstreams.get(key)
+        if up is None or up.settings is not route:
+            up = self._upstreams[key] = Upstream(route)
+        return up
+
+    def request_headers(
+        self,
+        request: web.BaseRequest,
+        route: RouteSettings,
+        client: ClientView,
+        request_id: str,
+        extra: Mapping[str, str],
+        deny: frozenset[str] = frozenset(),
+        websocket: bool = False,
+    ) -> CIMultiDict[str]:
+        """Headers to send upstream: hygiene first, then ours, then the route's own edits.
+
+        ``deny`` (lower-case names) holds the client-sent headers nobody behind
+        the gateway may see: identity headers and the configured deny-list.
+        """
+        drop = HOP_BY_HOP | _FORWARDING | deny | connection_tokens(request.headers)
+        if websocket:
+            drop |= _WS_HANDSHAKE | {"sec-websocket-protocol"}
+        out: CIMultiDict[str] = CIMultiDict()
+        for name, value in request.headers.items():
+            low = name.lower()
+            if low in drop:
+                continue
+            if low == "cookie":
+                value = strip_gateway_cookies(value, self.cookie_prefixes)
+                if not value:
+                    continue
+            out.add(name, value)
+        if route.preserve_host:
+            out["Host"] = request.host
+        out["X-Forwarded-For"] = client.xff
+        out["X-Forwarded-Proto"] = client.proto
+        out["X-Forwarded-Host"] = client.host
+        out["Forwarded"] = client.forwarded
+        out[self.server.request_id_header] = request_id
+        for name, value in extra.items():
+            out[name] = value
+        ops = route.request_headers
+        for name in ops.remove:
+            out.popall(name, None)
+        for name, value in ops.set.items():
+            out[name] = value
+        return out
+
+    async def forward(
+        self,
+        request: web.Request,
+        route: RouteSettings,
+        client: ClientView,
+        request_id: str,
+        extra_headers: Mapping[str, str],
+        timing: dict[str, float],
+        deny: frozenset[str] = frozenset(),
+    ) -> web.StreamResponse:
+        """Proxy one HTTP request and stream the answer back."""
+        up = self.upstream(route)
+        url = up.target(request.raw_path.split("?", 1)[0], request.query_string)
+        if (
+            route.websocket
+            and request.headers.get("Upgrade", "").lower() == "websocket"
+            and "upgrade" in connection_tokens(request.headers)
+        ):
+            headers = self.request_headers(
+                request, route, client, request_id, extra_headers, deny, websocket=True
+            )
+            return await self._websocket(request, route, url, headers)
+
+        headers = self.request_headers(request, route, client, request_id, extra_headers, deny)
+        limit = route.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise BodyTooLarge(f"content-length {length} > {limit}")
+        data: AsyncIterator[bytes] | None = None
+        state = _BodyState()
+        if request.body_exists:
+            data = _limited(request.content, limit, state)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=route.timeouts.connect, sock_read=route.timeouts.read
+        )
+        started = time.perf_counter()
+        try:
+            upstream = await self.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=timeout,
+                auto_decompress=False,
+            )
+        except BodyTooLarge:
+            raise
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            if state.too_large:
+                raise BodyTooLarge("streamed body over the limit") from exc
+            self.metrics.upstream_errors.labels(route.name, "timeout").inc()
+            raise UpstreamTimeout(f"{route.name}: timeout") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            if state.too_large:
+                raise BodyTooLarge("streamed body over the limit") from exc
+            kind = "connect" if isinstance(exc, aiohttp.ClientConnectorError) else "reset"
+            self.metrics.upstream_errors.labels(route.name, kind).inc()
+            raise UpstreamUnavailable(f"{route.name}: {kind}: {type(exc).__name__}") from exc
+        timing["upstream"] = time.perf_counter() - started
+        self.metrics.upstream_duration.labels(route.name).observe(timing["upstream"])
+        async with upstream:
+            return await self._stream_back(request, route, up, upstream, client, request_id)
+
+    async def _stream_back(
+        self,
+        request: web.Request,
+        route: RouteSettings,
+        up: Upstream,
+        upstream: aiohttp.ClientResponse,
+        client: ClientView,
+        request_id: str,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        drop = HOP_BY_HOP | connection_tokens(upstream.headers)
+        for name, value in upstream.headers.items():
+            low = name.lower()
+            if low in drop:
+                continue
+            if low == "set-cookie" and is_gateway_cookie(
+                value.split("=", 1)[0].strip(), self.cookie_prefixes
+            ):
+                # The upstream must not overwrite (or fixate) the gateway's session.
+                continue
+            if low == "location":
+                value = up.public_location(value, client.public_origin)
+            resp.headers.add(name, value)
+        ops = route.response_headers
+        for name in ops.remove:
+            resp.headers.popall(name, None)
+        for name, value in ops.set.items():
+            resp.headers[name] = value
+        resp.headers[self.server.request_id_header] = request_id
+        no_body = request.method == "HEAD" or upstream.status in (204, 304)
+        if no_body:
+            resp.headers.popall("Transfer-Encoding", None)
+        await resp.prepare(request)
+        if no_body:
+            await resp.write_eof()
+            return resp
+        try:
+            async for chunk in upstream.content.iter_any():
+                await resp.write(chunk)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # Headers are gone already: the only honest signal left is to cut the
+            # client's connection so it sees an incomplete response.
+            kind = "timeout" if isinstance(exc, TimeoutError) else "reset"
+            self.metrics.upstream_errors.labels(route.name, kind).inc()
+            log.warning("upstream_failed_mid_body", route=route.name, kind=kind)
+            resp.force_close()
+            if request.transport is not None:
+                request.transport.abort()
+            return resp
+        await resp.write_eof()
+        return resp
+
+    async def _websocket(
+        self, request: web.Request, route: RouteSettings, url: URL, headers: CIMultiDict[str]
+    ) -> web.StreamResponse:
+        protocols = [
+            p.strip()
+            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if p.strip()
+        ]
+        try:
+            upstream_ws = await self.session.ws_connect(
+                url,
+                headers=headers,
+                protocols=protocols,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+                autoclose=False,
+                max_msg_size=route.max_body_bytes or 4 * 1024 * 1024,
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            self.metrics.upstream_errors.labels(route.name, "timeout").inc()
+            raise UpstreamTimeout(f"{route.name}: websocket timeout") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            self.metrics.upstream_errors.labels(route.name, "connect").inc()
+            raise UpstreamUnavailable(f"{route.name}: websocket: {type(exc).__name__}") from exc
+        client_ws = web.WebSocketResponse(
+            protocols=(upstream_ws.protocol,) if upstream_ws.protocol else (),
+            autoclose=False,
+            max_msg_size=route.max_body_bytes or 4 * 1024 * 1024,
+        )
+        try:
+            await client_ws.prepare(request)
+            pumps = [
+                asyncio.create_task(_pump(client_ws, upstream_ws)),
+                asyncio.create_task(_pump(upstream_ws, client_ws)),
+            ]
+            _, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            await upstream_ws.close()
+            await client_ws.close()
+        return client_ws
+
+
+async def _pump(
+    src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> None:
+    async for msg in src:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            await dst.send_str(msg.data)
+        elif msg.type == aiohttp.WSMsgType.BINARY:
+            await dst.send_bytes(msg.data)
+        else:  # CLOSE, CLOSING, ERROR: the conversation is over
+            break
+    if not dst.closed:
+        await dst.close(code=src.close_code or aiohttp.WSCloseCode.OK)
+
+
+class _BodyState:
+    __slots__ = ("too_large",)
+
+    def __init__(self) -> None:
+        self.too_large = False
+
+
+async def _limited(
+    content: aiohttp.StreamReader, limit: int, state: _BodyState
+) -> AsyncIterator[bytes]:
+    """Stream the request body upstream, stopping once it exceeds ``limit`` bytes."""
+    total = 0
+    async for chunk in content.iter_any():
+        total += len(chunk)
+        if total > limit:
+            state.too_large = True
+            raise BodyTooLarge(f"streamed body over {limit} bytes")
+        yield chunk

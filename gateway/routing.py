@@ -1,0 +1,153 @@
+"""Request → route: which configured route takes a request, and with which parameters.
+
+Pure: takes a host, a path and a method, returns a match. Routes are tried in
+file order and the **first match wins**: put specific routes before general
+ones. A route whose path matches but whose methods do not is skipped (a later
+route may take the method); if no route takes the request but some route's
+path matched, the answer is 405, otherwise 404.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.config import RouteSettings
+
+
+class PatternError(ValueError):
+    """A route pattern that cannot be compiled."""
+
+
+# {name} or {name:regex}; the regex may hold one level of braces ({8}, {2,4}).
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::((?:[^{}]|\{[^{}]*\})+))?\}")
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile ``/werkgevers/{kvk}/{rest:.*}`` to an anchored regex with named groups."""
+    out = ""
+    pos = 0
+    names: set[str] = set()
+    for m in _PARAM.finditer(pattern):
+        literal = pattern[pos : m.start()]
+        if "{" in literal or "}" in literal:
+            raise PatternError(f"unbalanced braces in pattern {pattern!r}")
+        out += re.escape(literal)
+        name, regex = m.group(1), m.group(2)
+        if name in names:
+            raise PatternError(f"parameter {{{name}}} appears twice in {pattern!r}")
+        names.add(name)
+        if regex is not None:
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise PatternError(f"bad regex for {{{name}}}: {exc}") from exc
+        out += f"(?P<{name}>{regex if regex is not None else '[^/]+'})"
+        pos = m.end()
+    tail = pattern[pos:]
+    if "{" in tail or "}" in tail:
+        raise PatternError(f"unbalanced braces in pattern {pattern!r}")
+    out += re.escape(tail)
+    return re.compile(out)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A compiled route: the settings plus what matching needs."""
+
+    settings: RouteSettings
+    index: int
+    _regex: re.Pattern[str] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def match_path(self, path: str) -> dict[str, str] | None:
+        rule = self.settings.match
+        if rule.type == "exact":
+            return {} if path == rule.path else None
+        if rule.type == "prefix":
+            prefix = rule.path.rstrip("/")
+            if not prefix or path == prefix or path.startswith(prefix + "/"):
+                return {}
+            return None
+        assert self._regex is not None
+        m = self._regex.fullmatch(path)
+        return m.groupdict() if m else None
+
+    def match_host(self, host: str) -> bool:
+        want = self.settings.match.host
+        if want is None:
+            return True
+        want = want.lower()
+        if want.startswith("*."):
+            return host.endswith(want[1:]) and len(host) > len(want) - 1
+        return host == want
+
+    def allows(self, method: str) -> bool:
+        methods = self.settings.match.methods
+        return methods is None or method in methods or (method == "HEAD" and "GET" in methods)
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    route: Route
+    params: dict[str, str]
+
+
+@dataclass(frozen=True)
+class NoMatch:
+    """No route takes the request; ``path_matched`` means the method was the problem."""
+
+    path_matched: bool
+
+
+class Router:
+    """The ordered routes of one configuration generation."""
+
+    def __init__(self, routes: Sequence[RouteSettings]):
+        self.routes = tuple(
+            Route(r, i, compile_pattern(r.match.path) if r.match.type == "pattern" else None)
+            for i, r in enumerate(routes)
+        )
+
+    def resolve(self, host: str, path: str, method: str) -> RouteMatch | NoMatch:
+        host = _bare_host(host)
+        path_matched = False
+        for route in self.routes:
+            if not route.match_host(host):
+                continue
+            params = route.match_path(path)
+            if params is None:
+                continue
+            if route.allows(method):
+                return RouteMatch(route, params)
+            path_matched = True
+        return NoMatch(path_matched)
+
+
+def _bare_host(host: str) -> str:
+    """Lower-case host without port; IPv6 literals keep their brackets."""
+    host = host.lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+_BAD_PATH = re.compile(r"(^|/)\.\.?(/|$)|//|\\|\x00")
+
+
+def unsafe_path(decoded_path: str, raw_path: str) -> bool:
+    """True for paths that routing and the upstream might read differently.
+
+    Dot segments, doubled slashes, backslashes and percent-encoded slashes let a
+    client reach an upstream path that another route (or no route) was meant to
+    guard; such requests are refused instead of normalised.
+    """
+    if _BAD_PATH.search(decoded_path):
+        return True
+    lowered = raw_path.lower()
+    return "%2f" in lowered or "%5c" in lowered or "%00" in lowered

@@ -1,0 +1,181 @@
+"""Running the gateway: one event loop per worker, signals, graceful shutdown.
+
+- SIGTERM/SIGINT: readiness turns 503, the gateway keeps accepting for
+  ``drain_delay_seconds`` (so a load balancer stops sending), then stops
+  accepting and gives in-flight requests ``shutdown_grace_seconds`` to finish,
+  then exits 0.
+- SIGHUP: reload the configuration file (also done when the file changes).
+- ``server.workers`` > 1: a supervisor forks that many workers that share the
+  port (SO_REUSEPORT, the kernel spreads connections), forwards signals to
+  them, and restarts a worker that dies unexpectedly. One worker per core is
+  the rule (the aiohttp HTTP code is the bottleneck, see docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from gateway.app import METRICS, RUNTIME, build_app
+from gateway.config import GatewayConfig
+from gateway.metrics import enable_multiprocess, mark_worker_dead
+
+log = structlog.get_logger("gateway.server")
+
+
+async def run_app_until_stopped(
+    app: web.Application,
+    config: GatewayConfig,
+    *,
+    reuse_port: bool = False,
+    on_started: Callable[[int], None] | None = None,
+) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT, then drain and stop gracefully."""
+    server = config.server
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=server.shutdown_grace_seconds
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port, backlog=1024)
+    await site.start()
+    port = _bound_port(runner)
+    log.info("gateway_started", host=server.host, port=port, pid=os.getpid())
+    if on_started is not None:
+        on_started(port)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    runtime = app[RUNTIME]
+    metrics = app[METRICS]
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: runtime.reload(metrics))
+    try:
+        await stop.wait()
+        runtime.draining = True
+        log.info("gateway_draining", delay_seconds=server.drain_delay_seconds)
+        if server.drain_delay_seconds:
+            await asyncio.sleep(server.drain_delay_seconds)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        started = time.monotonic()
+        await runner.cleanup()
+        log.info("gateway_stopped", drained_seconds=round(time.monotonic() - started, 3))
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return int(addr[1])
+    return 0
+
+
+def _new_loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop]:
+    if use_uvloop:
+        try:
+            import uvloop
+
+            factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+            return factory
+        except ImportError:
+            log.info("uvloop_unavailable", detail="install gateway[speed] for uvloop")
+    return asyncio.new_event_loop
+
+
+def run_worker(config: GatewayConfig, config_path: Path | None, *, reuse_port: bool) -> None:
+    """Run one worker process's event loop until it is stopped."""
+    app = build_app(config, config_path=config_path)
+    with asyncio.Runner(loop_factory=_new_loop_factory(config.server.uvloop)) as runner:
+        runner.run(run_app_until_stopped(app, config, reuse_port=reuse_port))
+
+
+def serve(config: GatewayConfig, config_path: Path | None) -> int:
+    """Entry point of ``gateway serve``: one process, or a supervisor of several."""
+    workers = config.server.workers
+    if workers == 1:
+        run_worker(config, config_path, reuse_port=False)
+        return 0
+    if config.server.port == 0:
+        # Workers can only share a port that is known before they start.
+        with socket.socket() as s:
+            s.bind((config.server.host, 0))
+            port = s.getsockname()[1]
+        config = config.model_copy(
+            update={"server": config.server.model_copy(update={"port": port})}
+        )
+    return _supervise(config, config_path, workers)
+
+
+def _supervise(config: GatewayConfig, config_path: Path | None, workers: int) -> int:
+    # Metrics from all workers are aggregated through files in this directory.
+    prom_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    enable_multiprocess(prom_dir)
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # worker
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 0
+            try:
+                run_worker(config, config_path, reuse_port=True)
+            except BaseException:  # the parent restarts us; say why first
+                log.exception("worker_crashed", slot=slot)
+                code = 1
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        children[pid] = slot
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for slot in range(workers):
+        spawn(slot)
+    log.info("supervisor_started", workers=workers, port=config.server.port, pid=os.getpid())
+    exit_code = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid not in children:
+            continue
+        slot = children.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        mark_worker_dead(pid)
+        if not stopping:
+            log.error("worker_exited", slot=slot, pid=pid, code=code, action="restarting")
+            time.sleep(0.5)
+            spawn(slot)
+        elif code != 0:
+            exit_code = 1
+    with contextlib.suppress(OSError):
+        for f in Path(prom_dir).iterdir():
+            f.unlink()
+        Path(prom_dir).rmdir()
+    log.info("supervisor_stopped", code=exit_code)
+    return exit_code

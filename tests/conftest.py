@@ -1,0 +1,57 @@
+"""Fixtures shared by every test area: a real upstream and a gateway in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import build_app
+from gateway.config import GatewayConfig, parse_config
+from tests.support.upstream import UPSTREAM_LOG, UpstreamLog, build_upstream_app
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
+    """A real HTTP upstream on loopback (see tests/support/upstream.py)."""
+    return await aiohttp_server(build_upstream_app())
+
+
+@pytest.fixture
+def upstream_log(upstream: TestServer) -> UpstreamLog:
+    return upstream.app[UPSTREAM_LOG]
+
+
+def make_config(data: dict[str, Any], environ: dict[str, str] | None = None) -> GatewayConfig:
+    """Validate a config dict exactly as a file would be validated."""
+    return parse_config(yaml.safe_dump(data), file="<test>", environ=environ or {})
+
+
+GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+def gateway(
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+    upstream: TestServer,
+) -> GatewayFactory:
+    """Build a gateway client; routes default to one public catch-all to ``upstream``."""
+
+    async def factory(
+        routes: list[dict[str, Any]] | None = None, **sections: Any
+    ) -> TestClient[web.Request, web.Application]:
+        base = str(upstream.make_url("/")).rstrip("/")
+        if routes is None:
+            routes = [{"name": "all", "match": {"path": "/"}, "upstream": base, "policy": "public"}]
+        for route in routes:
+            route.setdefault("upstream", base)
+        data: dict[str, Any] = {"routes": routes, **sections}
+        data.setdefault("server", {}).setdefault("config_poll_seconds", 0)
+        config = make_config(data)
+        return await aiohttp_client(build_app(config, configure_logs=False))
+
+    return factory

@@ -1,0 +1,131 @@
+"""Ops endpoints, metrics, access log and log redaction."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from gateway.app import RUNTIME
+from gateway.logs import REDACTED, configure_logging, redact, safe_query
+from tests.conftest import GatewayFactory
+
+
+async def test_healthz_answers(gateway: GatewayFactory) -> None:
+    """/_gateway/healthz says the process is alive."""
+    client = await gateway()
+    resp = await client.get("/_gateway/healthz")
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "ok"
+
+
+async def test_readyz_ready_then_draining(gateway: GatewayFactory) -> None:
+    """/_gateway/readyz is 200 with checks, and 503 once the gateway drains."""
+    client = await gateway()
+    resp = await client.get("/_gateway/readyz")
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["checks"]["upstreams"]["ok"] is True
+    client.app[RUNTIME].draining = True
+    resp = await client.get("/_gateway/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["checks"]["draining"]["ok"] is False
+
+
+async def test_readyz_fails_when_upstream_unresolvable(gateway: GatewayFactory) -> None:
+    """An upstream host name that does not resolve makes the gateway not ready."""
+    client = await gateway(
+        [{"name": "x", "match": {"path": "/"}, "upstream": "http://no-such-host.invalid:80"}]
+    )
+    resp = await client.get("/_gateway/readyz")
+    assert resp.status == 503
+    assert "no-such-host.invalid" in (await resp.json())["checks"]["upstreams"]["detail"]
+
+
+async def test_metrics_count_requests_and_errors(gateway: GatewayFactory) -> None:
+    """Metrics show requests by route and status, latency, in-flight and upstream errors."""
+    client = await gateway(
+        [
+            {"name": "ok", "match": {"path": "/ok"}, "policy": "public"},
+            {
+                "name": "dead",
+                "match": {"path": "/dead"},
+                "policy": "public",
+                "upstream": "http://127.0.0.1:9",
+            },
+        ]
+    )
+    await client.get("/ok")
+    await client.get("/ok")
+    await client.get("/dead")
+    text = await (await client.get("/_gateway/metrics")).text()
+    assert 'gateway_requests_total{method="GET",route="ok",status="200"} 2.0' in text
+    assert 'gateway_requests_total{method="GET",route="dead",status="502"} 1.0' in text
+    assert 'gateway_upstream_errors_total{kind="connect",route="dead"} 1.0' in text
+    assert 'gateway_request_duration_seconds_count{route="ok"} 2.0' in text
+    assert "gateway_requests_in_flight" in text
+
+
+async def test_access_log_one_line_per_request_without_query_secrets(
+    gateway: GatewayFactory,
+) -> None:
+    """Each request logs one access line with id, route, status, sizes and timings."""
+    client = await gateway()
+    with capture_logs() as logs:
+        resp = await client.get("/echo?SAMLart=AAQAAsecret&page=2")
+    lines = [e for e in logs if e["event"] == "request_handled"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["request_id"] == resp.headers["X-Request-ID"]
+    assert line["route"] == "all" and line["status"] == 200 and line["method"] == "GET"
+    assert line["path"] == "/echo"
+    assert "AAQAAsecret" not in line["query"] and "page=2" in line["query"]
+    assert line["bytes"] > 0 and line["duration_ms"] >= line["upstream_ms"] >= 0
+
+
+def test_safe_query_redacts_sensitive_parameters() -> None:
+    """SAML and token parameters keep their names but lose their values."""
+    out = safe_query("SAMLResponse=PHNhbWw&RelayState=abc&token=eyJx&q=werkgever")
+    assert "PHNhbWw" not in out and "abc" not in out and "eyJx" not in out
+    assert "q=werkgever" in out
+
+
+def test_redact_processor_blanks_sensitive_keys_and_values() -> None:
+    """Sensitive keys, JWT-looking and SAML-looking values are redacted anywhere in an event."""
+    event = {
+        "event": "x",
+        "cookie": "__Host-gw_session=abc",
+        "authorization": "Bearer abc",
+        "note": "header was eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.sig",
+        "nested": {"saml_response": "<samlp:Response/>", "fine": "ok"},
+        "items": ["PHNhbWxwOlJlc3BvbnNl", "plain"],
+        "kvk": "12345678",
+    }
+    out = redact(None, "info", dict(event))
+    assert out["cookie"] == REDACTED and out["authorization"] == REDACTED
+    assert out["note"] == REDACTED
+    assert out["nested"] == {"saml_response": REDACTED, "fine": "ok"}
+    assert out["items"] == [REDACTED, "plain"]
+    assert out["kvk"] == "12345678"
+
+
+@pytest.fixture
+def restore_structlog() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_json_logs_are_redacted_on_output() -> None:
+    """The configured JSON renderer writes one JSON object per line, already redacted."""
+    stream = io.StringIO()
+    configure_logging("json", "info", stream=stream)
+    structlog.get_logger("t").info("login_failed", token="eyJabc.def.ghi", kvk="12345678")
+    record = json.loads(stream.getvalue().strip())
+    assert record["event"] == "login_failed"
+    assert record["token"] == REDACTED and record["kvk"] == "12345678"
+    assert record["level"] == "info" and "timestamp" in record

@@ -1,0 +1,110 @@
+"""Route matching: pure, ordered, first match wins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.routing import NoMatch, PatternError, RouteMatch, Router, compile_pattern, unsafe_path
+from tests.conftest import make_config
+
+
+def _router(*routes: dict[str, Any]) -> Router:
+    for r in routes:
+        r.setdefault("upstream", "http://u")
+    return Router(make_config({"routes": list(routes)}).routes)
+
+
+def _name(result: RouteMatch | NoMatch) -> str | None:
+    return result.route.name if isinstance(result, RouteMatch) else None
+
+
+def test_prefix_matches_whole_segments_only() -> None:
+    """/api takes /api and /api/x but not /apix."""
+    router = _router({"name": "api", "match": {"path": "/api"}})
+    assert _name(router.resolve("h", "/api", "GET")) == "api"
+    assert _name(router.resolve("h", "/api/x", "GET")) == "api"
+    assert _name(router.resolve("h", "/apix", "GET")) is None
+
+
+def test_first_match_wins() -> None:
+    """The earlier route wins even when a later one is also a match."""
+    router = _router(
+        {"name": "specific", "match": {"path": "/api/v2"}},
+        {"name": "general", "match": {"path": "/"}},
+    )
+    assert _name(router.resolve("h", "/api/v2/x", "GET")) == "specific"
+    assert _name(router.resolve("h", "/other", "GET")) == "general"
+
+
+def test_exact_match() -> None:
+    """An exact route takes only its own path."""
+    router = _router({"name": "e", "match": {"path": "/login", "type": "exact"}})
+    assert _name(router.resolve("h", "/login", "GET")) == "e"
+    assert _name(router.resolve("h", "/login/x", "GET")) is None
+
+
+def test_pattern_extracts_named_parameters() -> None:
+    """Patterns match whole paths and return their named parameters."""
+    router = _router(
+        {"name": "p", "match": {"path": "/werkgevers/{kvk:[0-9]{8}}/{rest:.*}", "type": "pattern"}}
+    )
+    result = router.resolve("h", "/werkgevers/12345678/loonaangifte", "GET")
+    assert isinstance(result, RouteMatch)
+    assert result.params == {"kvk": "12345678", "rest": "loonaangifte"}
+    assert _name(router.resolve("h", "/werkgevers/1234/x", "GET")) is None
+
+
+def test_plain_parameter_is_one_segment() -> None:
+    """{name} does not cross a slash."""
+    router = _router({"name": "p", "match": {"path": "/a/{id}", "type": "pattern"}})
+    assert _name(router.resolve("h", "/a/1", "GET")) == "p"
+    assert _name(router.resolve("h", "/a/1/2", "GET")) is None
+
+
+def test_methods_fall_through_then_405() -> None:
+    """A method mismatch tries later routes; if none takes it the result says 405."""
+    router = _router(
+        {"name": "read", "match": {"path": "/d", "methods": ["GET"]}},
+        {"name": "write", "match": {"path": "/d", "methods": ["POST"]}},
+    )
+    assert _name(router.resolve("h", "/d", "POST")) == "write"
+    assert _name(router.resolve("h", "/d", "HEAD")) == "read"
+    result = router.resolve("h", "/d", "DELETE")
+    assert isinstance(result, NoMatch) and result.path_matched
+
+
+def test_host_matching_exact_and_wildcard() -> None:
+    """Hosts match case-insensitively without port; *.domain takes subdomains only."""
+    router = _router(
+        {"name": "exact", "match": {"path": "/", "host": "portaal.fonds.nl"}},
+        {"name": "wild", "match": {"path": "/", "host": "*.fonds.nl"}},
+    )
+    assert _name(router.resolve("PORTAAL.fonds.nl:8443", "/", "GET")) == "exact"
+    assert _name(router.resolve("api.fonds.nl", "/", "GET")) == "wild"
+    assert _name(router.resolve("fonds.nl", "/", "GET")) is None
+
+
+@pytest.mark.parametrize("pattern", ["/a/{x", "/a/{x}/{x}", "/a/{x:(}"])
+def test_bad_patterns_rejected(pattern: str) -> None:
+    """Unbalanced braces, repeated names and bad regexes are refused."""
+    with pytest.raises(PatternError):
+        compile_pattern(pattern)
+
+
+@pytest.mark.parametrize(
+    ("decoded", "raw", "unsafe"),
+    [
+        ("/a/b", "/a/b", False),
+        ("/a/../b", "/a/../b", True),
+        ("/a/./b", "/a/./b", True),
+        ("/a//b", "/a//b", True),
+        ("/a/b", "/a%2Fb", True),
+        ("/a\\b", "/a%5Cb", True),
+        ("/caf\u00e9", "/caf%C3%A9", False),
+    ],
+)
+def test_unsafe_paths(decoded: str, raw: str, unsafe: bool) -> None:
+    """Paths that routing and an upstream could read differently are flagged."""
+    assert unsafe_path(decoded, raw) is unsafe

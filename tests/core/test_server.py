@@ -1,0 +1,144 @@
+"""The gateway as ops run it: real processes, signals, workers, the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp.test_utils import TestServer
+
+from tests.support.processes import GatewayProcess, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[Callable[..., GatewayProcess]]:
+    started: list[GatewayProcess] = []
+
+    def start(args: list[str], **kw: object) -> GatewayProcess:
+        proc = GatewayProcess(args, **kw)  # type: ignore[arg-type]
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def _config(tmp_path: Path, upstream: TestServer, **server: object) -> tuple[Path, int]:
+    port = free_port()
+    cfg = tmp_path / "gateway.yaml"
+    base = str(upstream.make_url("/")).rstrip("/")
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"port": port, "config_poll_seconds": 0, **server},
+                "logging": {"format": "json"},
+                "routes": [
+                    {"name": "all", "match": {"path": "/"}, "upstream": base, "policy": "public"}
+                ],
+            }
+        )
+    )
+    return cfg, port
+
+
+async def test_sigterm_lets_in_flight_requests_finish(
+    tmp_path: Path, upstream: TestServer, processes: Callable[..., GatewayProcess]
+) -> None:
+    """On SIGTERM an in-flight request completes, new connections are refused, exit code 0."""
+    cfg, port = _config(tmp_path, upstream, shutdown_grace_seconds=10)
+    gw = processes(["serve", "--config", str(cfg)])
+    await gw.wait_http(f"http://127.0.0.1:{port}/_gateway/healthz")
+    async with aiohttp.ClientSession() as session:
+        slow = asyncio.create_task(session.get(f"http://127.0.0.1:{port}/slow?seconds=1&tag=t"))
+        await asyncio.sleep(0.3)
+        gw.signal(signal.SIGTERM)
+        resp = await slow
+        assert resp.status == 200
+        assert await resp.text() == "slow done t"
+        assert await gw.wait_exit() == 0
+    assert '"gateway_stopped"' in gw.output()
+
+
+async def test_sighup_reloads_config(
+    tmp_path: Path, upstream: TestServer, processes: Callable[..., GatewayProcess]
+) -> None:
+    """SIGHUP makes a running gateway pick up a changed routes file."""
+    cfg, port = _config(tmp_path, upstream)
+    gw = processes(["serve", "--config", str(cfg)])
+    url = f"http://127.0.0.1:{port}"
+    await gw.wait_http(url + "/_gateway/healthz")
+    data = yaml.safe_load(cfg.read_text())
+    data["routes"][0]["match"]["path"] = "/only-this"
+    cfg.write_text(yaml.safe_dump(data))
+    gw.signal(signal.SIGHUP)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(50):
+            async with session.get(url + "/elsewhere") as resp:
+                if resp.status == 404:
+                    break
+            await asyncio.sleep(0.1)
+        assert resp.status == 404
+        async with session.get(url + "/only-this") as resp:
+            assert resp.status == 200
+    gw.signal(signal.SIGTERM)
+    assert await gw.wait_exit() == 0
+
+
+async def test_several_workers_share_the_port(
+    tmp_path: Path, upstream: TestServer, processes: Callable[..., GatewayProcess]
+) -> None:
+    """With workers: 2, two processes answer on one port and metrics add up across them."""
+    cfg, port = _config(tmp_path, upstream, workers=2)
+    gw = processes(["serve", "--config", str(cfg)])
+    url = f"http://127.0.0.1:{port}"
+    await gw.wait_http(url + "/_gateway/healthz")
+    pids = set()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        for _ in range(40):
+            async with session.get(url + "/echo") as resp:
+                assert resp.status == 200
+        async with session.get(url + "/_gateway/metrics") as resp:
+            text = await resp.text()
+    assert 'gateway_requests_total{method="GET",route="all",status="200"} 40.0' in text
+    for line in gw.output().splitlines():
+        if '"gateway_started"' in line:
+            pids.add(line.split('"pid":')[1].split(",")[0].split("}")[0])
+    assert len(pids) == 2
+    gw.signal(signal.SIGTERM)
+    assert await gw.wait_exit() == 0
+
+
+async def test_serve_refuses_invalid_config(
+    tmp_path: Path, processes: Callable[..., GatewayProcess]
+) -> None:
+    """serve exits 2 and prints every problem when the config is invalid."""
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("routes: []\nserver: {port: -1}\n")
+    gw = processes(["serve", "--config", str(cfg)])
+    assert await gw.wait_exit() == 2
+    out = gw.output()
+    assert "bad.yaml: server.port" in out and "bad.yaml: routes" in out
+
+
+async def test_demo_serves_sample_portal(processes: Callable[..., GatewayProcess]) -> None:
+    """The demo command starts the gateway in front of the sample portal and prints the URL."""
+    port, portal = free_port(), free_port()
+    gw = processes(["demo", "--port", str(port), "--portal-port", str(portal)], cwd=ROOT)
+    await gw.wait_http(f"http://127.0.0.1:{port}/_gateway/healthz")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/api/headers") as resp:
+            assert resp.status == 200
+            seen = {k.lower(): v for k, v in (await resp.json())["headers"]}
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert "x-request-id" in seen
+    assert f"http://localhost:{port}/" in gw.output()
+    gw.signal(signal.SIGINT)
+    assert await gw.wait_exit() == 0
