@@ -8,6 +8,7 @@ reference verifier in ``tests/support/tokens.py`` talks to it over real HTTP.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import time
 import types
 from collections.abc import Awaitable, Callable
@@ -101,8 +102,10 @@ def make_settings() -> Callable[..., TokenSettings]:
 def keys_dir(tmp_path: Path) -> Callable[[Algorithm], Path]:
     """Make a keys directory with a current and a next key for an algorithm."""
 
+    counter = itertools.count()
+
     def make(algorithm: Algorithm = "ES256") -> Path:
-        path = tmp_path / f"keys-{algorithm}"
+        path = tmp_path / f"keys-{algorithm}-{next(counter)}"
         init_keys_dir(path, algorithm)
         return path
 

@@ -146,9 +146,9 @@ def test_digest_follows_the_documented_rule() -> None:
 
 def test_digest_ignores_order_and_names_but_not_scopes() -> None:
     """Reordering or renaming does not change the digest; a scope change does."""
-    a = [{"kvk": "1", "name": "x", "scopes": ["s"]}, {"kvk": "2"}]
-    b = [{"kvk": "2"}, {"kvk": "1", "name": "y", "scopes": ["s"]}]
-    c = [{"kvk": "2"}, {"kvk": "1", "scopes": ["s", "t"]}]
+    a: list[dict[str, Any]] = [{"kvk": "1", "name": "x", "scopes": ["s"]}, {"kvk": "2"}]
+    b: list[dict[str, Any]] = [{"kvk": "2"}, {"kvk": "1", "name": "y", "scopes": ["s"]}]
+    c: list[dict[str, Any]] = [{"kvk": "2"}, {"kvk": "1", "scopes": ["s", "t"]}]
     assert employers_digest(a) == employers_digest(b)
     assert employers_digest(a) != employers_digest(c)
 
