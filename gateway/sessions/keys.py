@@ -1,0 +1,47 @@
+"""Every store key and channel the session layer uses, in one place.
+
+All keys are derived from hashes, never from a raw secret: a dump of Redis (or a
+``MONITOR`` session) shows no usable session cookie, pre-login cookie or
+attacker-chosen assertion ID. Each key's variable part is a hash tag (``{...}``)
+so keys that belong together share a Redis Cluster slot.
+
+===========================================  ==========================  ==================
+key                                          what                        TTL
+===========================================  ==========================  ==================
+``sess:{<h(session id)>}``                   the session record          min(idle, absolute left)
+``sess:{<h(session id)>}:refresh``           mandate re-check lock       ``refresh_lock_seconds``
+``login:{<h(prelogin cookie)>}:<h(req id)>`` a pending login             ``prelogin_ttl``
+``replay:{<h(issuer, assertion id)>}``       a seen assertion ID         NotOnOrAfter + skew
+channel ``sess:invalidate``                  "drop your cached copy"     (pub/sub)
+===========================================  ==========================  ==================
+
+``h`` is SHA-256, hex, truncated to 128 bits (32 hex characters). The store adds
+the deployment prefix (``gw:`` by default) in front of all of these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+INVALIDATE_CHANNEL = "sess:invalidate"
+
+
+def digest(*parts: str) -> str:
+    """128-bit hex SHA-256 of the parts (NUL-separated so parts cannot run together)."""
+    return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def session_key(session_hash: str) -> str:
+    return f"sess:{{{session_hash}}}"
+
+
+def refresh_lock_key(session_hash: str) -> str:
+    return f"sess:{{{session_hash}}}:refresh"
+
+
+def login_key(prelogin_cookie: str, request_id: str) -> str:
+    return f"login:{{{digest(prelogin_cookie)}}}:{digest(request_id)}"
+
+
+def replay_key(issuer: str, assertion_id: str) -> str:
+    return f"replay:{{{digest(issuer, assertion_id)}}}"

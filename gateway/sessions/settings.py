@@ -1,0 +1,89 @@
+"""``SessionSettings``: lifetimes, cookies, cache and mandate re-check timing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from pathlib import Path
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_log = structlog.get_logger("gateway.sessions")
+
+HOST_PREFIX = "__Host-"
+
+
+class SessionSettings(BaseModel):
+    """Sessions, pre-login state and the replay cache. Defaults are production-safe."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    idle_timeout: dt.timedelta = dt.timedelta(minutes=15)
+    """A session unused this long ends (seconds or ISO 8601 duration in config)."""
+    absolute_lifetime: dt.timedelta = dt.timedelta(hours=8)
+    """A session ends this long after login, however active it is."""
+    touch_interval: dt.timedelta = dt.timedelta(seconds=30)
+    """``last_seen`` is written at most this often per session (not on every request), so
+    the effective idle timeout is between ``idle_timeout - touch_interval`` and ``idle_timeout``."""
+    cookie_name: str = Field(default="__Host-gw_session", pattern=r"^[A-Za-z0-9_-]+$")
+    """Session cookie name; the ``__Host-`` prefix pins it to our host, path / and HTTPS."""
+    prelogin_cookie_name: str = Field(default="__Host-gw_login", pattern=r"^[A-Za-z0-9_-]+$")
+    """Cookie binding a pending login to the browser that started it."""
+    insecure_dev_cookies: bool = False
+    """DEVELOPMENT ONLY, NEVER IN PRODUCTION: send cookies without ``Secure`` (and so
+    without the ``__Host-`` prefix) so a plain-HTTP demo on localhost works. With it,
+    cookies travel in clear text and can be set by other hosts."""
+    cache_seconds: float = Field(default=2.0, ge=0, le=30)
+    """How long a replica may serve a session from its in-process cache (0 = no cache).
+    Changes elsewhere reach it by pub/sub at once, or after this long if a message is lost."""
+    cache_max_entries: int = Field(default=10_000, ge=1)
+    """Bound on the in-process session cache (least recently used entries are dropped)."""
+    mandate_recheck_interval: dt.timedelta = dt.timedelta(seconds=60)
+    """Re-check a session's mandates when its last check is older than this."""
+    mandate_max_staleness: dt.timedelta = dt.timedelta(minutes=15)
+    """With the registry down, a session may use its last known mandates this long; then deny."""
+    refresh_lock_seconds: float = Field(default=10.0, gt=0, le=120)
+    """Lifetime of the per-session lock that lets one request (on one replica) re-check."""
+    prelogin_ttl: dt.timedelta = dt.timedelta(minutes=10)
+    """How long a started login may take before the pending state expires."""
+    replay_clock_skew: dt.timedelta = dt.timedelta(seconds=60)
+    """Assertion IDs are remembered until NotOnOrAfter plus this skew."""
+    ref_secret_file: Path | None = None
+    """File with the secret for session references (logs, audit, token ``sid``). Required
+    with several replicas, so every replica computes the same reference; without it each
+    process uses a random secret (fine for one process only)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SessionSettings:
+        for name in ("idle_timeout", "absolute_lifetime", "touch_interval", "prelogin_ttl"):
+            if getattr(self, name) <= dt.timedelta(0):
+                raise ValueError(f"{name} must be positive")
+        if self.idle_timeout > self.absolute_lifetime:
+            raise ValueError("idle_timeout must not exceed absolute_lifetime")
+        if self.touch_interval >= self.idle_timeout:
+            raise ValueError("touch_interval must be shorter than idle_timeout")
+        if self.mandate_max_staleness < self.mandate_recheck_interval:
+            raise ValueError("mandate_max_staleness must be at least mandate_recheck_interval")
+        if not self.insecure_dev_cookies:
+            for name in ("cookie_name", "prelogin_cookie_name"):
+                if not getattr(self, name).startswith(HOST_PREFIX):
+                    raise ValueError(f"{name} must start with {HOST_PREFIX} (secure cookies)")
+        return self
+
+    def effective_cookie_name(self, name: str) -> str:
+        """The cookie name as sent: without ``__Host-`` in insecure dev mode (browsers
+        reject a ``__Host-`` cookie that is not ``Secure``)."""
+        if self.insecure_dev_cookies and name.startswith(HOST_PREFIX):
+            return name[len(HOST_PREFIX) :]
+        return name
+
+    def load_ref_secret(self) -> bytes:
+        """The session-reference secret from ``ref_secret_file``, or a per-process random one."""
+        if self.ref_secret_file is not None:
+            secret = self.ref_secret_file.read_bytes().strip()
+            if len(secret) < 16:
+                raise ValueError("session ref secret must be at least 16 bytes")
+            return secret
+        _log.warning("session_ref_secret_generated", reason="ref_secret_file not configured")
+        return secrets.token_bytes(32)

@@ -1,0 +1,307 @@
+"""SessionManager on each store: lifetimes, touching, rotation, replicas, refresh lock."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import pytest
+import structlog
+
+from gateway.sessions.keys import digest, session_key
+from gateway.sessions.manager import SessionManager
+from gateway.sessions.settings import SessionSettings
+from gateway.store.base import Store
+from tests.sessions.conftest import Clock, make_employers, make_identity
+from tests.support.redis import eventually
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+
+def _manager(store: Store, clock: Clock, **settings: object) -> SessionManager:
+    return SessionManager(
+        store,
+        SessionSettings(**settings),  # type: ignore[arg-type]
+        ref_secret=SECRET,
+        clock=clock,
+    )
+
+
+@pytest.fixture
+async def manager(store: Store, clock: Clock) -> AsyncIterator[SessionManager]:
+    m = _manager(store, clock)
+    yield m
+    await m.aclose()
+
+
+async def test_create_then_load_returns_the_session(manager: SessionManager) -> None:
+    """A created session loads back by its cookie value with identity and allowed set intact."""
+    created = await manager.create(make_identity(), make_employers(3), active_employer="10000001")
+    loaded = await manager.load(created.id)
+    assert loaded == created
+    assert loaded.active_employer == "10000001"
+
+
+async def test_session_ids_are_fresh_and_long(manager: SessionManager) -> None:
+    """Every session gets its own 256-bit URL-safe ID; the reference is not the ID."""
+    ids = {(await manager.create(make_identity())).id for _ in range(20)}
+    assert len(ids) == 20
+    for session_id in ids:
+        assert len(session_id) == 43
+        assert manager.session_ref(session_id) != session_id
+        assert session_id not in manager.session_ref(session_id)
+
+
+@pytest.mark.parametrize("cookie", [None, "", "short", "x" * 43 + "y", "../" * 15, "a" * 43])
+async def test_unknown_or_malformed_cookies_load_nothing(
+    manager: SessionManager, cookie: str | None
+) -> None:
+    """Malformed, unknown or absent cookie values give no session."""
+    assert await manager.load(cookie) is None
+
+
+async def test_store_key_is_a_hash_not_the_id(store: Store, manager: SessionManager) -> None:
+    """The session is stored under a hash of its ID with a TTL no longer than the idle timeout."""
+    session = await manager.create(make_identity())
+    key = session_key(digest(session.id))
+    assert await store.get(key) is not None
+    left = await store.ttl(key)
+    assert left is not None
+    assert 0 < left <= 15 * 60
+    assert session.id not in key
+
+
+async def test_idle_timeout_ends_the_session(
+    store: Store, clock: Clock, manager: SessionManager
+) -> None:
+    """A session unused for the idle timeout is gone, audited, and removed from the store."""
+    session = await manager.create(make_identity())
+    clock.advance(minutes=15)
+    with structlog.testing.capture_logs() as logs:
+        assert await manager.load(session.id) is None
+    expired = [e for e in logs if e["event"] == "session_expired"]
+    assert expired[0]["reason"] == "idle"
+    assert expired[0]["session_ref"] == session.ref
+    assert session.id not in repr(logs)
+    assert await store.get(session_key(digest(session.id))) is None
+
+
+async def test_activity_keeps_the_session_alive(clock: Clock, manager: SessionManager) -> None:
+    """Requests more often than the idle timeout keep a session alive past it."""
+    session = await manager.create(make_identity())
+    for _ in range(5):
+        clock.advance(minutes=10)
+        assert await manager.load(session.id) is not None
+
+
+async def test_absolute_lifetime_ends_an_active_session(
+    clock: Clock, manager: SessionManager
+) -> None:
+    """However active, a session ends at the absolute lifetime (8 hours by default)."""
+    session = await manager.create(make_identity())
+    for _ in range(47):
+        clock.advance(minutes=10)
+        assert await manager.load(session.id) is not None
+    clock.advance(minutes=10)
+    with structlog.testing.capture_logs() as logs:
+        assert await manager.load(session.id) is None
+    assert [e["reason"] for e in logs if e["event"] == "session_expired"] == ["absolute"]
+
+
+async def test_store_ttl_never_outlives_the_absolute_lifetime(
+    store: Store, clock: Clock, manager: SessionManager
+) -> None:
+    """Near the end of its life a session's store TTL is the time left, not the idle timeout."""
+    session = await manager.create(make_identity())
+    for _ in range(47):
+        clock.advance(minutes=10)
+        await manager.load(session.id)
+    left = await store.ttl(session_key(digest(session.id)))
+    assert left is not None
+    assert left <= 10 * 60 + 1
+
+
+async def test_touch_is_throttled(store: Store, clock: Clock, manager: SessionManager) -> None:
+    """``last_seen`` is written at most every touch interval, not on every request."""
+    session = await manager.create(make_identity())
+    clock.advance(seconds=10)
+    assert (await manager.load(session.id)).last_seen == session.last_seen  # type: ignore[union-attr]
+    clock.advance(seconds=25)
+    touched = await manager.load(session.id)
+    assert touched is not None
+    assert touched.last_seen == clock.now
+    assert touched.version == session.version
+
+
+async def test_touch_keeps_a_newer_change_from_another_replica(store: Store, clock: Clock) -> None:
+    """A touch re-reads the stored record, so it never writes a stale cached copy back."""
+    a = _manager(store, clock, cache_seconds=30)
+    b = _manager(store, clock, cache_seconds=30)
+    try:
+        session = await a.create(make_identity(), make_employers(2))
+        assert await a.load(session.id) is not None  # cached on A
+        await b.update(session, active_employer="10000001")
+        clock.advance(seconds=31)
+        touched = await a.load(session.id)
+        assert touched is not None
+        assert touched.active_employer == "10000001"
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_update_bumps_the_version(manager: SessionManager) -> None:
+    """Content changes are saved and bump the version counter."""
+    session = await manager.create(make_identity(), make_employers(2))
+    updated = await manager.update(session, active_employer="10000000")
+    assert updated.version == session.version + 1
+    assert (await manager.load(session.id)) == updated
+
+
+async def test_rotate_moves_the_session_to_a_new_id(manager: SessionManager) -> None:
+    """After rotation the old ID is dead and the new one carries the same content."""
+    session = await manager.create(make_identity(), make_employers(2), active_employer="10000000")
+    rotated = await manager.rotate(session)
+    assert rotated.id != session.id
+    assert rotated.ref != session.ref
+    assert await manager.load(session.id) is None
+    loaded = await manager.load(rotated.id)
+    assert loaded == rotated
+    assert (loaded.identity, loaded.allowed, loaded.active_employer) == (
+        session.identity,
+        session.allowed,
+        session.active_employer,
+    )
+    assert loaded.csrf_secret == session.csrf_secret
+
+
+async def test_destroy_ends_the_session(manager: SessionManager) -> None:
+    """A destroyed session cannot be loaded any more (also by plain ID)."""
+    first = await manager.create(make_identity())
+    second = await manager.create(make_identity())
+    await manager.destroy(first)
+    await manager.destroy(second.id)
+    assert await manager.load(first.id) is None
+    assert await manager.load(second.id) is None
+
+
+async def test_session_created_on_one_replica_loads_on_another(store: Store, clock: Clock) -> None:
+    """Two managers on one store (two replicas) see the same sessions."""
+    a = _manager(store, clock)
+    b = _manager(store, clock)
+    try:
+        session = await a.create(make_identity(), make_employers(5))
+        assert await b.load(session.id) == session
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_destroy_on_one_replica_drops_the_others_cache(store: Store, clock: Clock) -> None:
+    """A logout on replica A reaches replica B's in-process cache through pub/sub."""
+    a = _manager(store, clock, cache_seconds=30)
+    b = _manager(store, clock, cache_seconds=30)
+    await b.start()
+    try:
+        # Make sure B's subscription is live before relying on it.
+        probe = await a.create(make_identity())
+        assert await b.load(probe.id) is not None
+        for _ in range(200):
+            await a.save(probe)
+            await asyncio.sleep(0.02)
+            if not b._cache:
+                break
+        session = await a.create(make_identity())
+        assert await b.load(session.id) is not None  # now cached on B
+        await a.destroy(session)
+        await eventually(lambda: digest(session.id) not in b._cache)
+        assert await b.load(session.id) is None
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_cache_is_bounded(store: Store, clock: Clock) -> None:
+    """The in-process cache never holds more than its configured number of sessions."""
+    m = _manager(store, clock, cache_max_entries=5)
+    try:
+        for _ in range(12):
+            await m.create(make_identity())
+        assert len(m._cache) == 5
+    finally:
+        await m.aclose()
+
+
+async def test_refresh_lock_has_one_holder_across_replicas(store: Store, clock: Clock) -> None:
+    """Of concurrent re-check attempts on two replicas exactly one gets the lock."""
+    a = _manager(store, clock)
+    b = _manager(store, clock)
+    try:
+        session = await a.create(make_identity())
+        results = await asyncio.gather(
+            *(m.try_refresh_lock(session) for m in (a, b) for _ in range(10))
+        )
+        assert results.count(True) == 1
+        await a.release_refresh_lock(session)
+        assert await b.try_refresh_lock(session) is True
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_mandate_recheck_timing(clock: Clock, manager: SessionManager) -> None:
+    """A re-check is due after the interval; staleness is measured from the last success."""
+    session = await manager.create(make_identity(), make_employers(2))
+    assert not manager.needs_mandate_check(session)
+    clock.advance(seconds=60)
+    assert manager.needs_mandate_check(session)
+    failed = await manager.record_mandate_check(session, None)
+    assert not manager.needs_mandate_check(failed)
+    assert failed.allowed == session.allowed
+    clock.advance(minutes=15)
+    assert manager.mandates_stale(failed)
+    ok = await manager.record_mandate_check(failed, make_employers(2))
+    assert not manager.mandates_stale(ok)
+
+
+async def test_revoked_active_employer_is_cleared(manager: SessionManager) -> None:
+    """When the active employer disappears from the allowed set it is deselected."""
+    employers = make_employers(3)
+    session = await manager.create(make_identity(), employers, active_employer=employers[0].kvk)
+    kept = await manager.record_mandate_check(session, employers[:1])
+    assert kept.active_employer == employers[0].kvk
+    revoked = await manager.record_mandate_check(kept, employers[1:])
+    assert revoked.active_employer is None
+    assert revoked.allowed_kvks == {employers[1].kvk, employers[2].kvk}
+    assert (await manager.load(session.id)) == revoked
+
+
+def test_session_ref_is_a_stable_keyed_hash(store: Store, clock: Clock) -> None:
+    """The same ID gives the same 128-bit reference with one secret and another with another."""
+    a = _manager(store, clock)
+    other = SessionManager(
+        store, SessionSettings(), ref_secret=b"another secret value!!", clock=clock
+    )
+    ref = a.session_ref("abc")
+    assert ref == a.session_ref("abc")
+    assert len(ref) == 22
+    assert other.session_ref("abc") != ref
+
+
+async def test_csrf_secret_checks(manager: SessionManager) -> None:
+    """The session's CSRF secret matches itself and nothing else."""
+    session = await manager.create(make_identity())
+    assert session.csrf_matches(session.csrf_secret)
+    assert not session.csrf_matches(None)
+    assert not session.csrf_matches(session.csrf_secret + "x")
+
+
+async def test_settings_validation() -> None:
+    """Inconsistent lifetimes and non-__Host- cookie names are refused outside dev mode."""
+    with pytest.raises(ValueError, match="idle_timeout"):
+        SessionSettings(idle_timeout=dt.timedelta(hours=9))
+    with pytest.raises(ValueError, match="__Host-"):
+        SessionSettings(cookie_name="gw_session")
+    dev = SessionSettings(cookie_name="gw_session", insecure_dev_cookies=True)
+    assert dev.effective_cookie_name(dev.cookie_name) == "gw_session"
