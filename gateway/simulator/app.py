@@ -104,7 +104,7 @@ async def _sso(request: web.Request) -> web.StreamResponse:
     try:
         if request.method == "GET":
             value, relay_state = request.query.get("SAMLRequest"), request.query.get("RelayState")
-            raw_query: str | None = request.query_string
+            raw_query: str | None = request.rel_url.raw_query_string
             xml = decode_redirect(value) if value else b""
         else:
             form = await request.post()

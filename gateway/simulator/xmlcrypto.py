@@ -15,7 +15,7 @@ import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import unquote_plus
+from urllib.parse import quote, quote_plus, unquote_plus
 
 import xmlsec
 from cryptography import x509
@@ -164,10 +164,16 @@ def verify_redirect(raw_query: str, certs: Sequence[bytes], *, message: str) -> 
     algorithm = _SIG_ALGS.get(unquote_plus(raw["SigAlg"]))
     if algorithm is None:
         raise SignatureInvalid("signature algorithm refused (RSA-SHA256/512 only)")
-    signed = f"{message}={raw.get(message, '')}"
-    if "RelayState" in raw:
-        signed += f"&RelayState={raw['RelayState']}"
-    signed += f"&SigAlg={raw['SigAlg']}"
+    names = [message, "RelayState", "SigAlg"] if "RelayState" in raw else [message, "SigAlg"]
+    # First the octets exactly as received; then the same decoded values
+    # re-encoded the two common ways, because HTTP clients (aiohttp, some
+    # proxies) re-quote URLs in transit. The signature still covers the same
+    # decoded values, so this does not widen what verifies.
+    variants = [
+        "&".join(f"{n}={raw.get(n, '')}" for n in names),
+        "&".join(f"{n}={quote_plus(unquote_plus(raw.get(n, '')), safe='')}" for n in names),
+        "&".join(f"{n}={quote(unquote_plus(raw.get(n, '')), safe='')}" for n in names),
+    ]
     try:
         signature = base64.b64decode(unquote_plus(raw["Signature"]), validate=True)
     except ValueError as exc:
@@ -176,11 +182,12 @@ def verify_redirect(raw_query: str, certs: Sequence[bytes], *, message: str) -> 
         public = x509.load_der_x509_certificate(der).public_key()
         if not isinstance(public, rsa.RSAPublicKey):
             continue
-        try:
-            public.verify(signature, signed.encode(), asym_padding.PKCS1v15(), algorithm)
-        except InvalidSignature:
-            continue
-        return
+        for signed in dict.fromkeys(variants):
+            try:
+                public.verify(signature, signed.encode(), asym_padding.PKCS1v15(), algorithm)
+            except InvalidSignature:
+                continue
+            return
     raise SignatureInvalid("signature does not verify with the SP metadata certificates")
 
 

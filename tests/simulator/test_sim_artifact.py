@@ -34,7 +34,8 @@ async def _artifact(
         params = acs_params(resp.headers["Location"])
         assert resp.headers["Location"].startswith(sp.acs_url + "?")
         assert params["RelayState"] == "state-1"
-        return params["SAMLart"]
+    assert sim.issued[-1].outcome == "success"
+    return params["SAMLart"]
 
 
 async def test_artifact_has_type_0004_and_sha1_source_id() -> None:
