@@ -168,7 +168,7 @@ async def test_broker_down_is_broker_unavailable(flow: Flow) -> None:
         metadata = flow.sp.metadata
         # The same broker, but its ARS on a closed port: a real connection refusal.
         sp.broker._current = replace(  # test reaches the far edge
-            metadata, ars_urls={i: "http://127.0.0.1:9/ars" for i in metadata.ars_urls}
+            metadata, ars_urls=dict.fromkeys(metadata.ars_urls, "http://127.0.0.1:9/ars")
         )
         with pytest.raises(BrokerUnavailable):
             await sp.consume_artifact(artifact, sp.expectation(request_id))
