@@ -265,14 +265,23 @@ class MandateService:
         token = secrets.token_hex(8).encode()
         lock_key, failed_key = _key(kvk, "lock"), _key(kvk, "failed")
         deadline = time.monotonic() + s.lock_wait
-        failure_seen: bytes | None = None
-        first = True
+        # A failure marker that changes while we wait means the lock holder's
+        # lookup failed: we fail with it instead of queueing for the registry.
+        failure_seen = await self.store.get(failed_key)
         while True:
             if await self.store.add(lock_key, token, s.lock_ttl):
                 try:
+                    # The holder writes its marker before releasing the lock, so a
+                    # check right after acquiring it cannot miss that failure.
+                    if await self.store.get(failed_key) != failure_seen:
+                        raise RegistryUnavailable("another replica's registry lookup just failed")
+                    # Likewise a holder that succeeded wrote the cache before releasing.
+                    entry = await self._read(kvk, "cache")
+                    if entry is not None and (seen is None or entry.fetched_at != seen.fetched_at):
+                        return entry
                     return await self._fetch_and_store(kvk)
-                except RegistryUnavailable:
-                    if s.failure_hold > 0:
+                except RegistryUnavailable as exc:
+                    if s.failure_hold > 0 and "another replica" not in exc.detail:
                         await self.store.set(failed_key, token, s.failure_hold)
                     raise
                 finally:
@@ -284,10 +293,7 @@ class MandateService:
             entry = await self._read(kvk, "cache")
             if entry is not None and (seen is None or entry.fetched_at != seen.fetched_at):
                 return entry
-            failure = await self.store.get(failed_key)
-            if first:
-                failure_seen, first = failure, False
-            elif failure is not None and failure != failure_seen:
+            if await self.store.get(failed_key) != failure_seen:
                 raise RegistryUnavailable("another replica's registry lookup just failed")
             if time.monotonic() >= deadline:
                 raise RegistryUnavailable("timed out waiting for another replica's lookup")
