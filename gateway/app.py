@@ -123,6 +123,8 @@ ERROR_EXTRA = web.RequestKey("error_extra", dict)
 RUNTIME = web.AppKey("runtime", Runtime)
 METRICS = web.AppKey("metrics", Metrics)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+# Bound once per app: a lazy module-level logger would re-bind on every request.
+ACCESS_LOG = web.AppKey("access_log", structlog.typing.FilteringBoundLogger)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -179,10 +181,9 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         metrics.in_flight.dec()
         elapsed = time.perf_counter() - started
         route = request.get(ROUTE_NAME, "-")
-        metrics.requests.labels(route, request.method, str(status)).inc()
-        metrics.duration.labels(route).observe(elapsed)
+        metrics.observe_request(route, request.method, status, elapsed)
         if runtime.current.config.logging.access_log:
-            access_log.info(
+            request.app[ACCESS_LOG].info(
                 "request_handled",
                 request_id=request_id,
                 route=route,
@@ -308,6 +309,7 @@ def build_app(
     app[RUNTIME] = runtime
     app[METRICS] = metrics
     app[FORWARDER] = forwarder
+    app[ACCESS_LOG] = access_log.bind()
 
     async def forwarder_ctx(app: web.Application) -> AsyncIterator[None]:
         await forwarder.start()

@@ -50,8 +50,14 @@ _SENSITIVE_PARAMS = frozenset(
 )
 
 
+# Cheap substring pre-check: the regex only runs on strings that could match.
+_VALUE_HINTS = ("eyJ", "PD94", "PHNh", "<saml", "-----BEGIN")
+
+
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
+        if not any(h in value for h in _VALUE_HINTS):
+            return value
         return REDACTED if _SENSITIVE_VALUE.search(value) else value
     if isinstance(value, bytes):
         return REDACTED
@@ -62,8 +68,18 @@ def _redact_value(value: Any) -> Any:
     return value
 
 
+_key_cache: dict[str, bool] = {}
+
+
 def _sensitive_key(key: object) -> bool:
-    return isinstance(key, str) and bool(_SENSITIVE_KEY.search(key))
+    if not isinstance(key, str):
+        return False
+    hit = _key_cache.get(key)
+    if hit is None:
+        hit = bool(_SENSITIVE_KEY.search(key))
+        if len(_key_cache) < 4096:  # field names are few; never let this grow unbounded
+            _key_cache[key] = hit
+    return hit
 
 
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -83,6 +99,9 @@ def safe_query(query_string: str) -> str:
     """The query string with values of sensitive parameters replaced."""
     if not query_string:
         return ""
+    lowered = query_string.lower()
+    if not any(p in lowered for p in _SENSITIVE_PARAMS):
+        return query_string
     pairs = parse_qsl(query_string, keep_blank_values=True)
     return urlencode(
         [(k, REDACTED if k.lower() in _SENSITIVE_PARAMS else v) for k, v in pairs], safe="[]"

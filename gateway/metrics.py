@@ -81,12 +81,35 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livesum",
         )
+        self._request_children: dict[tuple[str, str, int], Counter] = {}
+        self._duration_children: dict[str, Histogram] = {}
+        self._upstream_children: dict[str, Histogram] = {}
         self.config_reloads = Counter(
             "gateway_config_reloads",
             "Configuration reloads by result (applied, rejected).",
             ["result"],
             registry=reg,
         )
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one finished request; label children are cached (this runs per request)."""
+        key = (route, method, status)
+        child = self._request_children.get(key)
+        if child is None:
+            if len(self._request_children) > 10_000:
+                self._request_children.clear()
+            child = self._request_children[key] = self.requests.labels(route, method, str(status))
+        child.inc()
+        hist = self._duration_children.get(route)
+        if hist is None:
+            hist = self._duration_children[route] = self.duration.labels(route)
+        hist.observe(seconds)
+
+    def observe_upstream(self, route: str, seconds: float) -> None:
+        hist = self._upstream_children.get(route)
+        if hist is None:
+            hist = self._upstream_children[route] = self.upstream_duration.labels(route)
+        hist.observe(seconds)
 
     def render(self) -> bytes:
         if self.multiprocess:

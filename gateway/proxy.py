@@ -334,7 +334,7 @@ class Forwarder:
             self.metrics.upstream_errors.labels(route.name, kind).inc()
             raise UpstreamUnavailable(f"{route.name}: {kind}: {type(exc).__name__}") from exc
         timing["upstream"] = time.perf_counter() - started
-        self.metrics.upstream_duration.labels(route.name).observe(timing["upstream"])
+        self.metrics.observe_upstream(route.name, timing["upstream"])
         async with upstream:
             return await self._stream_back(request, route, up, upstream, client, request_id)
 

@@ -1,0 +1,203 @@
+"""Proxy throughput: direct, through a bare aiohttp proxy, and through the gateway.
+
+Run: ``./dev bench proxy`` (or ``.venv/bin/python -m bench proxy``).
+Needs ``wrk`` (Debian package). All three targets run side by side in one
+run against the same upstream, so the ratios are comparable even though
+absolute numbers depend on the machine. Each server is one process, like one
+gateway worker; wrk uses one thread and keep-alive connections.
+
+Prints requests/s and p50/p99 latency per target, and the gateway's ratio to
+the bare proxy (issue target: >= 0.85 for a public route).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+UPSTREAM = """
+from aiohttp import web
+async def ok(request):
+    return web.Response(text="hello from the legacy portal " * 8)
+app = web.Application()
+app.router.add_route("*", "/{tail:.*}", ok)
+web.run_app(app, host="127.0.0.1", port=int(__import__("sys").argv[1]), access_log=None,
+            print=None)
+"""
+
+# The baseline: the least a correct aiohttp reverse proxy does (one pooled
+# session, streamed body, hop-by-hop headers dropped), nothing more.
+BARE_PROXY = """
+import sys
+import aiohttp
+from aiohttp import web
+HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+       "proxy-authorization", "proxy-authenticate"}
+UP = "http://127.0.0.1:" + sys.argv[2]
+async def handler(request):
+    session = request.app["session"]
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
+    async with session.request(request.method, UP + request.path_qs, headers=headers,
+                               data=request.content if request.body_exists else None,
+                               allow_redirects=False) as up:
+        resp = web.StreamResponse(status=up.status)
+        for k, v in up.headers.items():
+            if k.lower() not in HOP:
+                resp.headers.add(k, v)
+        await resp.prepare(request)
+        async for chunk in up.content.iter_any():
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+async def ctx(app):
+    app["session"] = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
+                                           auto_decompress=False)
+    yield
+    await app["session"].close()
+app = web.Application()
+app.cleanup_ctx.append(ctx)
+app.router.add_route("*", "/{tail:.*}", handler)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_up(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback only
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return float("nan")
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def run_wrk(name: str, url: str, seconds: int, connections: int, headers: list[str]) -> Result:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errs = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(errs.group(1)) if errs else 0
+    if sock:
+        errors += sum(int(g) for g in sock.groups())
+    return Result(name, rps, p50, p99, errors)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; best kept")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
+    up_port, bare_port, gw_port = free_port(), free_port(), free_port()
+    (tmp / "upstream.py").write_text(UPSTREAM)
+    (tmp / "bare.py").write_text(BARE_PROXY)
+    config = tmp / "gateway.yaml"
+    config.write_text(
+        f"""
+server: {{ port: {gw_port}, config_poll_seconds: 0 }}
+logging: {{ format: json, level: info, access_log: true }}
+routes:
+  - name: portal
+    match: {{ path: / }}
+    upstream: http://127.0.0.1:{up_port}
+    policy: public
+"""
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    log = (tmp / "gateway.log").open("wb")
+    try:
+        procs.append(subprocess.Popen([sys.executable, str(tmp / "upstream.py"), str(up_port)]))
+        procs.append(
+            subprocess.Popen([sys.executable, str(tmp / "bare.py"), str(bare_port), str(up_port)])
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        for port in (up_port, bare_port, gw_port):
+            wait_up(f"http://127.0.0.1:{port}/")
+        targets = [
+            ("direct upstream", f"http://127.0.0.1:{up_port}/werkgevers?page=1"),
+            ("bare aiohttp proxy", f"http://127.0.0.1:{bare_port}/werkgevers?page=1"),
+            ("gateway, public route", f"http://127.0.0.1:{gw_port}/werkgevers?page=1"),
+        ]
+        headers = ["Cookie: lang=nl; __Host-gw_session=abc", "Accept: text/html"]
+        best: dict[str, Result] = {}
+        for name, url in targets:  # warm up connection pools and caches
+            run_wrk(name, url, 2, args.connections, headers)
+        for _ in range(args.rounds):
+            for name, url in targets:
+                r = run_wrk(name, url, args.seconds, args.connections, headers)
+                if name not in best or r.rps > best[name].rps:
+                    best[name] = r
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(
+        f"\nproxy benchmark: wrk -t1 -c{args.connections} -d{args.seconds}s, best of "
+        f"{args.rounds} rounds, {os.cpu_count()} cores, access log on (JSON)\n"
+    )
+    print(f"{'target':<24}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    for r in best.values():
+        print(f"{r.name:<24}{r.rps:>10.0f}{r.p50_ms:>10.2f}{r.p99_ms:>10.2f}{r.errors:>8}")
+    bare = best["bare aiohttp proxy"].rps
+    gw = best["gateway, public route"].rps
+    print(f"\ngateway / bare proxy: {gw / bare:.2f}x  (target >= 0.85)")
+    print(f"bare proxy / direct:  {bare / best['direct upstream'].rps:.2f}x")
+    return 0
