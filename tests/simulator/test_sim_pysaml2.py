@@ -78,7 +78,7 @@ def _client(
 async def test_pysaml2_sp_logs_in_by_redirect_and_artifact(
     tmp_path: Path, scenario: str, legal: str, intermediary: str | None
 ) -> None:
-    """pysaml2 signs a Redirect AuthnRequest, resolves the artifact and gets the scenario's identity."""
+    """pysaml2 signs a Redirect request, resolves the artifact, gets the scenario identity."""
     pair = rsa_keypair("pysaml2-sp")
     client, helper = _client(tmp_path, pair, None)
     sp_metadata = str(entity_descriptor(client.config)).encode()
