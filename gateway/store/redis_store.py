@@ -159,8 +159,13 @@ class RedisStore:
         backoff = self._backoff_initial
         lost = False
         while True:
-            pubsub: Any = self._client.pubsub()
+            pubsub: Any = None
             try:
+                if isinstance(self._client, RedisCluster):
+                    # The cluster pubsub routes by the slot map, which is only loaded
+                    # by the first command: load it now.
+                    await self._client.initialize()
+                pubsub = self._client.pubsub()
                 await pubsub.subscribe(channel)
                 if lost:
                     _log.info("store_subscription_restored", store=self.description)
@@ -173,15 +178,19 @@ class RedisStore:
                     if message is not None and message.get("type") == "message":
                         data = message["data"]
                         yield data if isinstance(data, bytes) else str(data).encode()
-            except _FAILURES as exc:
+            except Exception as exc:
+                # Broader than _FAILURES on purpose: a subscription is a background
+                # lifeline (cache invalidation) and must outlive any client-side
+                # surprise; it retries instead of dying.
                 if not lost:
                     _log.warning(
                         "store_subscription_lost", store=self.description, error=type(exc).__name__
                     )
                     lost = True
             finally:
-                with contextlib.suppress(*_FAILURES):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
             await asyncio.sleep(backoff * (0.5 + random.random() / 2))
             backoff = min(backoff * 2, self._backoff_max)
 

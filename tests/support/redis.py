@@ -20,6 +20,7 @@ a context manager, and ``extra_args`` lets a caller start a replica
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,20 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too; Redis needs port <= 55535."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 def _ping(port: int, timeout: float = 0.2, *, tls: bool = False) -> bytes:
@@ -209,6 +224,124 @@ def sentinel_config(master_name: str, primary_port: int, *, quorum: int = 1) -> 
     )
 
 
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class SentinelSetup:
+    """A primary, one replica and one sentinel (quorum 1) on free ports.
+
+    ``url`` is the store URL; ``failover()`` kills the primary and waits until the
+    sentinel has promoted the replica.
+    """
+
+    def __init__(self, master_name: str = "gwmaster") -> None:
+        self.master_name = master_name
+        self.primary = RedisServer()
+        self.replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(self.primary.port)])
+        self.sentinel = RedisServer(
+            sentinel=True, config_text=sentinel_config(master_name, self.primary.port)
+        )
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.master_name}/0"
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        _wait(
+            lambda: "master_link_status:up" in self.replica.cli("INFO", "replication"),
+            "replica to sync",
+        )
+        self.sentinel.start()
+        _wait(
+            lambda: (
+                str(self.replica.port)
+                in self.sentinel.cli("SENTINEL", "replicas", self.master_name)
+            ),
+            "sentinel to discover the replica",
+        )
+
+    def current_primary_port(self) -> int:
+        out = self.sentinel.cli("SENTINEL", "get-master-addr-by-name", self.master_name)
+        return int(out.split()[1])
+
+    def failover(self) -> None:
+        """Crash the primary and wait until the replica is the new primary."""
+        self.primary.kill()
+        _wait(lambda: self.current_primary_port() == self.replica.port, "sentinel failover")
+        _wait(lambda: "role:master" in self.replica.cli("INFO", "replication"), "promotion")
+
+    def cleanup(self) -> None:
+        for server in (self.sentinel, self.replica, self.primary):
+            server.cleanup()
+
+    def __enter__(self) -> SentinelSetup:
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+class ClusterSetup:
+    """A Redis Cluster of ``size`` primaries (no replicas) on free ports."""
+
+    def __init__(self, size: int = 3) -> None:
+        self.nodes = [
+            RedisServer(
+                free_cluster_port(),
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            )
+            for _ in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(n.address for n in self.nodes[:2])
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        self.nodes[0].cli("--cluster", "create", *(n.address for n in self.nodes), "--cluster-yes")
+        for node in self.nodes:
+            _wait(
+                lambda node=node: "cluster_state:ok" in node.cli("CLUSTER", "INFO"),
+                "cluster state ok",
+            )
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
+
+    def __enter__(self) -> ClusterSetup:
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A fresh, empty redis-server on a free port for one test."""
@@ -219,9 +352,12 @@ def redis_server() -> Iterator[RedisServer]:
 __all__ = [
     "REDIS_CLI",
     "REDIS_SERVER",
+    "ClusterSetup",
     "RedisServer",
+    "SentinelSetup",
     "TlsFiles",
     "eventually",
+    "free_cluster_port",
     "free_port",
     "redis_server",
     "sentinel_config",
