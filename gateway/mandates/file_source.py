@@ -72,19 +72,18 @@ def parse_mandate_file(path: Path) -> Index:
             problems.append(ConfigProblem(name, where, "must be a mapping of field: value"))
             continue
         # Optional in the HTTP contract (implied by the URL), required in a file.
-        missing_admin = row.get("administrator_kvk") is None
-        if missing_admin:
+        admin = row.get("administrator_kvk")
+        if admin is None or (isinstance(admin, str) and not admin.strip()):
             problems.append(ConfigProblem(name, f"{where}.administrator_kvk", "Field required"))
         try:
             record = MandateRecord.model_validate(row)
         except ValidationError as exc:
             problems.extend(ConfigProblem(name, p, m) for p, m in describe_errors(exc, where))
             continue
-        if record.administrator_kvk is None:
-            continue
-        index.setdefault(record.administrator_kvk, []).append(
-            record.to_mandate(record.administrator_kvk)
-        )
+        if record.administrator_kvk is not None:
+            index.setdefault(record.administrator_kvk, []).append(
+                record.to_mandate(record.administrator_kvk)
+            )
     if problems:
         raise ConfigInvalid(problems)
     return {kvk: tuple(ms) for kvk, ms in index.items()}

@@ -304,7 +304,15 @@ class MandateService:
         inv_key = _key(kvk, "inv")
         for _ in range(3):
             marker = await self.store.get(inv_key)
-            mandates = tuple(await self.source.mandates_for(kvk))
+            try:
+                mandates = tuple(await self.source.mandates_for(kvk))
+            except RegistryUnavailable:
+                raise
+            except Exception as exc:
+                # A source bug must still fail closed as "registry unavailable"
+                # (a 503 page and an audit event), not as an unexplained 500.
+                log.exception("mandate_source_crashed", administrator_kvk=kvk)
+                raise RegistryUnavailable(f"source error: {type(exc).__name__}") from exc
             fetched_at = self._clock()
             data = encode_set(kvk, mandates, fetched_at)
             await self.store.set(_key(kvk, "set"), data, max(s.cache_ttl, s.max_staleness))

@@ -214,3 +214,12 @@ async def test_never_loaded_file_fails_closed(tmp_path: Path) -> None:
         await source.mandates_for("11111111")
     with pytest.raises(ConfigInvalid):
         source.load()
+
+
+def test_empty_administrator_in_a_file_is_an_error(tmp_path: Path) -> None:
+    """A file row with an empty administrator_kvk is reported, never silently dropped."""
+    f = tmp_path / "m.yaml"
+    f.write_text(GOOD.replace('administrator_kvk: "11111111"', 'administrator_kvk: ""'))
+    with pytest.raises(ConfigInvalid) as info:
+        parse_mandate_file(f)
+    assert problems(info.value) == [("mandates[0].administrator_kvk", "Field required")]

@@ -358,3 +358,16 @@ async def test_malformed_kvk_is_a_programming_error(store: Store) -> None:
         await svc.lookup("1234")
     with pytest.raises(ValueError, match="8 digits"):
         await svc.invalidate("abc")
+
+
+class BrokenRegistry(FakeRegistry):
+    async def mandates_for(self, administrator_kvk: str) -> list[Mandate]:
+        raise KeyError("bug in a source")
+
+
+async def test_a_crashing_source_fails_closed_as_registry_unavailable(store: Store) -> None:
+    """An unexpected error inside a source becomes RegistryUnavailable with a log event."""
+    svc = service(store, BrokenRegistry())
+    with capture_logs() as logs, pytest.raises(RegistryUnavailable, match="KeyError"):
+        await svc.lookup(ADMIN)
+    assert "mandate_source_crashed" in [e["event"] for e in logs]
