@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from lxml import etree
 from saml2 import BINDING_HTTP_ARTIFACT, BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
 from saml2.client import Saml2Client
 from saml2.config import SPConfig
@@ -125,8 +126,6 @@ async def test_pysaml2_sp_logs_in_by_redirect_and_artifact(
     ar = artifact_response(body)
     verify_signed(ar, sim.keys.broker.cert_pem)  # on the original bytes
     inner = ar.find("samlp:Response", NS)
-    from lxml import etree
-
     parsed = client.parse_authn_request_response(
         base64.b64encode(etree.tostring(inner)).decode(),
         BINDING_HTTP_POST,
