@@ -177,6 +177,11 @@ class HttpMandateSource:
             async with asyncio.timeout(remaining):
                 async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
                     if resp.status == 404:
+                        # Contract: unknown administrator. Logged, because a wrong
+                        # url_template would also look like this (for everyone).
+                        log.info(
+                            "registry_administrator_not_found", administrator_kvk=administrator_kvk
+                        )
                         return []
                     if resp.status in RETRYABLE_STATUSES:
                         raise _Transient(f"status {resp.status}")

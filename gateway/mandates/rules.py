@@ -49,6 +49,7 @@ RefusalReason = Literal[
 ]
 
 _NL = ZoneInfo("Europe/Amsterdam")
+_ACTIVE = MandateStatus.ACTIVE  # module constant: enum attribute lookup is slow on 3.11
 
 
 def fund_today(now: dt.datetime) -> dt.date:
@@ -120,7 +121,7 @@ class Decision:
 
 def is_usable(mandate: Mandate, today: dt.date, branch: str | None) -> bool:
     """Active, valid today (from inclusive, until exclusive) and for exactly this branch."""
-    if mandate.status is not MandateStatus.ACTIVE:
+    if mandate.status is not _ACTIVE:
         return False
     if today < mandate.valid_from:
         return False
@@ -162,26 +163,27 @@ def allowed_employers(identity: Identity, mandates: Sequence[Mandate], today: dt
 
 def _employers(usable: Iterable[Mandate]) -> tuple[Employer, ...]:
     """One ``Employer`` per (KvK, fund number); several usable mandates merge their scopes."""
-    merged: dict[tuple[str, str | None], tuple[Mandate, set[str]]] = {}
+    named: dict[tuple[str, str | None], Mandate] = {}
+    merged_scopes: dict[tuple[str, str | None], set[str]] = {}
     for m in usable:
         key = (m.employer_kvk, m.fund_employer_number)
-        if key not in merged:
-            merged[key] = (m, set(m.scopes))
+        first = named.get(key)
+        if first is None:
+            named[key] = m
             continue
-        first, scopes = merged[key]
-        scopes.update(m.scopes)
+        merged_scopes.setdefault(key, set(first.scopes)).update(m.scopes)
         # The most recently started mandate names the employer (registrations
         # get renamed); ties break on the name so the result is deterministic.
         if (m.valid_from, m.employer_name) > (first.valid_from, first.employer_name):
-            merged[key] = (m, scopes)
+            named[key] = m
     employers = [
         Employer(
-            kvk=m.employer_kvk,
-            name=m.employer_name,
-            fund_number=m.fund_employer_number,
-            scopes=frozenset(scopes),
+            m.employer_kvk,
+            m.employer_name,
+            m.fund_employer_number,
+            frozenset(merged_scopes[key]) if key in merged_scopes else m.scopes,
         )
-        for m, scopes in merged.values()
+        for key, m in named.items()
     ]
     employers.sort(key=lambda e: (e.name.casefold(), e.kvk, e.fund_number or ""))
     return tuple(employers)
