@@ -11,6 +11,7 @@ Signing is CPU-only and short, so it runs on the event loop.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,7 +21,13 @@ import jwt
 import structlog
 
 from gateway.errors import NotAuthenticated
-from gateway.tokens.claims import TokenSubject, build_claims, employers_response
+from gateway.tokens.claims import (
+    TokenSubject,
+    build_claims,
+    employers_document,
+    employers_response,
+    set_summary,
+)
 from gateway.tokens.keys import KeySet, KeySnapshot
 from gateway.tokens.settings import TokenSettings
 
@@ -37,6 +44,10 @@ VERIFY_LEEWAY_SECONDS = 30
 # (``{"kvk":"12345678"},`` is 20 bytes → 27 characters). Sets bigger than the budget
 # allows at that rate go straight to the substitute without a wasted first signature.
 _MIN_ENTRY_CHARS = 24
+
+# Set summaries are tiny; serialised employer documents can be ~1 MB each.
+_SUMMARY_CACHE_SIZE = 4096
+_DOCUMENT_CACHE_SIZE = 16
 
 
 class TokenMinter:
@@ -57,6 +68,10 @@ class TokenMinter:
         self._budget = settings.token_budget
         self._reuse_for = settings.lifetime_seconds * (1.0 - settings.reuse_margin)
         self._cache: OrderedDict[tuple[str, str, str, str], tuple[str, float]] = OrderedDict()
+        # Large sets: (count, digest) per fingerprint, so renewals and other audiences
+        # do not re-hash 10,000 employers; and the serialised employers document.
+        self._summaries: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._documents: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.hits = 0
         """Tokens served from the cache (for metrics)."""
         self.signs = 0
@@ -95,19 +110,27 @@ class TokenMinter:
         token = self._sign(subject, audience, issued_at, snapshot)
         self._cache[key] = (token, issued_at + self._reuse_for)
         self._cache.move_to_end(key)
-        while len(self._cache) > self._settings.cache_size:
-            self._cache.popitem(last=False)
+        _bound(self._cache, self._settings.cache_size)
         return token
 
     def _sign(self, subject: TokenSubject, audience: str, now: int, snap: KeySnapshot) -> str:
         settings = self._settings
         large = len(subject.allowed) * _MIN_ENTRY_CHARS > self._budget
-        claims = build_claims(subject, audience, now, settings=settings, large_set=large)
+        summary = self._summary(subject) if large else None
+        claims = build_claims(
+            subject, audience, now, settings=settings, large_set=large, summary=summary
+        )
         token = self._encode(claims, snap)
         if not large and len(token) > self._budget:
             large = True
             claims = build_claims(
-                subject, audience, now, settings=settings, jti=claims["jti"], large_set=True
+                subject,
+                audience,
+                now,
+                settings=settings,
+                jti=claims["jti"],
+                large_set=True,
+                summary=self._summary(subject),
             )
             token = self._encode(claims, snap)
         if large:
@@ -126,9 +149,20 @@ class TokenMinter:
             claims, snap.signing_key, algorithm=snap.algorithm, headers={"kid": snap.kid}
         )
 
+    def _summary(self, subject: TokenSubject) -> tuple[int, str]:
+        key = subject.fingerprint
+        summary = self._summaries.get(key)
+        if summary is None:
+            summary = set_summary(subject.allowed, self._settings.employer_ids)
+            self._summaries[key] = summary
+            _bound(self._summaries, _SUMMARY_CACHE_SIZE)
+        return summary
+
     def clear(self) -> None:
-        """Drop every cached token (e.g. in tests, or after an incident)."""
+        """Drop every cached token and set summary (e.g. in tests, or after an incident)."""
         self._cache.clear()
+        self._summaries.clear()
+        self._documents.clear()
 
     def verify_own(self, token: str) -> dict[str, Any]:
         """Check a token this gateway issued (any audience); raises ``NotAuthenticated``.
@@ -161,3 +195,34 @@ class TokenMinter:
     ) -> tuple[int, dict[str, Any]]:
         """``claims.employers_response`` bound to these settings (status, JSON body)."""
         return employers_response(claims, subject, settings=self._settings)
+
+    def employers_json(
+        self, claims: dict[str, Any], subject: TokenSubject | None
+    ) -> tuple[int, bytes]:
+        """The employers endpoint's answer, serialised and cached per session version.
+
+        Same decisions as ``employers_response``; for a large set the JSON (hundreds
+        of kilobytes at 10,000 employers) is built once, not on every backend call.
+        Serve with ``Content-Type: application/json`` and ``Cache-Control: no-store``.
+        """
+        if subject is None or claims.get("sid") != subject.session_ref:
+            status, body = self.employers_response(claims, subject)
+            return status, json.dumps(body).encode()
+        expected = claims.get("employers_digest")
+        if expected is not None and expected != self._summary(subject)[1]:
+            return 409, b'{"error":"employers_changed"}'
+        key = (subject.session_ref, subject.fingerprint)
+        document = self._documents.get(key)
+        if document is None:
+            body = employers_document(subject, settings=self._settings)
+            document = json.dumps(body, separators=(",", ":")).encode()
+            self._documents[key] = document
+            _bound(self._documents, _DOCUMENT_CACHE_SIZE)
+        else:
+            self._documents.move_to_end(key)
+        return 200, document
+
+
+def _bound(cache: OrderedDict[Any, Any], size: int) -> None:
+    while len(cache) > size:
+        cache.popitem(last=False)

@@ -190,8 +190,13 @@ async def _employers_handler(request: web.Request) -> web.Response:
         claims = gw.minter.verify_own(token)
     except NotAuthenticated:
         return web.json_response({"error": "token_invalid"}, status=401)
-    status, body = gw.minter.employers_response(claims, gw.subjects.get(claims["sid"]))
-    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
+    status, body = gw.minter.employers_json(claims, gw.subjects.get(claims["sid"]))
+    return web.Response(
+        body=body,
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @pytest.fixture

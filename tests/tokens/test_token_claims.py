@@ -23,6 +23,8 @@ from gateway.tokens import (
     employers_document,
     employers_response,
 )
+from gateway.tokens.claims import set_summary
+from gateway.tokens.settings import EmployerIds
 from tests.support import tokens as backend
 
 SubjectFactory = Callable[..., TokenSubject]
@@ -223,3 +225,17 @@ def test_settings_defaults(settings: TokenSettings) -> None:
     assert settings.header_name == "X-Gateway-Identity"
     assert settings.jwks_max_age_seconds == 300
     assert settings.issuer == "https://werkgevers.example.nl"
+
+
+@pytest.mark.parametrize("ids", ["kvk", "fund_number", "both"])
+def test_set_summary_equals_digest_of_entries(ids: EmployerIds) -> None:
+    """The fast count and digest equal the documented digest over the token entries."""
+    allowed = [
+        Employer(kvk="33333333", name="C", fund_number="F3", scopes=frozenset({"b", "a"})),
+        Employer(kvk="11111111", name="A"),
+        Employer(kvk="22222222", name="B", fund_number="F2", scopes=frozenset({"a"})),
+    ]
+    entries = employer_entries(allowed, ids, False)
+    assert set_summary(allowed, ids) == (len(entries), employers_digest(entries))
+    with pytest.raises(ValueError, match=r"KvK|fund"):
+        set_summary([*allowed, Employer(kvk="4444,4444", name="D", fund_number="F,4")], ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -179,3 +180,17 @@ def test_verify_own_accepts_own_tokens_only(
     expired = TokenMinter(minter.settings, minter.keys, clock=lambda: time.time() - 3600)
     with pytest.raises(NotAuthenticated):
         real.verify_own(expired.mint(make_subject(2), "portal"))
+
+
+def test_employers_json_matches_the_pure_decision(
+    setup: Callable[..., tuple[TokenMinter, Path]], make_subject: SubjectFactory
+) -> None:
+    """The cached, serialised employers answer equals the pure decision in every case."""
+    minter, _ = setup()
+    real = TokenMinter(minter.settings, minter.keys)
+    subject = make_subject(500)
+    claims = real.verify_own(real.mint(subject, "portal"))
+    cases = [subject, subject, None, make_subject(500, session_ref="x"), make_subject(501)]
+    for case in cases:
+        status, body = real.employers_json(claims, case)
+        assert (status, json.loads(body)) == real.employers_response(claims, case)
