@@ -460,7 +460,13 @@ class SamlWorld:
         st = etree.SubElement(ar, q("samlp", "Status"))
         etree.SubElement(st, q("samlp", "StatusCode"), Value=status)
         if inner is not None:
-            ar.append(inner)
+            # Splice the Response in as bytes: appending the element would let lxml
+            # re-prefix it to the parent's saml2/saml2p and break the assertion signature.
+            etree.SubElement(ar, "splice")
+            text = etree.tostring(env).replace(b"<splice/>", etree.tostring(inner))
+            env = etree.fromstring(text)
+            ar = env.find(f".//{q('samlp', 'ArtifactResponse')}")
+            issuer_el = ar.find(q("saml", "Issuer"))
         if sign_it:
             sign(ar, signer or self.broker, after=issuer_el)
         return etree.tostring(env, xml_declaration=True, encoding="UTF-8")
