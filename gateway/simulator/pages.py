@@ -51,6 +51,10 @@ def _page(title: str, body: str) -> str:
 
 
 def _describe(s: Scenario) -> str:
+    status = s.status()
+    if status is not None:
+        top, second, message = status
+        return f"SAML-status {top.rsplit(':', 1)[1]}/{second.rsplit(':', 1)[1]}: {message}"
     parts = [f"niveau {s.level.name.replace('PLUS', '+')}"]
     if s.legal_subject is not None:
         if s.legal_subject.kvk:

@@ -173,3 +173,26 @@ def test_pseudonym_differs_per_legal_subject_like_real_brokers() -> None:
     sp = "urn:etoegang:DV:1:entities:1"
     assert scenarios["direct"].pseudonym_for(sp) != scenarios["chain"].pseudonym_for(sp)
     assert scenarios["direct"].pseudonym_for(sp) == scenarios["direct-eh2"].pseudonym_for(sp)
+
+
+def test_example_config_loads_with_paths_resolved() -> None:
+    """config/simulator.example.yaml validates and finds its scenarios file."""
+    from gateway.simulator import load_simulator_settings
+    from gateway.simulator.settings import all_scenarios
+
+    settings = load_simulator_settings(EXAMPLE_SCENARIOS.parent / "simulator.example.yaml")
+    assert settings.scenarios_file == EXAMPLE_SCENARIOS
+    assert len(all_scenarios(settings)) >= 10
+
+
+def test_bad_config_reports_every_problem(tmp_path) -> None:
+    """An invalid settings file raises ConfigInvalid naming each bad field."""
+    from gateway.errors import ConfigInvalid
+    from gateway.simulator import load_simulator_settings
+
+    bad = tmp_path / "sim.yaml"
+    bad.write_text("artifact_lifetime_seconds: -1\nacs_delivery: fax\nbogus: 1\n")
+    with pytest.raises(ConfigInvalid) as info:
+        load_simulator_settings(bad)
+    paths = {p.path for p in info.value.problems}
+    assert {"artifact_lifetime_seconds", "acs_delivery", "bogus"} <= paths
