@@ -271,19 +271,21 @@ class MandateService:
         while True:
             if await self.store.add(lock_key, token, s.lock_ttl):
                 try:
-                    # The holder writes its marker before releasing the lock, so a
-                    # check right after acquiring it cannot miss that failure.
-                    if await self.store.get(failed_key) != failure_seen:
+                    # A holder writes the cache (success) or its failure marker
+                    # before releasing the lock, so checking both right after
+                    # acquiring it cannot miss the outcome we were waiting for.
+                    failure = await self.store.get(failed_key)
+                    if failure is not None and failure != failure_seen:
                         raise RegistryUnavailable("another replica's registry lookup just failed")
-                    # Likewise a holder that succeeded wrote the cache before releasing.
                     entry = await self._read(kvk, "cache")
                     if entry is not None and (seen is None or entry.fetched_at != seen.fetched_at):
                         return entry
-                    return await self._fetch_and_store(kvk)
-                except RegistryUnavailable as exc:
-                    if s.failure_hold > 0 and "another replica" not in exc.detail:
-                        await self.store.set(failed_key, token, s.failure_hold)
-                    raise
+                    try:
+                        return await self._fetch_and_store(kvk)
+                    except RegistryUnavailable:
+                        if s.failure_hold > 0:
+                            await self.store.set(failed_key, token, s.failure_hold)
+                        raise
                 finally:
                     # No compare-and-delete in the store protocol: check, then delete.
                     # If our lock expired and another replica took it in between, the
@@ -293,7 +295,8 @@ class MandateService:
             entry = await self._read(kvk, "cache")
             if entry is not None and (seen is None or entry.fetched_at != seen.fetched_at):
                 return entry
-            if await self.store.get(failed_key) != failure_seen:
+            failure = await self.store.get(failed_key)
+            if failure is not None and failure != failure_seen:
                 raise RegistryUnavailable("another replica's registry lookup just failed")
             if time.monotonic() >= deadline:
                 raise RegistryUnavailable("timed out waiting for another replica's lookup")

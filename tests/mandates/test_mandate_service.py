@@ -371,3 +371,12 @@ async def test_a_crashing_source_fails_closed_as_registry_unavailable(store: Sto
     with capture_logs() as logs, pytest.raises(RegistryUnavailable, match="KeyError"):
         await svc.lookup(ADMIN)
     assert "mandate_source_crashed" in [e["event"] for e in logs]
+
+
+async def test_an_old_failure_marker_expiring_is_not_a_new_failure(store: Store) -> None:
+    """A failure marker from before we started waiting that merely expires does not fail us."""
+    reg = FakeRegistry()
+    await store.set("mandates:{11111111}:failed", b"earlier", 0.1)
+    await store.add("mandates:{11111111}:lock", b"crashed", 0.3)
+    svc = service(store, reg)
+    assert (await svc.lookup(ADMIN)).origin == "registry"
