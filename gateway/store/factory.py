@@ -224,6 +224,7 @@ def create_store(settings: StoreSettings, environ: Mapping[str, str] | None = No
         return MemoryStore(sweep_interval=settings.memory_sweep_interval)
     kwargs = _connection_kwargs(settings, target, _password(settings, env))
     client: Redis | RedisCluster
+    also_close: list[Redis] = []
     if target.kind == "standalone":
         ((host, port),) = target.hosts
         client = Redis(host=host, port=port, db=target.db, **kwargs)
@@ -242,6 +243,7 @@ def create_store(settings: StoreSettings, environ: Mapping[str, str] | None = No
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(target.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs
         )
+        also_close = list(sentinel.sentinels)
         client = sentinel.master_for(
             target.service_name, db=target.db, max_connections=settings.max_connections
         )
@@ -256,4 +258,5 @@ def create_store(settings: StoreSettings, environ: Mapping[str, str] | None = No
         key_prefix=settings.key_prefix,
         description=target.describe(),
         subscribe_backoff_max=settings.subscribe_backoff_max,
+        also_close=also_close,
     )

@@ -49,7 +49,7 @@ import asyncio
 import contextlib
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any
 
 import structlog
@@ -78,6 +78,7 @@ class RedisStore:
         subscribe_backoff_initial: float = 0.1,
         subscribe_backoff_max: float = 5.0,
         subscribe_poll_interval: float = 1.0,
+        also_close: Sequence[Redis] = (),
     ) -> None:
         if "{" in key_prefix or "}" in key_prefix:
             # A brace in the prefix would become the hash tag of every key and put
@@ -90,6 +91,9 @@ class RedisStore:
         self._backoff_initial = subscribe_backoff_initial
         self._backoff_max = subscribe_backoff_max
         self._poll = subscribe_poll_interval
+        # Clients the store owns besides ``client`` (Sentinel's connections to the
+        # sentinels), closed with it.
+        self._also_close = tuple(also_close)
 
     @property
     def client(self) -> Redis | RedisCluster:
@@ -198,5 +202,6 @@ class RedisStore:
         await self._call("ping", self._client.ping())
 
     async def close(self) -> None:
-        with contextlib.suppress(*_FAILURES):
-            await self._client.aclose()
+        for client in (self._client, *self._also_close):
+            with contextlib.suppress(*_FAILURES):
+                await client.aclose()
