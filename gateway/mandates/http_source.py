@@ -112,7 +112,11 @@ class HttpMandateSource:
         if not is_kvk(administrator_kvk):
             # Never let a malformed value shape the URL path.
             raise RegistryUnavailable("administrator KvK is not 8 digits")
-        await self.start()
+        try:
+            await self.start()
+        except (OSError, ValueError) as exc:  # unreadable CA/cert/key files (SSLError is OSError)
+            log.error("registry_client_setup_failed", error=type(exc).__name__)
+            raise RegistryUnavailable("registry client setup failed") from None
         s = self.settings
         url = s.url_template.replace("{kvk}", quote(administrator_kvk, safe=""))
         deadline = self._clock() + s.total_timeout

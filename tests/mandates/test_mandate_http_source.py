@@ -257,3 +257,20 @@ async def test_mutual_tls_with_client_certificate(tmp_path: Path) -> None:
         finally:
             await with_cert.close()
             await without_cert.close()
+
+
+async def test_unreadable_client_certificate_fails_closed(tmp_path: Path) -> None:
+    """A missing certificate file makes lookups fail with RegistryUnavailable, not a crash."""
+    source = HttpMandateSource(
+        http_settings(
+            RegistryServer(),
+            url_template="https://localhost:1/{kvk}",
+            allow_plain_http=False,
+            client_cert_file=tmp_path / "absent.pem",
+            client_key_file=tmp_path / "absent.key",
+        )
+    )
+    with capture_logs() as logs, pytest.raises(RegistryUnavailable, match="setup"):
+        await source.mandates_for(ADMIN)
+    await source.close()
+    assert "registry_client_setup_failed" in [e["event"] for e in logs]
