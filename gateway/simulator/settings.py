@@ -82,8 +82,6 @@ class SimulatorSettings(BaseModel):
     """Include the nested signed Advice assertions (authentication and mandate service)."""
     require_signed_authn_request: bool = True
     """Refuse unsigned AuthnRequests (always true at real brokers)."""
-    slo: bool = False
-    """Publish and answer a SingleLogoutService (Redirect; answers Success, no sessions)."""
     authentication_service_id: str = "urn:etoegang:AD:00000009999999999001:entities:9001"
     """Issuer of the Advice authentication assertion and AuthenticatingAuthority."""
     mandate_service_id: str = "urn:etoegang:MR:00000009999999999002:entities:9002"
