@@ -305,3 +305,24 @@ async def test_settings_validation() -> None:
         SessionSettings(cookie_name="gw_session")
     dev = SessionSettings(cookie_name="gw_session", insecure_dev_cookies=True)
     assert dev.effective_cookie_name(dev.cookie_name) == "gw_session"
+
+
+async def test_aged_out_cache_entry_is_reused_only_if_unchanged(store: Store, clock: Clock) -> None:
+    """After the cache time a session is re-read, and decoded again only if it changed."""
+    ticks = [0.0]
+    a = SessionManager(
+        store, SessionSettings(), ref_secret=SECRET, clock=clock, monotonic=lambda: ticks[0]
+    )
+    b = _manager(store, clock)
+    try:
+        session = await a.create(make_identity(), make_employers(50))
+        ticks[0] += 10
+        assert await a.load(session.id) is session  # same bytes: the decoded object is reused
+        await b.update(session, active_employer="10000002")
+        ticks[0] += 10
+        changed = await a.load(session.id)
+        assert changed is not None
+        assert changed.active_employer == "10000002"
+    finally:
+        await a.aclose()
+        await b.aclose()
