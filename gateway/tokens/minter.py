@@ -2,7 +2,7 @@
 
 A token is signed once per (session, identity/allowed-set fingerprint, audience,
 signing kid) and reused until less than ``reuse_margin`` of its lifetime is left.
-Signing costs tens of microseconds (ES256); a cache hit costs a dictionary lookup,
+Signing costs about 0.1-0.2 ms (ES256); a cache hit about 1-2 µs (a dict lookup),
 so the cache is what keeps an authenticated route close to the bare proxy's speed.
 The cache is a bounded LRU: it never grows past ``cache_size`` entries.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jwt
@@ -40,9 +40,10 @@ _REQUIRED = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti", "sid"]
 # same value docs/backends.md recommends to backends.
 VERIFY_LEEWAY_SECONDS = 30
 
-# Each employer entry takes at least this many base64url characters in a token
-# (``{"kvk":"12345678"},`` is 20 bytes → 27 characters). Sets bigger than the budget
-# allows at that rate go straight to the substitute without a wasted first signature.
+# A typical employer entry takes 27+ base64url characters (``{"kvk":"12345678"},``
+# is 20 bytes). Sets bigger than the budget allows at 24 per entry go straight to
+# the substitute without a wasted first signature; erring that way is harmless,
+# because the substitute is always correct.
 _MIN_ENTRY_CHARS = 24
 
 # Set summaries are tiny; serialised employer documents can be ~1 MB each.
@@ -189,6 +190,17 @@ class TokenMinter:
         if not isinstance(claims.get("aud"), str) or not isinstance(claims.get("sid"), str):
             raise NotAuthenticated("identity token rejected: malformed aud or sid")
         return claims
+
+    def token_from_headers(self, headers: Mapping[str, str]) -> str | None:
+        """The token a backend sent to the employers endpoint, if any.
+
+        Documented: ``Authorization: Bearer <token>``, or the default identity header.
+        The lead reads it *before* header hygiene strips identity headers.
+        """
+        auth = headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer " and auth[7:].strip():
+            return auth[7:].strip()
+        return headers.get(self._settings.header_name) or None
 
     def employers_response(
         self, claims: dict[str, Any], subject: TokenSubject | None

@@ -51,6 +51,10 @@ class IdentityVerifier:
             jwks_url, lifespan=jwks_lifespan, cooldown_duration=refresh_cooldown, timeout=5
         )
 
+    def token_from(self, headers: Mapping[str, str]) -> str | None:
+        """The token from the one header this route uses (no other source is trusted)."""
+        return headers.get(self.header_name) or None
+
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, or ``jwt.PyJWTError`` (answer 401; never fall back)."""
         signing_key = self.jwks.get_signing_key_from_jwt(token)  # kid lookup (+ refresh)
@@ -70,7 +74,7 @@ class IdentityVerifier:
         if "employers" in claims:
             return list(claims["employers"])
         request = urllib.request.Request(  # noqa: S310 - the URL is checked in _employers_url
-            _employers_url(claims, self.issuer), headers={self.header_name: token}
+            _employers_url(claims, self.issuer), headers={"Authorization": f"Bearer {token}"}
         )
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
             document = json.load(response)
@@ -83,7 +87,8 @@ class IdentityVerifier:
         if "employers" in claims:
             return list(claims["employers"])
         url = _employers_url(claims, self.issuer)
-        async with session.get(url, headers={self.header_name: token}) as response:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with session.get(url, headers=headers) as response:
             response.raise_for_status()
             document = await response.json()
         return check_employers_document(document, claims)

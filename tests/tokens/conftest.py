@@ -185,7 +185,7 @@ async def _jwks(request: web.Request) -> web.Response:
 
 async def _employers_handler(request: web.Request) -> web.Response:
     gw: TokenGateway = request.app[_STATE]["gw"]
-    token = request.headers.get(gw.settings.header_name, "")
+    token = gw.minter.token_from_headers(request.headers) or ""
     try:
         claims = gw.minter.verify_own(token)
     except NotAuthenticated:

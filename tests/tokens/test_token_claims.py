@@ -239,3 +239,15 @@ def test_set_summary_equals_digest_of_entries(ids: EmployerIds) -> None:
     assert set_summary(allowed, ids) == (len(entries), employers_digest(entries))
     with pytest.raises(ValueError, match=r"KvK|fund"):
         set_summary([*allowed, Employer(kvk="4444,4444", name="D", fund_number="F,4")], ids)
+
+
+def test_documented_worked_example_holds() -> None:
+    """The digest example in docs/backends.md is what the gateway computes."""
+    entries: list[dict[str, Any]] = [
+        {"kvk": "12345678", "fund_number": "204711", "scopes": ["contributions", "payroll"]},
+        {"kvk": "23456789", "fund_number": "198822", "scopes": ["contributions"]},
+    ]
+    digest = employers_digest(entries)
+    assert digest == "shIb5oiyCSkl6nkafrO8WjvEpqFFAZulUAaZSxvBeQI"
+    docs = (Path(__file__).parents[2] / "docs" / "backends.md").read_text(encoding="utf-8")
+    assert docs.count(digest) >= 3

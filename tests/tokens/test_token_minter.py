@@ -194,3 +194,15 @@ def test_employers_json_matches_the_pure_decision(
     for case in cases:
         status, body = real.employers_json(claims, case)
         assert (status, json.loads(body)) == real.employers_response(claims, case)
+
+
+def test_employers_endpoint_reads_bearer_or_default_header(
+    setup: Callable[..., tuple[TokenMinter, Path]],
+) -> None:
+    """The employers endpoint reads ``Authorization: Bearer`` or the default identity header."""
+    minter, _ = setup()
+    assert minter.token_from_headers({"Authorization": "Bearer abc.def.ghi"}) == "abc.def.ghi"
+    assert minter.token_from_headers({"Authorization": "bearer  abc "}) == "abc"
+    assert minter.token_from_headers({"X-Gateway-Identity": "t"}) == "t"
+    assert minter.token_from_headers({"Authorization": "Basic eA=="}) is None
+    assert minter.token_from_headers({"Authorization": "Bearer "}) is None
