@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
     d.add_argument("--portal-port", type=int, default=9081, help="sample portal port")
 
+    sim = sub.add_parser("simulator", help="run the eHerkenning broker simulator")
+    sim.add_argument("--config", type=Path, default=Path("config/simulator.example.yaml"))
+    sim.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=None, help="port (default 8081)")
+
     pt = sub.add_parser("portal", help="run only the sample legacy portal")
     pt.add_argument("--host", default="127.0.0.1")
     pt.add_argument("--port", type=int, default=9081)
@@ -72,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.demo import run_demo
 
         return _config_errors_to_exit(lambda: run_demo(args.config, args.port, args.portal_port))
+    if cmd == "simulator":
+        return _config_errors_to_exit(lambda: _simulator(args.config, args.host, args.port))
     if cmd == "portal":
         from aiohttp import web
 
@@ -115,6 +122,22 @@ def _config_errors_to_exit(run: object) -> int:
         _print_problems(exc)
         return 2
     return int(result or 0)
+
+
+def _simulator(path: Path, host: str | None, port: int | None) -> int:
+    from gateway.logs import configure_logging
+    from gateway.simulator import load_simulator_settings
+    from gateway.simulator.server import run_simulator
+
+    settings = load_simulator_settings(path)
+    if port is not None or host is not None:
+        # The URLs the simulator publishes must follow where it actually listens.
+        base = f"http://{host or '127.0.0.1'}:{port or 8081}"
+        settings = settings.model_copy(update={"base_url": base})
+    configure_logging("console", "info")
+    print(f"eHerkenning broker simulator on http://{host or '127.0.0.1'}:{port or 8081}/")
+    run_simulator(settings, host or "127.0.0.1", port or 8081)
+    return 0
 
 
 def _serve(path: Path) -> int:

@@ -142,3 +142,20 @@ async def test_demo_serves_sample_portal(processes: Callable[..., GatewayProcess
     assert f"http://localhost:{port}/" in gw.output()
     gw.signal(signal.SIGINT)
     assert await gw.wait_exit() == 0
+
+
+async def test_simulator_command_serves_metadata_on_its_port(
+    processes: Callable[..., GatewayProcess],
+) -> None:
+    """`gateway simulator --port N` runs the broker simulator standalone with URLs on port N."""
+    port = free_port()
+    sim = processes(["simulator", "--port", str(port)], cwd=ROOT)
+    await sim.wait_http(f"http://127.0.0.1:{port}/saml/metadata")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/saml/metadata") as resp:
+            assert resp.status == 200
+            metadata = await resp.text()
+    assert f'Location="http://127.0.0.1:{port}/saml/ars"' in metadata
+    assert "ArtifactResolutionService" in metadata
+    sim.signal(signal.SIGINT)
+    assert await sim.wait_exit() == 0
