@@ -69,9 +69,9 @@ class TokenMinter:
         self._budget = settings.token_budget
         self._reuse_for = settings.lifetime_seconds * (1.0 - settings.reuse_margin)
         self._cache: OrderedDict[tuple[str, str, str, str], tuple[str, float]] = OrderedDict()
-        # Large sets: (count, digest) per fingerprint, so renewals and other audiences
+        # Large sets: (count, digest) per session version, so renewals and other audiences
         # do not re-hash 10,000 employers; and the serialised employers document.
-        self._summaries: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._summaries: OrderedDict[tuple[str, str], tuple[int, str]] = OrderedDict()
         self._documents: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.hits = 0
         """Tokens served from the cache (for metrics)."""
@@ -151,7 +151,7 @@ class TokenMinter:
         )
 
     def _summary(self, subject: TokenSubject) -> tuple[int, str]:
-        key = subject.fingerprint
+        key = (subject.session_ref, subject.fingerprint)
         summary = self._summaries.get(key)
         if summary is None:
             summary = set_summary(subject.allowed, self._settings.employer_ids)

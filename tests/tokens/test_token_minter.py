@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -206,3 +207,20 @@ def test_employers_endpoint_reads_bearer_or_default_header(
     assert minter.token_from_headers({"X-Gateway-Identity": "t"}) == "t"
     assert minter.token_from_headers({"Authorization": "Basic eA=="}) is None
     assert minter.token_from_headers({"Authorization": "Bearer "}) is None
+
+
+def test_session_version_is_the_cheap_fingerprint(
+    setup: Callable[..., tuple[TokenMinter, Path]], make_subject: SubjectFactory
+) -> None:
+    """With a session version, a new version yields a new token and sessions never mix sets."""
+    minter, _ = setup()
+    v1 = dataclasses.replace(make_subject(300), version=1)
+    v2 = dataclasses.replace(make_subject(301), version=2)
+    assert v1.fingerprint == "v1"
+    first = minter.mint(v1, "portal")
+    assert minter.mint(dataclasses.replace(v1), "portal") == first
+    assert minter.mint(v2, "portal") != first
+    # Another session at the same version number gets its own set's digest.
+    other = dataclasses.replace(make_subject(500, session_ref="other"), version=1)
+    digests = {_claims(minter.mint(s, "portal"))["employers_digest"] for s in (v1, v2, other)}
+    assert len(digests) == 3
