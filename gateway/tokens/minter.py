@@ -139,7 +139,7 @@ class TokenMinter:
         if len(token) > self._budget:
             # Only a pathological organisation name could get here; refusing is safer
             # than sending a header the backend's server drops or truncates.
-            _log.error("token_too_large", length=len(token), budget=self._budget)
+            _log.error("token_size_limit_exceeded", length=len(token), budget=self._budget)
             raise ValueError("identity token exceeds the header size limit")
         return token
 
