@@ -16,7 +16,12 @@ from gateway.sessions.cookies import (
     set_prelogin_cookie,
     set_session_cookie,
 )
-from gateway.sessions.login_state import LoginStateStore, PendingLogin, new_request_id
+from gateway.sessions.login_state import (
+    LoginStateStore,
+    PendingLogin,
+    new_relay_state,
+    new_request_id,
+)
 from gateway.sessions.manager import SessionManager, new_session_id
 from gateway.sessions.next_path import safe_next_path
 from gateway.sessions.record import Session, decode_session, encode_session
@@ -34,6 +39,7 @@ __all__ = [
     "clear_session_cookie",
     "decode_session",
     "encode_session",
+    "new_relay_state",
     "new_request_id",
     "new_session_id",
     "prelogin_cookie_name",

@@ -10,7 +10,7 @@ key                                          what                        TTL
 ===========================================  ==========================  ==================
 ``sess:{<h(session id)>}``                   the session record          min(idle, absolute left)
 ``sess:{<h(session id)>}:refresh``           mandate re-check lock       ``refresh_lock_seconds``
-``login:{<h(prelogin cookie)>}:<h(req id)>`` a pending login             ``prelogin_ttl``
+``login:{<h(prelogin cookie)>}:<h(relay)>``  a pending login             ``prelogin_ttl``
 ``replay:{<h(issuer, assertion id)>}``       a seen assertion ID         NotOnOrAfter + skew
 channel ``sess:invalidate``                  "drop your cached copy"     (pub/sub)
 ===========================================  ==========================  ==================
@@ -39,8 +39,8 @@ def refresh_lock_key(session_hash: str) -> str:
     return f"sess:{{{session_hash}}}:refresh"
 
 
-def login_key(prelogin_cookie: str, request_id: str) -> str:
-    return f"login:{{{digest(prelogin_cookie)}}}:{digest(request_id)}"
+def login_key(prelogin_cookie: str, relay_state: str) -> str:
+    return f"login:{{{digest(prelogin_cookie)}}}:{digest(relay_state)}"
 
 
 def replay_key(issuer: str, assertion_id: str) -> str:

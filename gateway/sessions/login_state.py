@@ -1,24 +1,25 @@
 """Pending logins: the AuthnRequest ID and ``next`` path, bound to one browser, used once.
 
 ``begin`` stores ``{request_id, next, relay_state, created}`` under
-``login:{h(prelogin cookie)}:h(request id)`` for ``prelogin_ttl``; the caller sets
-the pre-login cookie to the returned value. ``consume`` atomically *takes* the
-entry for (this browser's cookie, the response's InResponseTo). So:
+``login:{h(prelogin cookie)}:h(relay state)`` for ``prelogin_ttl``; the caller
+sets the pre-login cookie to the returned value and sends ``relay_state`` as
+the AuthnRequest's RelayState. With the Artifact binding the gateway learns
+the response's InResponseTo only after resolving the artifact, so the pending
+login is found by what the browser brings back *before* any network call: its
+pre-login cookie and the RelayState. ``consume`` atomically *takes* that entry
+(strict order: state first, then the message), and the SAML layer then checks
+that the response's InResponseTo equals the entry's request ID. So:
 
-- a response for a request this browser did not start (another browser, an
-  unsolicited response, a forged InResponseTo) finds nothing: ``LoginExpired``;
-- a second use of the same response finds nothing: ``LoginExpired`` (replay);
-- a wrong browser's attempt does not consume the real browser's entry;
+- a response brought by a browser that did not start the login (another
+  browser, an unsolicited response) finds nothing: ``LoginExpired``;
+- a second use finds nothing: ``LoginExpired`` (replay);
 - several tabs of one browser may each have a login pending (one cookie value,
-  one entry per request ID; ``begin`` reuses the browser's existing cookie).
+  one entry per RelayState; ``begin`` reuses the browser's existing cookie).
 
 State lives in the store, so a login started on replica A completes on B.
-
 ``relay_state`` is an opaque random key (22 characters, well under SAML's
-80-byte limit) the SAML layer may send as RelayState; if the broker returns one,
-it must match the pending entry. It carries no data, so nothing in it can
-redirect the user (``next`` stays server-side and is checked by
-``safe_next_path`` on the way in).
+80-byte limit). It carries no data, so nothing in it can redirect the user
+(``next`` stays server-side and is checked by ``safe_next_path`` on the way in).
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class PendingLogin:
     created_at: dt.datetime
 
 
+def new_relay_state() -> str:
+    """A fresh opaque RelayState: 128 random bits, URL-safe (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
 def new_request_id() -> str:
     """A fresh AuthnRequest ID: ``_`` + 160 random bits in hex (a valid xsd:ID)."""
     return "_" + secrets.token_hex(20)
@@ -80,6 +86,7 @@ class LoginStateStore:
         next_path: str | None,
         *,
         request_id: str | None = None,
+        relay_state: str | None = None,
         existing_cookie: str | None = None,
         forbidden_prefixes: tuple[str, ...] = (),
     ) -> PendingLogin:
@@ -92,7 +99,7 @@ class LoginStateStore:
         pending = PendingLogin(
             prelogin_cookie=cookie,
             request_id=request_id or new_request_id(),
-            relay_state=secrets.token_urlsafe(16),
+            relay_state=relay_state or new_relay_state(),
             next_path=safe_next_path(next_path, forbidden_prefixes=forbidden_prefixes),
             created_at=self._clock(),
         )
@@ -102,33 +109,30 @@ class LoginStateStore:
             "rs": pending.relay_state,
             "ca": pending.created_at.isoformat(),
         }
+        if len(pending.relay_state.encode()) > RELAY_STATE_MAX:
+            raise ValueError("RelayState longer than 80 bytes")
         await self._store.set(
-            login_key(cookie, pending.request_id),
+            login_key(cookie, pending.relay_state),
             json.dumps(record, separators=(",", ":")).encode(),
             self._settings.prelogin_ttl.total_seconds(),
         )
         return pending
 
-    async def consume(
-        self,
-        prelogin_cookie: str | None,
-        in_response_to: str | None,
-        *,
-        relay_state: str | None = None,
-    ) -> PendingLogin:
-        """Take the pending login this response answers, once; else ``LoginExpired``.
+    async def consume(self, prelogin_cookie: str | None, relay_state: str | None) -> PendingLogin:
+        """Take this browser's pending login for ``relay_state``, once; else ``LoginExpired``.
 
-        ``relay_state``: pass what the broker sent back, if anything; a mismatch fails.
+        The caller must then require the response's InResponseTo to equal the
+        returned ``request_id`` (the SAML layer's ``Expectation`` does).
         """
         if not prelogin_cookie or not _COOKIE_RE.match(prelogin_cookie):
             raise LoginExpired("no pre-login cookie")
-        if not in_response_to:
-            raise LoginExpired("response without InResponseTo (unsolicited)")
-        if relay_state is not None and len(relay_state.encode()) > RELAY_STATE_MAX:
+        if not relay_state:
+            raise LoginExpired("response without RelayState (unsolicited)")
+        if len(relay_state.encode()) > RELAY_STATE_MAX:
             raise LoginExpired("RelayState longer than 80 bytes")
-        blob = await self._store.take(login_key(prelogin_cookie, in_response_to))
+        blob = await self._store.take(login_key(prelogin_cookie, relay_state))
         if blob is None:
-            raise LoginExpired("no pending login for this browser and InResponseTo")
+            raise LoginExpired("no pending login for this browser and RelayState")
         try:
             record = json.loads(blob)
             pending = PendingLogin(
@@ -140,10 +144,8 @@ class LoginStateStore:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise LoginExpired("corrupt pending login") from exc
-        # The key already binds the request ID; comparing again guards against a
+        # The key already binds the RelayState; comparing again guards against a
         # hash collision or a key written by something else.
-        if not hmac.compare_digest(pending.request_id, in_response_to):
-            raise LoginExpired("InResponseTo does not match the pending request")
-        if relay_state is not None and not hmac.compare_digest(relay_state, pending.relay_state):
+        if not hmac.compare_digest(relay_state, pending.relay_state):
             raise LoginExpired("RelayState does not match the pending login")
         return pending

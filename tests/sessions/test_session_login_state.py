@@ -26,54 +26,50 @@ async def test_login_completes_once(store: Store) -> None:
     pending = await logins.begin("/werkgevers?page=2")
     assert pending.request_id.startswith("_")
     assert len(pending.relay_state.encode()) <= 80
-    done = await logins.consume(
-        pending.prelogin_cookie, pending.request_id, relay_state=pending.relay_state
-    )
+    done = await logins.consume(pending.prelogin_cookie, pending.relay_state)
     assert done.next_path == "/werkgevers?page=2"
+    assert done.request_id == pending.request_id
     with pytest.raises(LoginExpired):
-        await logins.consume(pending.prelogin_cookie, pending.request_id)
+        await logins.consume(pending.prelogin_cookie, pending.relay_state)
 
 
-async def test_given_request_id_is_used(store: Store) -> None:
-    """The SAML layer may supply the AuthnRequest ID it generated itself."""
+async def test_given_request_id_and_relay_state_are_used(store: Store) -> None:
+    """The SAML layer may supply the AuthnRequest ID and RelayState it sent."""
     logins = _logins(store)
-    pending = await logins.begin("/", request_id="_abc123")
+    pending = await logins.begin("/", request_id="_abc123", relay_state="opaque-key")
     assert pending.request_id == "_abc123"
-    assert (await logins.consume(pending.prelogin_cookie, "_abc123")).request_id == "_abc123"
+    done = await logins.consume(pending.prelogin_cookie, "opaque-key")
+    assert done.request_id == "_abc123"
 
 
 async def test_other_browser_is_refused_and_does_not_consume(store: Store) -> None:
-    """A response presented by another browser fails and leaves the real login usable."""
+    """A response brought by another browser fails and leaves the real login usable."""
     logins = _logins(store)
     victim = await logins.begin("/a")
     attacker = await logins.begin("/b")
     with pytest.raises(LoginExpired):
-        await logins.consume(attacker.prelogin_cookie, victim.request_id)
+        await logins.consume(attacker.prelogin_cookie, victim.relay_state)
     with pytest.raises(LoginExpired):
-        await logins.consume(None, victim.request_id)
-    assert (await logins.consume(victim.prelogin_cookie, victim.request_id)).next_path == "/a"
+        await logins.consume(None, victim.relay_state)
+    assert (await logins.consume(victim.prelogin_cookie, victim.relay_state)).next_path == "/a"
 
 
-@pytest.mark.parametrize("in_response_to", [None, "", "_unknown"])
-async def test_unsolicited_or_unknown_responses_are_refused(
-    store: Store, in_response_to: str | None
+@pytest.mark.parametrize("relay_state", [None, "", "forged", "x" * 81])
+async def test_missing_unknown_or_oversized_relay_state_is_refused(
+    store: Store, relay_state: str | None
 ) -> None:
-    """A response without, or with a foreign, InResponseTo is refused."""
+    """A response without, with a foreign, or with an over-long RelayState is refused."""
     logins = _logins(store)
     pending = await logins.begin("/")
     with pytest.raises(LoginExpired):
-        await logins.consume(pending.prelogin_cookie, in_response_to)
+        await logins.consume(pending.prelogin_cookie, relay_state)
+    assert (await logins.consume(pending.prelogin_cookie, pending.relay_state)).next_path == "/"
 
 
-async def test_relay_state_must_match(store: Store) -> None:
-    """A RelayState that differs from the one sent, or is over 80 bytes, fails the login."""
-    logins = _logins(store)
-    pending = await logins.begin("/")
-    with pytest.raises(LoginExpired):
-        await logins.consume(pending.prelogin_cookie, pending.request_id, relay_state="forged")
-    second = await logins.begin("/")
-    with pytest.raises(LoginExpired):
-        await logins.consume(second.prelogin_cookie, second.request_id, relay_state="x" * 81)
+async def test_oversized_relay_state_is_never_sent(store: Store) -> None:
+    """begin refuses a RelayState over SAML's 80-byte limit."""
+    with pytest.raises(ValueError, match="80 bytes"):
+        await _logins(store).begin("/", relay_state="r" * 81)
 
 
 async def test_pending_login_expires(store: Store) -> None:
@@ -82,7 +78,7 @@ async def test_pending_login_expires(store: Store) -> None:
     pending = await logins.begin("/")
     await asyncio.sleep(0.35)
     with pytest.raises(LoginExpired):
-        await logins.consume(pending.prelogin_cookie, pending.request_id)
+        await logins.consume(pending.prelogin_cookie, pending.relay_state)
 
 
 async def test_concurrent_completions_have_one_winner(store: Store) -> None:
@@ -90,7 +86,7 @@ async def test_concurrent_completions_have_one_winner(store: Store) -> None:
     logins = _logins(store)
     pending = await logins.begin("/")
     results = await asyncio.gather(
-        *(logins.consume(pending.prelogin_cookie, pending.request_id) for _ in range(20)),
+        *(logins.consume(pending.prelogin_cookie, pending.relay_state) for _ in range(20)),
         return_exceptions=True,
     )
     assert sum(not isinstance(r, BaseException) for r in results) == 1
@@ -103,8 +99,8 @@ async def test_two_tabs_of_one_browser_each_complete(store: Store) -> None:
     first = await logins.begin("/one")
     second = await logins.begin("/two", existing_cookie=first.prelogin_cookie)
     assert second.prelogin_cookie == first.prelogin_cookie
-    assert (await logins.consume(first.prelogin_cookie, second.request_id)).next_path == "/two"
-    assert (await logins.consume(first.prelogin_cookie, first.request_id)).next_path == "/one"
+    assert (await logins.consume(first.prelogin_cookie, second.relay_state)).next_path == "/two"
+    assert (await logins.consume(first.prelogin_cookie, first.relay_state)).next_path == "/one"
 
 
 async def test_unsafe_next_is_replaced_by_root(store: Store) -> None:
@@ -120,7 +116,7 @@ async def test_login_started_on_one_replica_completes_on_another(store: Store) -
     """Pending logins live in the store, so any replica can complete them."""
     a, b = _logins(store), _logins(store)
     pending = await a.begin("/x")
-    assert (await b.consume(pending.prelogin_cookie, pending.request_id)).next_path == "/x"
+    assert (await b.consume(pending.prelogin_cookie, pending.relay_state)).next_path == "/x"
 
 
 async def test_replay_cache_accepts_an_assertion_once(store: Store, clock: Clock) -> None:
