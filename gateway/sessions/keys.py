@@ -10,6 +10,7 @@ key                                          what                        TTL
 ===========================================  ==========================  ==================
 ``sess:{<h(session id)>}``                   the session record          min(idle, absolute left)
 ``sess:{<h(session id)>}:refresh``           mandate re-check lock       ``refresh_lock_seconds``
+``sref:{<session ref>}``                     ref → h(session id) index   as the session
 ``login:{<h(prelogin cookie)>}:<h(relay)>``  a pending login             ``prelogin_ttl``
 ``replay:{<h(issuer, assertion id)>}``       a seen assertion ID         NotOnOrAfter + skew
 channel ``sess:invalidate``                  "drop your cached copy"     (pub/sub)
@@ -37,6 +38,10 @@ def session_key(session_hash: str) -> str:
 
 def refresh_lock_key(session_hash: str) -> str:
     return f"sess:{{{session_hash}}}:refresh"
+
+
+def ref_key(session_ref: str) -> str:
+    return f"sref:{{{session_ref}}}"
 
 
 def login_key(prelogin_cookie: str, relay_state: str) -> str:

@@ -49,7 +49,13 @@ import structlog
 from gateway.audit import audit
 from gateway.errors import StoreUnavailable
 from gateway.identity import Employer, Identity
-from gateway.sessions.keys import INVALIDATE_CHANNEL, digest, refresh_lock_key, session_key
+from gateway.sessions.keys import (
+    INVALIDATE_CHANNEL,
+    digest,
+    ref_key,
+    refresh_lock_key,
+    session_key,
+)
 from gateway.sessions.record import Session, decode_session, encode_session
 from gateway.sessions.settings import SessionSettings
 from gateway.store.base import Store
@@ -58,6 +64,7 @@ _log = structlog.get_logger("gateway.sessions")
 
 # secrets.token_urlsafe(32): 32 random bytes (256 bits) as 43 base64url characters.
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_REF_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
 
 
 def utcnow() -> dt.datetime:
@@ -185,7 +192,11 @@ class SessionManager:
         blob = encode_session(session)
         ttl = self._ttl(session, now)
         if ttl > 0:
-            await self._store.set(session_key(self._hash(session.id)), blob, ttl)
+            session_hash = self._hash(session.id)
+            await self._store.set(session_key(session_hash), blob, ttl)
+            # The token's ``sid`` (the ref) leads back to the record for the
+            # employers endpoint; the index holds a hash, never the session ID.
+            await self._store.set(ref_key(session.ref), session_hash.encode(), ttl)
         return blob
 
     # -- the API -----------------------------------------------------------------
@@ -286,16 +297,40 @@ class SessionManager:
         new_id = new_session_id()
         rotated = replace(session, id=new_id, ref=self.session_ref(new_id)).with_changes()
         blob = await self._write(rotated, now)
-        await self._end(self._hash(session.id))
+        await self._end(self._hash(session.id), session.ref)
         self._cache_put(self._hash(new_id), rotated, blob)
         return rotated
+
+    async def view_by_ref(self, ref: str) -> Session | None:
+        """A read-only view of the live session with this ``ref`` (the token's ``sid``).
+
+        For backends that present a token, not a cookie: the view's ``id`` is
+        empty, so it can never be saved, rotated or used as a cookie.
+        """
+        if not _REF_RE.match(ref):
+            return None
+        raw = await self._store.get(ref_key(ref))
+        if raw is None:
+            return None
+        blob = await self._store.get(session_key(raw.decode("ascii", "replace")))
+        if blob is None:
+            return None
+        try:
+            session = decode_session("", ref, blob)
+        except ValueError:
+            return None
+        if self._expired_reason(session, self._clock()) is not None:
+            return None
+        return session
 
     async def destroy(self, session: Session | str) -> None:
         """End a session (logout); other replicas drop their cached copy."""
         session_id = session if isinstance(session, str) else session.id
-        await self._end(self._hash(session_id))
+        await self._end(self._hash(session_id), self.session_ref(session_id))
 
-    async def _end(self, session_hash: str) -> None:
+    async def _end(self, session_hash: str, ref: str | None = None) -> None:
+        if ref is not None:
+            await self._store.delete(ref_key(ref))
         await self._store.delete(session_key(session_hash))
         await self._store.delete(refresh_lock_key(session_hash))
         await self._invalidate(session_hash)

@@ -326,3 +326,19 @@ async def test_aged_out_cache_entry_is_reused_only_if_unchanged(store: Store, cl
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_view_by_ref_finds_live_session_only(store: Store) -> None:
+    """A token sid leads to a read-only view of the live session, and to nothing after logout."""
+    manager = SessionManager(store, SessionSettings(), ref_secret=b"k" * 32)
+    session = await manager.create(make_identity(), ())
+    view = await manager.view_by_ref(session.ref)
+    assert view is not None
+    assert view.id == ""
+    assert view.identity == session.identity
+    assert await manager.view_by_ref("not-a-ref") is None
+    rotated = await manager.rotate(session)
+    assert await manager.view_by_ref(session.ref) is None
+    assert await manager.view_by_ref(rotated.ref) is not None
+    await manager.destroy(rotated)
+    assert await manager.view_by_ref(rotated.ref) is None
