@@ -2,10 +2,9 @@
 
 It owns the broker metadata (with its refresh task), the artifact resolver's
 ``ClientSession`` and the worker pool in which every signature check and
-decryption runs, so a burst of logins never stalls the event loop. A thread
-pool is enough: the crypto is lxml + python-xmlsec + ``cryptography``, which
-release the GIL for their heavy parts, and nothing here touches pysaml2's
-global state.
+decryption runs (``gateway.saml.worker``), so a burst of logins does not
+stall the event loop. The pool is a process pool by default (no GIL
+contention with the loop); a thread pool is available for tests.
 """
 
 from __future__ import annotations
@@ -15,25 +14,21 @@ import base64
 import binascii
 import datetime as dt
 import functools
+import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from gateway.errors import SamlInvalid
-from gateway.saml.artifact import (
-    ArtifactResolver,
-    artifact_resolve_envelope,
-    parse_artifact,
-    verify_artifact_response,
-)
+from gateway.saml import worker
+from gateway.saml.artifact import ArtifactResolver, parse_artifact
 from gateway.saml.authn_request import AuthnRequestHttp, build_authn_request, new_id
-from gateway.saml.encryption import Decrypter
 from gateway.saml.keys import SpKeys, load_sp_keys
 from gateway.saml.metadata import BrokerMetadata, BrokerMetadataSource
 from gateway.saml.settings import SamlSettings
 from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
-from gateway.saml.verify import Expectation, VerifiedLogin, VerifyContext, verify_response
+from gateway.saml.verify import Expectation, VerifiedLogin
 
 T = TypeVar("T")
 
@@ -45,13 +40,6 @@ class ServiceProvider:
         self.settings = settings
         # Keys are read at construction so a wrong path fails at startup, not at login.
         self.keys: SpKeys = load_sp_keys(settings)
-        self._decrypter = Decrypter(
-            entity_id=settings.entity_id,
-            keys=self.keys.decryption_keys,
-            key_transport_algorithms=settings.key_transport_algorithms,
-            block_algorithms=settings.block_algorithms,
-            max_bytes=settings.max_message_bytes,
-        )
         self._resolver = ArtifactResolver(settings)
         cert = (
             Path(settings.broker_metadata_cert).read_bytes()
@@ -65,13 +53,23 @@ class ServiceProvider:
             signing_cert_pem=cert,
             refresh_seconds=settings.broker_metadata_refresh_seconds,
         )
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: Executor | None = None
 
     async def start(self) -> None:
         """Open the HTTP session and worker pool, load the broker metadata, start refreshing."""
-        self._pool = ThreadPoolExecutor(
-            max_workers=self.settings.verify_workers, thread_name_prefix="saml-verify"
-        )
+        n = self.settings.verify_workers
+        if self.settings.verify_pool == "process":
+            # forkserver: never fork the running event loop's process (threads, sockets).
+            self._pool = ProcessPoolExecutor(
+                max_workers=n,
+                mp_context=multiprocessing.get_context("forkserver"),
+                initializer=functools.partial(worker.init_worker, nice=10),
+                initargs=(self.settings,),
+            )
+            await asyncio.gather(*(self._run(worker.ping) for _ in range(n)))
+        else:
+            worker.init_worker(self.settings, self.keys)
+            self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="saml-verify")
         await self._resolver.start()
         await self.broker.start()
 
@@ -102,7 +100,7 @@ class ServiceProvider:
 
     async def authn_request(self, relay_state: str | None = None) -> tuple[str, AuthnRequestHttp]:
         """``build_authn_request`` in the worker pool (keeps the event loop free)."""
-        return await self._run(self.build_authn_request, relay_state)
+        return await self._run(worker.authn_request, self.metadata, relay_state)
 
     async def consume_artifact(self, artifact: str, expectation: Expectation) -> VerifiedLogin:
         """Resolve ``SAMLart`` at the broker and verify the result.
@@ -117,17 +115,10 @@ class ServiceProvider:
             raise SamlInvalid("artifact_endpoint_index_unknown")
         resolve_id = new_id()
         envelope = await self._run(
-            artifact_resolve_envelope,
-            self.settings,
-            self.keys.signing,
-            parsed,
-            url,
-            resolve_id,
-            dt.datetime.now(dt.UTC),
+            worker.resolve_envelope, parsed, url, resolve_id, dt.datetime.now(dt.UTC)
         )
         answer = await self._resolver.post(url, envelope)
-        ctx = self._context(metadata)
-        return await self._run(verify_artifact_response, answer, resolve_id, expectation, ctx)
+        return await self._run(worker.verify_artifact, answer, resolve_id, expectation, metadata)
 
     async def consume_post_response(
         self, saml_response_b64: str, expectation: Expectation
@@ -141,8 +132,7 @@ class ServiceProvider:
             data = base64.b64decode("".join(saml_response_b64.split()), validate=True)
         except (binascii.Error, ValueError):
             raise SamlInvalid("base64_malformed") from None
-        ctx = self._context(self.metadata)
-        return await self._run(verify_response, data, expectation, ctx)
+        return await self._run(worker.verify_post, data, expectation, self.metadata)
 
     def sp_metadata_xml(self) -> bytes:
         """Our signed SP metadata."""
@@ -151,9 +141,6 @@ class ServiceProvider:
     def service_catalogue_xml(self) -> bytes:
         """The signed dienstcatalogus."""
         return service_catalogue_xml(self.settings, self.keys)
-
-    def _context(self, metadata: BrokerMetadata) -> VerifyContext:
-        return VerifyContext(settings=self.settings, metadata=metadata, decrypter=self._decrypter)
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         if self._pool is None:

@@ -189,7 +189,10 @@ class SamlSettings(BaseModel):
     block_algorithms: frozenset[str] = frozenset(KNOWN_BLOCK_ALGORITHMS)
     """Accepted EncryptedData methods (AES-GCM, AES-CBC)."""
     verify_workers: int = Field(default=2, ge=1, le=32)
-    """Threads that run signature checks and decryption off the event loop."""
+    """Workers that run signature checks and decryption off the event loop."""
+    verify_pool: Literal["process", "thread"] = "process"
+    """``process`` (default) keeps the event loop free of GIL contention; ``thread``
+    starts instantly (tests, tiny deployments) but stalls the loop more under bursts."""
     xmlsec_binary: Path | None = None
     """Unused by our in-process crypto; kept for pysaml2-based tooling (benchmarks)."""
 

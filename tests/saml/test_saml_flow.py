@@ -162,7 +162,7 @@ async def test_post_binding_authn_request_works(world: SamlWorld) -> None:
 async def test_broker_down_is_broker_unavailable(flow: Flow) -> None:
     """When the ArtifactResolutionService refuses connections the error is BrokerUnavailable."""
     request_id, artifact = await flow.artifact_for("direct")
-    sp = ServiceProvider(flow.sp.settings)
+    sp = ServiceProvider(flow.sp.settings.model_copy(update={"verify_pool": "thread"}))
     await sp.start()
     try:
         metadata = flow.sp.metadata

@@ -14,7 +14,7 @@ from tests.support.saml import ResponseSpec, SamlWorld, to_bytes
 
 @pytest.fixture
 async def sp(world: SamlWorld) -> AsyncIterator[ServiceProvider]:
-    provider = ServiceProvider(world.settings(accept_post_response=True))
+    provider = ServiceProvider(world.settings(accept_post_response=True, verify_pool="thread"))
     await provider.start()
     yield provider
     await provider.close()
@@ -39,7 +39,7 @@ async def test_malformed_post_input_is_saml_invalid(sp: ServiceProvider, value: 
 
 async def test_post_binding_is_refused_unless_enabled(world: SamlWorld) -> None:
     """With the default settings an HTTP-POST SAMLResponse is refused outright."""
-    provider = ServiceProvider(world.settings())
+    provider = ServiceProvider(world.settings(verify_pool="thread"))
     await provider.start()
     try:
         spec = ResponseSpec()
