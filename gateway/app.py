@@ -14,25 +14,32 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import structlog
 from aiohttp import web
 
+from gateway.backend_api import add_backend_routes
 from gateway.config import GatewayConfig, load_config
+from gateway.context import ERROR_EXTRA, FORM_FIELDS, REQUEST_ID, ROUTE_NAME, TIMING
 from gateway.errors import (
     BadRequest,
     ConfigInvalid,
     GatewayError,
     MethodNotAllowed,
-    NotAuthenticated,
     NotFound,
 )
+from gateway.gate import Respond, authorize
+from gateway.login import add_login_routes
 from gateway.logs import configure_logging, safe_query
 from gateway.metrics import Metrics
+from gateway.overview import add_overview_routes
 from gateway.pages import error_response
 from gateway.proxy import Forwarder, client_view
 from gateway.routing import NoMatch, Router, unsafe_path
+from gateway.services import SERVICES, services_ctx
 
 log = structlog.get_logger("gateway.app")
 access_log = structlog.get_logger("gateway.access")
@@ -51,7 +58,9 @@ class Generation:
 
 
 def _compile(config: GatewayConfig, number: int) -> Generation:
-    deny = {h.lower() for h in config.server.deny_headers}
+    # Identity headers are always denied, whatever the deny-list says: nothing
+    # behind the gateway may ever see a client-made identity.
+    deny = {h.lower() for h in config.server.deny_headers} | config.identity_headers()
     return Generation(config, Router(config.routes), frozenset(deny), number)
 
 
@@ -65,9 +74,13 @@ class Runtime:
     draining: bool = False
     _stamp: tuple[int, int, int] | None = None
     readiness: list[Callable[[], Awaitable[tuple[str, bool, str]]]] = field(default_factory=list)
+    # Called after every reload attempt (SIGHUP or file change): e.g. token keys.
+    on_reload: list[Callable[[], None]] = field(default_factory=list)
 
     def reload(self, metrics: Metrics) -> bool:
         """Load the file again; switch to it only if valid. In-flight requests keep theirs."""
+        for hook in self.on_reload:
+            hook()
         if self.path is None:
             return False
         try:
@@ -82,6 +95,14 @@ class Runtime:
             )
             return False
         old = self.current.config
+        if any(
+            getattr(config, section) != getattr(old, section)
+            for section in ("store", "sessions", "saml", "mandates", "tokens", "admin")
+        ):
+            log.warning(
+                "config_login_sections_changed",
+                detail="store, sessions, saml, mandates, tokens and admin apply after a restart",
+            )
         if config.server != old.server:
             log.warning(
                 "config_server_section_changed",
@@ -113,12 +134,6 @@ def _file_stamp(path: Path) -> tuple[int, int, int] | None:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-
-# Per-request values shared between the edge middleware and the handlers.
-REQUEST_ID = web.RequestKey("request_id", str)
-TIMING = web.RequestKey("timing", dict)
-ROUTE_NAME = web.RequestKey("route_name", str)
-ERROR_EXTRA = web.RequestKey("error_extra", dict)
 
 RUNTIME = web.AppKey("runtime", Runtime)
 METRICS = web.AppKey("metrics", Metrics)
@@ -212,9 +227,17 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         raise MethodNotAllowed() if match.path_matched else NotFound(f"no route for {path}")
     route = match.route.settings
     request[ROUTE_NAME] = route.name
+    extra: dict[str, str] = {}
+    body: bytes | None = None
     if route.policy == "authenticated":
-        # Until the login flow is wired in, an authenticated route is closed.
-        raise NotAuthenticated(f"route {route.name} needs a session")
+        if any(s.location == "form" for s in route.employer_scope):
+            body = await _small_form(request, route.max_body_bytes)
+        decision = await authorize(
+            request, route, match.params, request.app[SERVICES], request[REQUEST_ID]
+        )
+        if isinstance(decision, Respond):
+            return decision.response
+        extra = decision.headers
     client = client_view(
         request,
         config.server.trusted_proxies,
@@ -226,10 +249,30 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         route,
         client,
         request[REQUEST_ID],
-        {},
+        extra,
         request[TIMING],
         deny=generation.deny_headers,
+        body=body,
     )
+
+
+# Employer-scope checks on form fields read the body first; only small
+# urlencoded forms qualify, everything else still streams.
+_FORM_LIMIT = 64 * 1024
+
+
+async def _small_form(request: web.Request, route_limit: int) -> bytes | None:
+    if request.content_type != "application/x-www-form-urlencoded" or not request.body_exists:
+        return None
+    length = request.content_length
+    if length is None or length > min(_FORM_LIMIT, route_limit):
+        raise BadRequest("form too large for an employer-scope check")
+    raw = await request.read()
+    fields: dict[str, list[str]] = {}
+    for key, value in parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True):
+        fields.setdefault(key, []).append(value)
+    request[FORM_FIELDS] = fields
+    return raw
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -330,11 +373,34 @@ def build_app(
     app.cleanup_ctx.append(watch_ctx)
 
     prefix = config.server.reserved_prefix
+    if config.login_enabled:
+        assert config.tokens is not None
+        app.cleanup_ctx.append(partial(services_ctx, config=config))
+        runtime.readiness.append(partial(_login_readiness, app))
+        add_login_routes(app, prefix)
+        add_overview_routes(app, prefix)
+        add_backend_routes(app, prefix, config.tokens.employers_path)
     app.router.add_get(prefix + "healthz", healthz)
     app.router.add_get(prefix + "readyz", readyz)
     app.router.add_get(prefix + "metrics", metrics_handler)
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
     return app
+
+
+async def _login_readiness(app: web.Application) -> tuple[str, bool, str]:
+    """The store answers and the broker's metadata is loaded."""
+    services = app.get(SERVICES)
+    if services is None:
+        return "login", False, "starting"
+    try:
+        await asyncio.wait_for(services.store.ping(), timeout=2)
+    except (GatewayError, TimeoutError):
+        return "login", False, "store unavailable"
+    try:
+        services.sp.metadata  # noqa: B018 - raises while no broker metadata was ever loaded
+    except GatewayError:
+        return "login", False, "broker metadata not loaded"
+    return "login", True, "store and broker metadata usable"
 
 
 async def _watch(runtime: Runtime, metrics: Metrics, interval: float) -> None:

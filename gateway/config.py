@@ -41,6 +41,12 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigInvalid, ConfigProblem
+from gateway.identity import Loa
+from gateway.mandates.settings import MandateSettings
+from gateway.saml.settings import SamlSettings
+from gateway.sessions.settings import SessionSettings
+from gateway.store.factory import StoreSettings
+from gateway.tokens.settings import TokenSettings
 
 ENV_PREFIX = "GATEWAY__"
 
@@ -179,6 +185,23 @@ class HeaderOps(Model):
     remove: list[str] = Field(default_factory=list, description="Headers to remove.")
 
 
+class EmployerScope(Model):
+    """Where an employer identifier appears in requests on a route.
+
+    The gateway answers 403 before the request reaches the portal when the
+    identifier is not in the session's allowed set.
+    """
+
+    location: Literal["path", "query", "header", "form"] = Field(
+        description="path: a named parameter of a pattern route; query: a query parameter; "
+        "header: a request header; form: a field of a urlencoded form post (small bodies)."
+    )
+    name: str = Field(description="Parameter, header or field name.")
+    identifier: Literal["kvk", "fund_number"] = Field(
+        "kvk", description="Which employer identifier the value is."
+    )
+
+
 class RouteSettings(Model):
     """One entry of the ordered route list; the first route that matches wins."""
 
@@ -199,6 +222,30 @@ class RouteSettings(Model):
     websocket: bool = Field(False, description="Pass websocket upgrades through.")
     request_headers: HeaderOps = Field(default_factory=HeaderOps)
     response_headers: HeaderOps = Field(default_factory=HeaderOps)
+    audience: str | None = Field(
+        None, description="Token audience (aud) for this route; default: the route name."
+    )
+    identity_header: str | None = Field(
+        None, description="Header that carries the token; default: tokens.header_name."
+    )
+    token_transport: Literal["header", "bearer"] = Field(
+        "header", description="header: identity_header; bearer: Authorization: Bearer."
+    )
+    employer_scope: list[EmployerScope] = Field(
+        default_factory=list, description="Where employer identifiers appear (403 if foreign)."
+    )
+    min_loa: Loa | None = Field(
+        None, description="Minimum level for this route (e.g. loa4); lower logins step up."
+    )
+    required_scope: str | None = Field(
+        None,
+        description="A mandate scope the employer in the request (or the active one) must carry.",
+    )
+
+    @field_validator("min_loa", mode="before")
+    @classmethod
+    def _parse_loa(cls, v: object) -> object:
+        return Loa.parse(v) if isinstance(v, str) else v
 
     @field_validator("strip_prefix")
     @classmethod
@@ -214,12 +261,41 @@ class RouteSettings(Model):
         return self
 
 
+class AdminSettings(Model):
+    """The credential for the gateway's admin endpoints (mandate revocation push)."""
+
+    token_file: Path = Field(
+        description="File holding the shared secret the registry sends as a Bearer token."
+    )
+
+
 class GatewayConfig(Model):
     """The whole configuration file."""
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
+    saml: SamlSettings | None = Field(None, description="eHerkenning login (docs/login.md).")
+    mandates: MandateSettings | None = Field(
+        None, description="The fund's mandate registry (docs/mandates.md)."
+    )
+    tokens: TokenSettings | None = Field(
+        None, description="The signed identity token for backends (docs/backends.md)."
+    )
+    admin: AdminSettings | None = None
     routes: Annotated[list[RouteSettings], Field(min_length=1)]
+
+    @property
+    def login_enabled(self) -> bool:
+        return self.saml is not None and self.mandates is not None and self.tokens is not None
+
+    def identity_headers(self) -> frozenset[str]:
+        """Every header name that carries our token: clients may never send these."""
+        names = {r.identity_header for r in self.routes if r.identity_header}
+        if self.tokens is not None:
+            names.add(self.tokens.header_name)
+        return frozenset(n.lower() for n in names)
 
 
 # ---------------------------------------------------------------- loading
@@ -420,6 +496,8 @@ def _semantic_problems(
 
     problems: list[ConfigProblem] = []
     reserved, routes = _valid_routes(config, data)
+    if config is not None:
+        problems.extend(_section_problems(config, file, node))
 
     def add(loc: tuple[Any, ...], message: str) -> None:
         line = _line_of(node, loc)
@@ -438,11 +516,25 @@ def _semantic_problems(
                 ("routes", i, "match", "path"),
                 f"{reserved} is reserved for the gateway itself and is never proxied",
             )
+        names: set[str] = set()
         if route.match.type == "pattern":
             try:
-                compile_pattern(path)
+                names = set(compile_pattern(path).groupindex)
             except PatternError as exc:
                 add(("routes", i, "match", "path"), str(exc))
+        for j, scope in enumerate(route.employer_scope):
+            if scope.location == "path" and scope.name not in names:
+                add(
+                    ("routes", i, "employer_scope", j, "name"),
+                    f"the route's path pattern has no parameter {{{scope.name}}}",
+                )
+        if route.policy == "public" and (
+            route.employer_scope or route.min_loa or route.required_scope
+        ):
+            add(
+                ("routes", i, "policy"),
+                "employer_scope, min_loa and required_scope need an authenticated route",
+            )
         strip = route.strip_prefix
         if (
             strip
@@ -454,6 +546,50 @@ def _semantic_problems(
                 f"{strip!r} is not a prefix of the route's path {path!r}",
             )
     return problems
+
+
+def _section_problems(
+    config: GatewayConfig, file: str, node: yaml.Node | None
+) -> list[ConfigProblem]:
+    """Checks between sections: login needs its three parts, replicas need shared state."""
+    out: list[ConfigProblem] = []
+
+    def add(loc: tuple[Any, ...], message: str) -> None:
+        line = _line_of(node, loc)
+        out.append(
+            ConfigProblem(file, _format_loc(loc), (f"line {line}: " if line else "") + message)
+        )
+
+    needs_login = [i for i, r in enumerate(config.routes) if r.policy == "authenticated"]
+    if needs_login:
+        for section in ("saml", "mandates", "tokens"):
+            if getattr(config, section) is None:
+                add(
+                    (section,),
+                    f"required: routes[{needs_login[0]}] is authenticated, and logging in "
+                    f"needs the {section} section",
+                )
+    memory = config.store.url.startswith("memory:")
+    if memory and config.server.workers > 1 and needs_login:
+        add(
+            ("store", "url"),
+            "the memory store is per process; with several workers use Redis "
+            "(sessions would not be shared)",
+        )
+    if not memory and config.sessions.ref_secret_file is None:
+        add(
+            ("sessions", "ref_secret_file"),
+            "required with a shared store: every replica must derive the same session "
+            "references (token sid)",
+        )
+    if config.tokens is not None:
+        prefix = config.server.reserved_prefix
+        if not config.tokens.employers_path.startswith(prefix):
+            add(
+                ("tokens", "employers_path"),
+                f"must be under the reserved prefix {prefix}",
+            )
+    return out
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -283,6 +283,7 @@ class Forwarder:
         extra_headers: Mapping[str, str],
         timing: dict[str, float],
         deny: frozenset[str] = frozenset(),
+        body: bytes | None = None,
     ) -> web.StreamResponse:
         """Proxy one HTTP request and stream the answer back."""
         up = self.upstream(route)
@@ -302,9 +303,9 @@ class Forwarder:
         length = request.content_length
         if length is not None and length > limit:
             raise BodyTooLarge(f"content-length {length} > {limit}")
-        data: AsyncIterator[bytes] | None = None
+        data: AsyncIterator[bytes] | bytes | None = body
         state = _BodyState()
-        if request.body_exists:
+        if body is None and request.body_exists:
             data = _limited(request.content, limit, state)
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=route.timeouts.connect, sock_read=route.timeouts.read

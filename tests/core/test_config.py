@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.config import load_config, parse_config
+from gateway.config import RouteSettings, load_config, parse_config
 from gateway.errors import ConfigInvalid
 
 GOOD = """
@@ -18,6 +18,7 @@ routes:
   - name: portal
     match: { path: / }
     upstream: http://portal:8080
+    policy: public
 """
 
 
@@ -30,7 +31,8 @@ def _problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
 def test_valid_config_loads_with_safe_defaults() -> None:
     """A minimal file loads; routes default to authenticated, the prefix to /_gateway/."""
     config = parse_config(GOOD, file="f.yaml", environ={})
-    assert config.routes[0].policy == "authenticated"
+    assert RouteSettings.model_fields["policy"].default == "authenticated"
+    assert config.store.url == "memory://"
     assert config.server.reserved_prefix == "/_gateway/"
     assert "x-gateway-identity" in {h.lower() for h in config.server.deny_headers}
 

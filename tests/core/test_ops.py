@@ -39,7 +39,14 @@ async def test_readyz_ready_then_draining(gateway: GatewayFactory) -> None:
 async def test_readyz_fails_when_upstream_unresolvable(gateway: GatewayFactory) -> None:
     """An upstream host name that does not resolve makes the gateway not ready."""
     client = await gateway(
-        [{"name": "x", "match": {"path": "/"}, "upstream": "http://no-such-host.invalid:80"}]
+        [
+            {
+                "name": "x",
+                "match": {"path": "/"},
+                "upstream": "http://no-such-host.invalid:80",
+                "policy": "public",
+            }
+        ]
     )
     resp = await client.get("/_gateway/readyz")
     assert resp.status == 503

@@ -238,14 +238,6 @@ async def test_method_not_on_route_is_405(gateway: GatewayFactory) -> None:
     assert (await client.delete("/ro")).status == 405
 
 
-async def test_authenticated_route_answers_401_page(gateway: GatewayFactory) -> None:
-    """An authenticated route without a session is closed with a clear 401 page."""
-    client = await gateway([{"name": "secure", "match": {"path": "/"}}])
-    resp = await client.get("/werkgevers")
-    assert resp.status == 401
-    assert "Inloggen vereist" in await resp.text()
-
-
 async def test_reserved_prefix_never_proxied(
     gateway: GatewayFactory, upstream_log: UpstreamLog
 ) -> None:

@@ -13,6 +13,7 @@ from tests.conftest import make_config
 def _router(*routes: dict[str, Any]) -> Router:
     for r in routes:
         r.setdefault("upstream", "http://u")
+        r.setdefault("policy", "public")
     return Router(make_config({"routes": list(routes)}).routes)
 
 

@@ -1,0 +1,260 @@
+"""The policy step for ``authenticated`` routes: session, mandates, employer scope, token.
+
+Runs after routing and before forwarding (design.md steps 2-5):
+
+1. load the session from the cookie (no session: send browsers to the login,
+   answer API clients 401 with the login URL);
+2. re-check mandates when the last check is older than the interval, or a
+   revocation was pushed for this administrator (once per session across
+   requests and replicas, thanks to a short lock in the store); fail closed
+   when the registry has been unreachable for longer than the staleness limit;
+3. enforce the route's employer scope, minimum level and required scope;
+4. mint (or reuse) the signed token for this session and the route's audience.
+
+Any failure here denies the request; nothing is forwarded on a partial answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import structlog
+from aiohttp import web
+
+from gateway.audit import audit
+from gateway.config import EmployerScope, RouteSettings
+from gateway.context import ERROR_EXTRA, FORM_FIELDS
+from gateway.errors import (
+    EmployerNotAllowed,
+    GatewayError,
+    LevelTooLow,
+    MandateMissing,
+    NotAuthenticated,
+    RegistryUnavailable,
+    ScopeMissing,
+)
+from gateway.services import Services
+from gateway.sessions import Session
+from gateway.sessions.cookies import read_session_cookie
+from gateway.tokens import TokenSubject
+
+log = structlog.get_logger("gateway.gate")
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Go ahead: add these headers upstream."""
+
+    headers: dict[str, str]
+    session: Session
+
+
+@dataclass(frozen=True)
+class Respond:
+    """Answer the client directly (a redirect to the login or the overview)."""
+
+    response: web.StreamResponse
+
+
+def login_url(services: Services, next_path: str, loa: str | None = None) -> str:
+    url = f"{services.config.server.reserved_prefix}login?next={quote(next_path, safe='/')}"
+    return url + (f"&loa={loa}" if loa else "")
+
+
+def _browser_navigation(request: web.BaseRequest) -> bool:
+    accept = request.headers.get("Accept", "")
+    return request.method in ("GET", "HEAD") and (
+        "text/html" in accept or "application/json" not in accept
+    )
+
+
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+async def current_session(
+    request: web.Request, services: Services, request_id: str
+) -> Session | Respond:
+    """The request's live session with fresh mandates, or how to answer instead.
+
+    No session: a redirect to the login for browsers, else ``NotAuthenticated``
+    (401 with the login URL). Mandates are re-checked when due.
+    """
+    settings = services.config.sessions
+    session = await services.sessions.load(read_session_cookie(request, settings))
+    if session is None:
+        target = login_url(services, request.path_qs)
+        if _browser_navigation(request):
+            return Respond(_redirect(target))
+        request[ERROR_EXTRA] = {
+            "login_url": target,
+            "action_url": target,
+            "action_nl": "Inloggen met eHerkenning",
+            "action_en": "Log in with eHerkenning",
+        }
+        raise NotAuthenticated("no session")
+    active_before = session.active_employer
+    session = await _recheck_mandates(services, session, request_id)
+    if session.identity.mode == "chain" and not session.allowed:
+        # The one employer of a chain login withdrew its mandate at the fund.
+        await services.sessions.destroy(session)
+        raise MandateMissing("chain mandate revoked during the session")
+    if active_before and session.active_employer is None and _browser_navigation(request):
+        # The employer the user was working for withdrew the mandate: back to the
+        # overview, which says so.
+        overview = f"{services.config.server.reserved_prefix}employers?notice=revoked"
+        return Respond(_redirect(overview))
+    return session
+
+
+async def authorize(
+    request: web.Request,
+    route: RouteSettings,
+    params: Mapping[str, str],
+    services: Services,
+    request_id: str,
+) -> Forward | Respond:
+    """Decide whether this request may go upstream, and with which identity headers."""
+    found = await current_session(request, services, request_id)
+    if isinstance(found, Respond):
+        return found
+    session = found
+
+    if route.min_loa is not None and session.identity.loa < route.min_loa:
+        if _browser_navigation(request):
+            return Respond(_redirect(login_url(services, request.path_qs, route.min_loa.short)))
+        raise LevelTooLow(f"route {route.name} needs {route.min_loa.short}")
+
+    employers = _employers_in_request(request, route.employer_scope, params)
+    for identifier, value in employers:
+        if not _allowed(session, identifier, value):
+            _deny(session, request_id, route, value)
+            raise EmployerNotAllowed(f"employer {value} not in the allowed set")
+    if route.required_scope is not None:
+        kvks = [_kvk_of(session, i, v) for i, v in employers] or [session.active_employer]
+        for kvk in kvks:
+            employer = session.employer(kvk) if kvk else None
+            if employer is None or route.required_scope not in employer.scopes:
+                _deny(session, request_id, route, kvk or "-", reason="scope_missing")
+                raise ScopeMissing(f"scope {route.required_scope} missing for {kvk}")
+
+    tokens = services.config.tokens
+    assert tokens is not None
+    subject = TokenSubject(
+        identity=session.identity,
+        allowed=session.allowed,
+        session_ref=session.ref,
+        active_employer=session.active_employer,
+        login_time=session.created_at,
+        version=session.version,
+    )
+    token = services.minter.mint(subject, route.audience or route.name)
+    if route.token_transport == "bearer":  # noqa: S105 - a transport name, not a secret
+        return Forward({"Authorization": f"Bearer {token}"}, session)
+    return Forward({route.identity_header or tokens.header_name: token}, session)
+
+
+def _employers_in_request(
+    request: web.Request, scopes: list[EmployerScope], params: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for scope in scopes:
+        values: list[str] = []
+        if scope.location == "path":
+            if scope.name in params:
+                values.append(params[scope.name])
+        elif scope.location == "query":
+            values.extend(request.query.getall(scope.name, []))
+        elif scope.location == "header":
+            values.extend(request.headers.getall(scope.name, []))
+        else:
+            form = request.get(FORM_FIELDS)
+            if form is not None:
+                values.extend(form.get(scope.name, []))
+        found.extend((scope.identifier, v.strip()) for v in values)
+    return found
+
+
+def _allowed(session: Session, identifier: str, value: str) -> bool:
+    return _kvk_of(session, identifier, value) is not None
+
+
+def _kvk_of(session: Session, identifier: str, value: str) -> str | None:
+    if identifier == "kvk":
+        return value if value in session.allowed_kvks else None
+    for employer in session.allowed:
+        if employer.fund_number is not None and employer.fund_number == value:
+            return employer.kvk
+    return None
+
+
+def _deny(
+    session: Session, request_id: str, route: RouteSettings, employer: str, reason: str = "employer"
+) -> None:
+    audit(
+        "access_denied",
+        reason=reason,
+        route=route.name,
+        request_id=request_id,
+        session_ref=session.ref,
+        administrator_kvk=session.identity.administrator_kvk,
+        employer_kvk=employer,
+        acting_subject=session.identity.acting_subject,
+    )
+
+
+async def _recheck_mandates(services: Services, session: Session, request_id: str) -> Session:
+    manager = services.sessions
+    pushed = services.invalidated.get(session.identity.administrator_kvk or "")
+    due = manager.needs_mandate_check(session) or (
+        pushed is not None and pushed > session.last_mandate_check
+    )
+    if not due:
+        return session
+    if not await manager.try_refresh_lock(session):
+        # Another request (maybe on another replica) is refreshing right now:
+        # carry on with what we have, unless that is already too old.
+        if manager.mandates_stale(session):
+            raise RegistryUnavailable("mandates stale and a refresh is in progress")
+        return session
+    try:
+        interval = services.config.sessions.mandate_recheck_interval.total_seconds()
+        try:
+            decision, _ = await services.mandates.decide(
+                session.identity,
+                now=dt.datetime.now(dt.UTC),
+                max_age=0 if pushed else interval,
+                allow_stale=True,
+                audit_context={
+                    "request_id": request_id,
+                    "session_ref": session.ref,
+                    "acting_subject": session.identity.acting_subject,
+                },
+            )
+        except RegistryUnavailable:
+            session = await manager.record_mandate_check(session, None)
+            if manager.mandates_stale(session):
+                raise
+            log.warning("mandate_recheck_failed_using_last_known", session_ref=session.ref)
+            return session
+        before = session.allowed_kvks
+        session = await manager.record_mandate_check(session, decision.allowed)
+        removed = before - session.allowed_kvks
+        if removed:
+            audit(
+                "mandate_revoked_during_session",
+                request_id=request_id,
+                session_ref=session.ref,
+                administrator_kvk=session.identity.administrator_kvk,
+                removed_count=len(removed),
+                employer_kvk=sorted(removed)[0] if len(removed) == 1 else None,
+                acting_subject=session.identity.acting_subject,
+            )
+        return session
+    finally:
+        with contextlib.suppress(GatewayError):  # the lock expires by itself
+            await manager.release_refresh_lock(session)

@@ -1,0 +1,252 @@
+"""The eHerkenning login flow over HTTP: start, assertion consumer, logout, SP metadata.
+
+The SAML work itself (signing, artifact resolution, verification, decryption)
+is ``gateway.saml``; the pending-login state is ``gateway.sessions``. This
+module is the glue, in a strict order at the ACS: take this browser's pending
+login (cookie + RelayState) first, then resolve and verify the message against
+the request ID it holds, then the assertion replay cache, then the mandate
+decision, and only then a brand-new session. Every refusal is an audit event
+and a 4xx page (503 when a dependency is down); never a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from gateway.audit import audit
+from gateway.context import ERROR_EXTRA, REQUEST_ID
+from gateway.errors import CsrfFailed, GatewayError, SamlInvalid
+from gateway.identity import Identity, Loa
+from gateway.pages import PAGE_HEADERS, html_response, render
+from gateway.saml.authn_request import AuthnRequestHttp, build_authn_request
+from gateway.services import SERVICES, Services
+from gateway.sessions import new_relay_state
+from gateway.sessions.cookies import (
+    clear_prelogin_cookie,
+    clear_session_cookie,
+    read_prelogin_cookie,
+    read_session_cookie,
+    set_prelogin_cookie,
+    set_session_cookie,
+)
+from gateway.sessions.next_path import safe_next_path
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def _retry_extra(services: Services) -> dict[str, str]:
+    return {
+        "action_url": services.config.server.reserved_prefix + "login",
+        "action_nl": "Opnieuw inloggen met eHerkenning",
+        "action_en": "Log in with eHerkenning again",
+    }
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    """Start an SP-initiated login: a signed AuthnRequest to the broker."""
+    services = _services(request)
+    request[ERROR_EXTRA] = _retry_extra(services)
+    prefixes = services.forbidden_next_prefixes()
+    next_path = safe_next_path(request.query.get("next"), forbidden_prefixes=prefixes)
+    relay_state = new_relay_state()
+    step_up = _step_up_loa(request.query.get("loa"), services)
+    if step_up is None:
+        request_id, http = await services.sp.authn_request(relay_state)
+    else:
+        request_id, http = _step_up_request(services, step_up, relay_state)
+    pending = await services.logins.begin(
+        next_path,
+        request_id=request_id,
+        relay_state=relay_state,
+        existing_cookie=read_prelogin_cookie(request, services.config.sessions),
+        forbidden_prefixes=prefixes,
+    )
+    response = _to_broker(http)
+    set_prelogin_cookie(response, pending.prelogin_cookie, services.config.sessions)
+    return response
+
+
+def _step_up_loa(value: str | None, services: Services) -> Loa | None:
+    """A requested level above the configured minimum, if a registered service offers it."""
+    if not value:
+        return None
+    try:
+        loa = Loa.parse(value)
+    except ValueError:
+        return None
+    saml = services.sp.settings
+    if loa.rank <= saml.minimum_loa.rank:
+        return None
+    return loa if any(s.loa >= loa for s in saml.services) else None
+
+
+def _step_up_request(
+    services: Services, loa: Loa, relay_state: str
+) -> tuple[str, AuthnRequestHttp]:
+    # eHerkenning sets the level per registered service, so a step-up asks for
+    # the (lowest) service registered at that level or higher.
+    saml = services.sp.settings
+    service = min((s for s in saml.services if s.loa >= loa), key=lambda s: s.loa.rank)
+    settings = saml.model_copy(
+        update={
+            "attribute_consuming_service_index": service.index,
+            "requested_authn_context": loa,
+        }
+    )
+    return build_authn_request(
+        settings, services.sp.metadata, services.sp.keys.signing, relay_state
+    )
+
+
+def _to_broker(http: AuthnRequestHttp) -> web.Response:
+    if http.binding == "redirect":
+        return web.Response(status=303, headers={"Location": http.url, **PAGE_HEADERS})
+    nonce = secrets.token_urlsafe(16)
+    response = html_response(http.post_form_html(script_nonce=nonce))
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
+        f"form-action {_origin(http.url)}; frame-ancestors 'none'; base-uri 'none'"
+    )
+    return response
+
+
+def _origin(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+async def acs(request: web.Request) -> web.StreamResponse:
+    """The assertion consumer: SAMLart (GET or POST), or SAMLResponse when enabled."""
+    services = _services(request)
+    request_id = request[REQUEST_ID]
+    request[ERROR_EXTRA] = _retry_extra(services)
+    params: Any = await request.post() if request.method == "POST" else request.query
+    artifact = params.get("SAMLart")
+    saml_response = params.get("SAMLResponse")
+    relay_state = params.get("RelayState")
+    identity: Identity | None = None
+    try:
+        if not isinstance(artifact, str) and not isinstance(saml_response, str):
+            raise SamlInvalid("neither SAMLart nor SAMLResponse")
+        cookie = read_prelogin_cookie(request, services.config.sessions)
+        pending = await services.logins.consume(
+            cookie, relay_state if isinstance(relay_state, str) else None
+        )
+        expectation = services.sp.expectation(pending.request_id)
+        if isinstance(artifact, str):
+            verified = await services.sp.consume_artifact(artifact, expectation)
+        else:
+            verified = await services.sp.consume_post_response(str(saml_response), expectation)
+        identity = verified.identity
+        if not await services.replay.remember(
+            verified.assertion_id, verified.not_on_or_after, issuer=verified.issuer
+        ):
+            raise SamlInvalid("assertion_replayed")
+        decision, _ = await services.mandates.decide(
+            identity,
+            now=dt.datetime.now(dt.UTC),
+            audit_context={"request_id": request_id, "acting_subject": identity.acting_subject},
+        )
+        error = decision.error()
+        if error is not None:
+            raise error
+    except GatewayError as err:
+        audit(
+            "login_refused",
+            reason=err.code,
+            detail=err.detail,
+            request_id=request_id,
+            mode=identity.mode if identity else None,
+            loa=identity.loa.short if identity else None,
+            administrator_kvk=identity.administrator_kvk if identity else None,
+            employer_kvk=identity.legal_subject_kvk
+            if identity and identity.mode == "chain"
+            else None,
+            acting_subject=identity.acting_subject if identity else None,
+        )
+        raise
+
+    settings = services.config.sessions
+    old = read_session_cookie(request, settings)
+    if old:
+        await services.sessions.destroy(old)  # a new login never inherits an old session
+    active = identity.legal_subject_kvk if identity.mode == "chain" else None
+    if active is None and len(decision.allowed) == 1:
+        active = decision.allowed[0].kvk
+    session = await services.sessions.create(identity, decision.allowed, active_employer=active)
+    audit(
+        "login_succeeded",
+        request_id=request_id,
+        session_ref=session.ref,
+        loa=identity.loa.short,
+        acting_subject=identity.acting_subject,
+        **decision.audit_fields(),
+    )
+    target = pending.next_path
+    if identity.mode == "direct" and target == "/" and len(decision.allowed) != 1:
+        # Land on the client list: pick an employer, or read how clients authorise you.
+        target = services.config.server.reserved_prefix + "employers"
+    response = web.Response(status=303, headers={"Location": target, **PAGE_HEADERS})
+    set_session_cookie(response, session.id, settings)
+    clear_prelogin_cookie(response, settings)
+    return response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    """End the session (CSRF-protected POST) and show the logged-out page."""
+    services = _services(request)
+    settings = services.config.sessions
+    session = await services.sessions.load(read_session_cookie(request, settings))
+    form = await request.post()
+    if session is not None:
+        token = form.get("csrf")
+        if not session.csrf_matches(token if isinstance(token, str) else None):
+            raise CsrfFailed("logout without a valid CSRF token")
+        await services.sessions.destroy(session)
+        audit(
+            "logout_succeeded",
+            request_id=request[REQUEST_ID],
+            session_ref=session.ref,
+            administrator_kvk=session.identity.administrator_kvk,
+            acting_subject=session.identity.acting_subject,
+        )
+    response = web.Response(
+        status=303,
+        headers={"Location": services.config.server.reserved_prefix + "logged-out", **PAGE_HEADERS},
+    )
+    clear_session_cookie(response, settings)
+    return response
+
+
+async def logged_out(request: web.Request) -> web.StreamResponse:
+    services = _services(request)
+    body = render(
+        "logged_out.html",
+        title="U bent uitgelogd",
+        login_url=services.config.server.reserved_prefix + "login",
+    )
+    return html_response(body)
+
+
+async def sp_metadata(request: web.Request) -> web.StreamResponse:
+    """Our signed SP metadata, for registration with the broker."""
+    body = _services(request).sp.sp_metadata_xml()
+    return web.Response(
+        body=body,
+        headers={"Content-Type": "application/samlmetadata+xml", "Cache-Control": "max-age=300"},
+    )
+
+
+def add_login_routes(app: web.Application, prefix: str) -> None:
+    app.router.add_get(prefix + "login", login)
+    app.router.add_route("GET", prefix + "saml/acs", acs)
+    app.router.add_route("POST", prefix + "saml/acs", acs)
+    app.router.add_get(prefix + "saml/metadata", sp_metadata)
+    app.router.add_post(prefix + "logout", logout)
+    app.router.add_get(prefix + "logged-out", logged_out)

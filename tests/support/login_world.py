@@ -1,0 +1,313 @@
+"""A whole login world on loopback: broker simulator, gateway, upstream portal, registry file.
+
+Flow tests drive it like a browser that follows redirects by hand (so every
+hop is visible and URLs are sent byte for byte, as the signed Redirect binding
+needs), with scenarios chosen programmatically at the simulator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from yarl import URL
+
+from gateway.app import build_app
+from gateway.config import GatewayConfig, parse_config
+from gateway.devkeys import rsa_keypair, signing_key_pem
+from gateway.saml.keys import load_sp_keys
+from gateway.saml.sp_metadata import sp_metadata_xml
+from gateway.services import SERVICES, Services
+from gateway.simulator import Simulator
+from tests.support.simulator import start_simulator
+from tests.support.upstream import UPSTREAM_LOG, UpstreamLog, build_upstream_app
+
+SP_ENTITY = "urn:etoegang:DV:00000001234567890000:entities:0"
+SERVICE_EH3 = "urn:etoegang:DV:00000001234567890000:services:0"
+SERVICE_EH4 = "urn:etoegang:DV:00000001234567890000:services:1"
+UUIDS = {
+    SERVICE_EH3: "6f1e1a9c-2c43-4f0e-9d38-2a8c0e9a1b11",
+    SERVICE_EH4: "7f1e1a9c-2c43-4f0e-9d38-2a8c0e9a1b12",
+}
+ADMIN = "12345678"  # Administratiekantoor De Boekhouder B.V. in the example scenarios
+CLIENT_WITH_MANDATE = "23456789"  # the `chain` scenario's employer
+CLIENT_WITHOUT_MANDATE = "34567890"  # the `chain-no-mandate` scenario's employer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def mandate(admin: str, employer: str, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "administrator_kvk": admin,
+        "employer_kvk": employer,
+        "employer_name": name,
+        "status": "active",
+        "valid_from": "2020-01-01",
+        **extra,
+    }
+
+
+DEFAULT_MANDATES = [
+    mandate(
+        ADMIN,
+        CLIENT_WITH_MANDATE,
+        "Bakkerij Brood B.V.",
+        fund_employer_number="100234",
+        scopes=["declarations", "employees"],
+    ),
+    mandate(
+        ADMIN,
+        "30000002",
+        "Installatiebedrijf Van Dam",
+        fund_employer_number="100871",
+        scopes=["declarations"],
+    ),
+    mandate(ADMIN, "30000003", "Metaalwerken Zuid", status="revoked"),
+    mandate(ADMIN, "30000005", "Zorggroep Oost", branch="000012345678"),
+]
+
+
+@dataclass
+class LoginWorld:
+    """Handles to every real peer of a login, plus a browser-like helper."""
+
+    directory: Path
+    sim: Simulator
+    gateway_url: str
+    upstream_log: UpstreamLog
+    app: web.Application
+    config: GatewayConfig
+    mandates_file: Path
+    browsers: list[aiohttp.ClientSession] = field(default_factory=list)
+
+    @property
+    def services(self) -> Services:
+        return self.app[SERVICES]
+
+    def browser(self) -> aiohttp.ClientSession:
+        """A new browser: its own cookie jar (unsafe=True: cookies for 127.0.0.1)."""
+        session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        self.browsers.append(session)
+        return session
+
+    def url(self, path: str) -> str:
+        return self.gateway_url + path
+
+    async def follow(
+        self, browser: aiohttp.ClientSession, url: str, *, method: str = "GET", **kw: Any
+    ) -> tuple[aiohttp.ClientResponse, list[str]]:
+        """Request ``url`` and follow redirects by hand; returns the last response and hops."""
+        hops = [url]
+        resp = await browser.request(method, URL(url, encoded=True), allow_redirects=False, **kw)
+        for _ in range(10):
+            if resp.status not in (301, 302, 303, 307, 308):
+                break
+            location = resp.headers["Location"]
+            if location.startswith("/"):
+                location = str(resp.url.origin()) + location
+            await resp.release()
+            hops.append(location)
+            resp = await browser.get(URL(location, encoded=True), allow_redirects=False)
+        await resp.read()
+        return resp, hops
+
+    async def login(
+        self, browser: aiohttp.ClientSession, scenario: str, next_path: str = "/"
+    ) -> tuple[aiohttp.ClientResponse, list[str]]:
+        """A whole login in ``scenario``; returns where the browser ended up."""
+        self.sim.use_scenario(scenario)
+        return await self.follow(browser, self.url(f"/_gateway/login?next={next_path}"))
+
+    async def artifact_hop(self, browser: aiohttp.ClientSession, scenario: str) -> str:
+        """Run a login up to the broker's redirect to our ACS; return that ACS URL unvisited."""
+        self.sim.use_scenario(scenario)
+        resp = await browser.get(self.url("/_gateway/login?next=/"), allow_redirects=False)
+        sso = resp.headers["Location"]
+        await resp.release()
+        resp = await browser.get(URL(sso, encoded=True), allow_redirects=False)
+        acs = resp.headers["Location"]
+        await resp.release()
+        return acs
+
+    def write_mandates(self, mandates: list[dict[str, Any]]) -> None:
+        self.mandates_file.write_text(yaml.safe_dump({"version": 1, "mandates": mandates}))
+
+
+def gateway_config(
+    directory: Path,
+    port: int,
+    upstream_url: str,
+    metadata_url: str,
+    mandates_file: Path,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The gateway config dict for a login world (as ops would write it in YAML)."""
+    keys = directory / "keys"
+    for name in ("sp-signing", "sp-encryption"):
+        pair = rsa_keypair(name)
+        pair.write(keys / f"{name}.key", keys / f"{name}.crt")
+    token_key = keys / "token-current.pem"
+    token_key.write_bytes(signing_key_pem("ES256"))
+    admin = keys / "admin.token"
+    admin.write_text("registry-push-secret-0123456789")
+    ref_secret = keys / "session-ref.secret"
+    ref_secret.write_text("session-ref-secret-0123456789abcdef")
+    base = f"http://127.0.0.1:{port}"
+    config: dict[str, Any] = {
+        "server": {"port": port, "config_poll_seconds": 0, "public_url": base},
+        "logging": {"format": "json", "access_log": False},
+        "sessions": {
+            "insecure_dev_cookies": True,
+            "ref_secret_file": str(ref_secret),
+            "cache_seconds": 0,
+        },
+        "saml": {
+            "entity_id": SP_ENTITY,
+            "acs_url": f"{base}/_gateway/saml/acs",
+            "signing": {
+                "key_file": str(keys / "sp-signing.key"),
+                "cert_file": str(keys / "sp-signing.crt"),
+            },
+            "encryption": {
+                "key_file": str(keys / "sp-encryption.key"),
+                "cert_file": str(keys / "sp-encryption.crt"),
+            },
+            "services": [
+                {
+                    "index": 0,
+                    "service_id": SERVICE_EH3,
+                    "service_uuid": UUIDS[SERVICE_EH3],
+                    "instance_uuid": "1f1e1a9c-2c43-4f0e-9d38-2a8c0e9a1b11",
+                    "name": "Werkgeversportaal",
+                    "description": "Pensioenzaken regelen voor werkgevers",
+                    "default": True,
+                },
+                {
+                    "index": 1,
+                    "service_id": SERVICE_EH4,
+                    "service_uuid": UUIDS[SERVICE_EH4],
+                    "instance_uuid": "2f1e1a9c-2c43-4f0e-9d38-2a8c0e9a1b12",
+                    "name": "Werkgeversportaal (EH4)",
+                    "description": "Gevoelige pensioenzaken",
+                    "loa": "loa4",
+                },
+            ],
+            "broker_metadata": metadata_url,
+            "verify_pool": "thread",
+            "verify_workers": 2,
+        },
+        "mandates": {"source": {"kind": "file", "path": str(mandates_file), "check_interval": 0.2}},
+        "tokens": {"issuer": base, "keys": {"current": str(token_key)}},
+        "admin": {"token_file": str(admin)},
+        "routes": [
+            {
+                "name": "employer-pages",
+                "match": {"path": "/werkgevers/{kvk}/{rest:.*}", "type": "pattern"},
+                "upstream": upstream_url,
+                "employer_scope": [{"location": "path", "name": "kvk"}],
+            },
+            {
+                "name": "declarations",
+                "match": {"path": "/aangifte"},
+                "upstream": upstream_url,
+                "employer_scope": [
+                    {"location": "query", "name": "werkgever"},
+                    {"location": "header", "name": "X-Werkgever"},
+                    {"location": "form", "name": "werkgever"},
+                ],
+                "required_scope": "declarations",
+            },
+            {
+                "name": "sensitive",
+                "match": {"path": "/gevoelig"},
+                "upstream": upstream_url,
+                "min_loa": "loa4",
+            },
+            {
+                "name": "api",
+                "match": {"path": "/api"},
+                "upstream": upstream_url,
+                "token_transport": "bearer",
+                "audience": "portal-api",
+            },
+            {
+                "name": "public",
+                "match": {"path": "/openbaar"},
+                "upstream": upstream_url,
+                "policy": "public",
+            },
+            {"name": "portal", "match": {"path": "/"}, "upstream": upstream_url},
+        ],
+    }
+    for section, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(section), dict):
+            config[section] = {**config[section], **value}
+        else:
+            config[section] = value
+    return config
+
+
+@contextlib.asynccontextmanager
+async def login_world(
+    directory: Path,
+    *,
+    mandates: list[dict[str, Any]] | None = None,
+    simulator: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[LoginWorld]:
+    """Start simulator, upstream and gateway on free loopback ports; stop them after."""
+    directory.mkdir(parents=True, exist_ok=True)
+    mandates_file = directory / "mandates.yaml"
+    mandates_file.write_text(
+        yaml.safe_dump(
+            {"version": 1, "mandates": mandates if mandates is not None else DEFAULT_MANDATES}
+        )
+    )
+    upstream = TestServer(build_upstream_app())
+    await upstream.start_server()
+    port = free_port()
+    try:
+        async with start_simulator(service_uuids=UUIDS, **(simulator or {})) as sim:
+            data = gateway_config(
+                directory,
+                port,
+                str(upstream.make_url("/")).rstrip("/"),
+                sim.metadata_url,
+                mandates_file,
+                **overrides,
+            )
+            config = parse_config(yaml.safe_dump(data), file="<login-world>", environ={})
+            assert config.saml is not None
+            sim.set_sp_metadata(sp_metadata_xml(config.saml, load_sp_keys(config.saml)))
+            app = build_app(config, configure_logs=False)
+            server = TestServer(app, host="127.0.0.1", port=port)
+            await server.start_server()
+            world = LoginWorld(
+                directory=directory,
+                sim=sim,
+                gateway_url=f"http://127.0.0.1:{port}",
+                upstream_log=upstream.app[UPSTREAM_LOG],
+                app=app,
+                config=config,
+                mandates_file=mandates_file,
+            )
+            try:
+                yield world
+            finally:
+                for browser in world.browsers:
+                    await browser.close()
+                await server.close()
+    finally:
+        await upstream.close()
