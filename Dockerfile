@@ -1,0 +1,89 @@
+# syntax=docker/dockerfile:1
+#
+# The eHerkenning identity gateway as a container image (see docs/deploy.md).
+#
+#   docker build -t eherkenning-gateway:dev .
+#   docker run --read-only -p 8080:8080 \
+#       -v "$PWD/gateway.yaml:/etc/gateway/gateway.yaml:ro" eherkenning-gateway:dev
+#
+# One image serves every role: `gateway serve` (default), and with another
+# command the broker simulator and the sample portal (deploy/compose/).
+# tests/deploy/ checks this file against the code (port, health path, UID,
+# commands), so it cannot drift silently.
+
+# Both stages use the same base: the virtualenv built in the first stage links
+# to this exact interpreter. Pin a digest for reproducible builds:
+#   --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:...
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---------------------------------------------------------------- builder
+FROM ${PYTHON_IMAGE} AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /src
+RUN python -m venv /opt/venv
+
+# Only what the wheel needs (.dockerignore keeps keys, tests and .venv out).
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+
+# Build our wheel, then install it with binary wheels only: lxml 6.1 and
+# python-xmlsec 1.3.17 ship manylinux wheels that bundle libxml2/libxmlsec1,
+# so the image needs no compiler and no -dev packages. A dependency without a
+# wheel fails the build here instead of compiling something unreviewed.
+RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
+ && /opt/venv/bin/pip install --only-binary=:all: "$(ls /wheels/eherkenning_gateway-*.whl)[speed]" \
+ && /opt/venv/bin/python -c "import xmlsec, lxml.etree, gateway.cli"
+
+# ---------------------------------------------------------------- runtime
+FROM ${PYTHON_IMAGE}
+
+ARG VERSION=dev
+LABEL org.opencontainers.image.title="eherkenning-gateway" \
+      org.opencontainers.image.description="eHerkenning (SAML) login, mandates and a signed identity header in front of a legacy employer portal" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Proprietary" \
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
+
+# xmlsec1: our XML crypto runs in-process (python-xmlsec bundles libxmlsec1),
+# but pysaml2 insists on the path of an xmlsec1 binary in its configuration,
+# so the Debian binary is installed for it. ca-certificates: TLS to the broker,
+# the mandate registry and Redis (rediss://).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends xmlsec1 ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+# A fixed, unprivileged UID/GID (10001), the same as runAsUser/fsGroup in
+# deploy/kubernetes: secret files mounted with mode 0440 are group-readable.
+RUN groupadd --system --gid 10001 gateway \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin gateway
+
+COPY --from=builder /opt/venv /opt/venv
+
+# TMPDIR: the only path the gateway writes to (prometheus multiprocess files
+# when server.workers > 1, via tempfile.mkdtemp). With a read-only root
+# filesystem it must be a volume (an emptyDir in Kubernetes).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TMPDIR=/tmp \
+    GATEWAY_CONFIG=/etc/gateway/gateway.yaml
+VOLUME ["/tmp"]
+
+WORKDIR /
+USER 10001:10001
+EXPOSE 8080
+
+# Docker/compose health; Kubernetes ignores this and uses the probes in the
+# Deployment. slim has no curl: the standard library does the request.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/_gateway/healthz', timeout=2).status == 200 else 1)"]
+
+# PID 1 is the gateway itself: it handles SIGTERM (readiness 503, drain, exit
+# 0) and, with workers > 1, supervises and reaps its workers.
+ENTRYPOINT ["gateway"]
+CMD ["serve"]
