@@ -44,6 +44,32 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
     d.add_argument("--portal-port", type=int, default=9081, help="sample portal port")
 
+    md = sub.add_parser("sp-metadata", help="print our signed SAML SP metadata (for the broker)")
+    md.add_argument("--config", type=Path, default=os.environ.get(DEFAULT_CONFIG_ENV))
+    cat = sub.add_parser(
+        "service-catalogue", help="print the eHerkenning dienstcatalogus XML for our services"
+    )
+    cat.add_argument("--config", type=Path, default=os.environ.get(DEFAULT_CONFIG_ENV))
+
+    keys = sub.add_parser("keys", help="generate and rotate keys (development and operations)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="KIND")
+    ks = ksub.add_parser("saml", help="self-signed SP signing + encryption key pairs (dev only)")
+    ks.add_argument("--dir", type=Path, required=True)
+    ks.add_argument("--common-name", default="gateway-dev")
+    kt = ksub.add_parser("tokens", help="identity-token signing keys: init, rotate, retire")
+    kt.add_argument("action", choices=["init", "rotate", "retire"])
+    kt.add_argument("--dir", type=Path, required=True)
+    kt.add_argument("--algorithm", choices=["ES256", "EdDSA", "RS256"], default="ES256")
+    kt.add_argument(
+        "--min-next-age",
+        type=float,
+        default=600.0,
+        help="rotate only when next.pem is at least this old (seconds; default 600, i.e. "
+        "twice the JWKS max-age, so backends have seen it)",
+    )
+    kx = ksub.add_parser("secret", help="a random secret file (session-ref secret, admin token)")
+    kx.add_argument("file", type=Path)
+
     sim = sub.add_parser("simulator", help="run the eHerkenning broker simulator")
     sim.add_argument("--config", type=Path, default=Path("config/simulator.example.yaml"))
     sim.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
@@ -77,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.demo import run_demo
 
         return _config_errors_to_exit(lambda: run_demo(args.config, args.port, args.portal_port))
+    if cmd in ("sp-metadata", "service-catalogue"):
+        return _saml_document(cmd, args.config)
+    if cmd == "keys":
+        return _keys(args)
     if cmd == "simulator":
         return _config_errors_to_exit(lambda: _simulator(args.config, args.host, args.port))
     if cmd == "portal":
@@ -122,6 +152,63 @@ def _config_errors_to_exit(run: object) -> int:
         _print_problems(exc)
         return 2
     return int(result or 0)
+
+
+def _saml_document(cmd: str, path: Path | None) -> int:
+    from gateway.saml.keys import load_sp_keys
+    from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
+
+    if path is None:
+        print(f"gateway {cmd}: give --config FILE or set ${DEFAULT_CONFIG_ENV}", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(path)
+    except ConfigInvalid as exc:
+        _print_problems(exc)
+        return 2
+    if config.saml is None:
+        print(f"{path}: has no saml section", file=sys.stderr)
+        return 2
+    keys = load_sp_keys(config.saml)
+    document = sp_metadata_xml if cmd == "sp-metadata" else service_catalogue_xml
+    sys.stdout.buffer.write(document(config.saml, keys))
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    import secrets
+
+    from gateway.devkeys import rsa_keypair
+    from gateway.tokens.rotation import init_keys_dir, retire_previous, rotate
+
+    kind = args.keys_command
+    try:
+        if kind == "saml":
+            for use in ("signing", "encryption"):
+                pair = rsa_keypair(f"{args.common_name}-{use}", bits=3072)
+                pair.write(args.dir / f"{use}.key", args.dir / f"{use}.crt")
+            print(f"wrote signing.key/.crt and encryption.key/.crt to {args.dir} (dev only)")
+        elif kind == "secret":
+            if args.file.exists():
+                print(f"{args.file} exists; not overwriting a secret", file=sys.stderr)
+                return 1
+            args.file.parent.mkdir(parents=True, exist_ok=True)
+            args.file.touch(mode=0o600)
+            args.file.write_text(secrets.token_urlsafe(32) + "\n")
+            print(f"wrote a new secret to {args.file}")
+        elif args.action == "init":
+            init_keys_dir(args.dir, args.algorithm)
+            print(f"wrote current.pem and next.pem to {args.dir}")
+        elif args.action == "rotate":
+            rotate(args.dir, min_next_age=args.min_next_age)
+            print(f"rotated {args.dir}: next -> current -> previous, new next.pem; send SIGHUP")
+        else:
+            removed = retire_previous(args.dir)
+            print("removed previous.pem" if removed else "no previous.pem to remove")
+    except (OSError, ValueError) as exc:
+        print(f"gateway keys {kind}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _simulator(path: Path, host: str | None, port: int | None) -> int:
