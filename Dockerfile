@@ -64,9 +64,10 @@ RUN groupadd --system --gid 10001 gateway \
 
 COPY --from=builder /opt/venv /opt/venv
 
-# TMPDIR: the only path the gateway writes to (prometheus multiprocess files
-# when server.workers > 1, via tempfile.mkdtemp). With a read-only root
-# filesystem it must be a volume (an emptyDir in Kubernetes).
+# TMPDIR: the only path the gateway writes to: prometheus multiprocess files
+# when server.workers > 1 and the socket of the SAML verify pool's forkserver
+# (both via tempfile). With a read-only root filesystem it must be a volume
+# (an emptyDir in Kubernetes, tmpfs in compose).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
