@@ -51,7 +51,9 @@ LABEL org.opencontainers.image.title="eherkenning-gateway" \
 # xmlsec1: our XML crypto runs in-process (python-xmlsec bundles libxmlsec1),
 # but pysaml2 insists on the path of an xmlsec1 binary in its configuration,
 # so the Debian binary is installed for it. ca-certificates: TLS to the broker,
-# the mandate registry and Redis (rediss://).
+# the mandate registry and Redis (rediss://). Versions are not pinned: the
+# slim tag's Debian release fixes them, and pins break on security updates.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends xmlsec1 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
