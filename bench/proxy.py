@@ -1,4 +1,4 @@
-"""Proxy throughput: direct, through a bare aiohttp proxy, and through the gateway.
+"""Proxy throughput: direct, a bare aiohttp proxy, the gateway (public and authenticated).
 
 Run: ``./dev bench proxy`` (or ``.venv/bin/python -m bench proxy``).
 Needs ``wrk`` (Debian package). All three targets run side by side in one
@@ -6,13 +6,22 @@ run against the same upstream, so the ratios are comparable even though
 absolute numbers depend on the machine. Each server is one process, like one
 gateway worker; wrk uses one thread and keep-alive connections.
 
-Prints requests/s and p50/p99 latency per target, and the gateway's ratio to
-the bare proxy (issue target: >= 0.85 for a public route).
+Prints requests/s and p50/p99 latency per target, and the gateway's ratios to
+the bare proxy (targets: >= 0.85 on a public route; >= 0.8 on an authenticated
+route with a logged-in session on the Redis store, where every request loads
+the session and carries a signed token).
+
+The authenticated target runs a second gateway process configured with login
+(keys generated here, broker metadata from a file, mandates from a file, a
+real ``redis-server`` on a free port). Its session is created directly in
+Redis with the gateway's own SessionManager (the login itself is measured by
+``bench logins``), so wrk can send the session cookie.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import re
 import shutil
@@ -25,6 +34,10 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
+
+from tests.support.redis import RedisServer
 
 UPSTREAM = """
 from aiohttp import web
@@ -122,6 +135,60 @@ def run_wrk(name: str, url: str, seconds: int, connections: int, headers: list[s
     return Result(name, rps, p50, p99, errors)
 
 
+def prepare_authenticated(tmp: Path, port: int, up_port: int, redis_url: str) -> tuple[Path, str]:
+    """Write a login-enabled gateway config on Redis and create one session in Redis."""
+    import asyncio
+
+    from gateway.config import parse_config
+    from gateway.identity import Employer, Identity, Loa
+    from gateway.sessions import SessionManager
+    from gateway.sessions.cookies import session_cookie_name
+    from gateway.store.factory import create_store
+    from tests.support.login_world import gateway_config
+    from tests.support.saml import SamlWorld
+
+    world = SamlWorld(tmp)
+    metadata = tmp / "broker-metadata.xml"
+    metadata.write_bytes(world.broker_metadata())
+    mandates = tmp / "mandates.yaml"
+    mandates.write_text("version: 1\nmandates: []\n")
+    data = gateway_config(
+        tmp,
+        port,
+        f"http://127.0.0.1:{up_port}",
+        str(metadata),
+        mandates,
+        store={"url": redis_url},
+        sessions={"cache_seconds": 2, "mandate_recheck_interval": 600},
+        logging={"format": "json", "access_log": True},
+    )
+    data["saml"]["verify_pool"] = "thread"
+    path = tmp / "gateway-auth.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = parse_config(path.read_text(), file=str(path), environ={})
+    identity = Identity(
+        acting_subject="bench-pseudonym",
+        legal_subject_kvk="12345678",
+        loa=Loa.EH3,
+        service_id="urn:etoegang:DV:00000001234567890000:services:0",
+        login_time=dt.datetime.now(dt.UTC),
+        legal_subject_name="Administratiekantoor Bench",
+    )
+    allowed = [Employer(kvk=f"3{i:07d}", name=f"Werkgever {i}") for i in range(25)]
+
+    async def create() -> str:
+        store = create_store(config.store)
+        manager = SessionManager(
+            store, config.sessions, ref_secret=config.sessions.load_ref_secret()
+        )
+        session = await manager.create(identity, allowed)
+        await store.close()
+        return session.id
+
+    session_id = asyncio.run(create())
+    return path, f"{session_cookie_name(config.sessions)}={session_id}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
@@ -133,7 +200,7 @@ def main() -> int:
         return 2
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
-    up_port, bare_port, gw_port = free_port(), free_port(), free_port()
+    up_port, bare_port, gw_port, auth_port = free_port(), free_port(), free_port(), free_port()
     (tmp / "upstream.py").write_text(UPSTREAM)
     (tmp / "bare.py").write_text(BARE_PROXY)
     config = tmp / "gateway.yaml"
@@ -150,7 +217,10 @@ routes:
     )
     procs: list[subprocess.Popen[bytes]] = []
     log = (tmp / "gateway.log").open("wb")
+    redis = RedisServer()
     try:
+        redis.start()
+        auth_config, cookie = prepare_authenticated(tmp, auth_port, up_port, redis.url)
         procs.append(subprocess.Popen([sys.executable, str(tmp / "upstream.py"), str(up_port)]))
         procs.append(
             subprocess.Popen([sys.executable, str(tmp / "bare.py"), str(bare_port), str(up_port)])
@@ -162,19 +232,53 @@ routes:
                 stderr=subprocess.STDOUT,
             )
         )
-        for port in (up_port, bare_port, gw_port):
-            wait_up(f"http://127.0.0.1:{port}/")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(auth_config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        for port in (up_port, bare_port, gw_port, auth_port):
+            wait_up(
+                f"http://127.0.0.1:{port}/_gateway/healthz"
+                if port == auth_port
+                else f"http://127.0.0.1:{port}/"
+            )
+        plain = ["Cookie: lang=nl; __Host-gw_session=abc", "Accept: text/html"]
         targets = [
-            ("direct upstream", f"http://127.0.0.1:{up_port}/werkgevers?page=1"),
-            ("bare aiohttp proxy", f"http://127.0.0.1:{bare_port}/werkgevers?page=1"),
-            ("gateway, public route", f"http://127.0.0.1:{gw_port}/werkgevers?page=1"),
+            ("direct upstream", f"http://127.0.0.1:{up_port}/werkgevers?page=1", plain),
+            ("bare aiohttp proxy", f"http://127.0.0.1:{bare_port}/werkgevers?page=1", plain),
+            ("gateway, public route", f"http://127.0.0.1:{gw_port}/werkgevers?page=1", plain),
+            (
+                "gateway, authenticated",
+                f"http://127.0.0.1:{auth_port}/werkgevers?page=1",
+                [f"Cookie: lang=nl; {cookie}", "Accept: text/html"],
+            ),
         ]
-        headers = ["Cookie: lang=nl; __Host-gw_session=abc", "Accept: text/html"]
+        check = subprocess.run(
+            [
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                targets[3][2][0],
+                targets[3][1],
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        if check != "200":
+            raise SystemExit(f"authenticated target answered {check!r}, not 200")
         best: dict[str, Result] = {}
-        for name, url in targets:  # warm up connection pools and caches
+        for name, url, headers in targets:  # warm up connection pools and caches
             run_wrk(name, url, 2, args.connections, headers)
         for _ in range(args.rounds):
-            for name, url in targets:
+            for name, url, headers in targets:
                 r = run_wrk(name, url, args.seconds, args.connections, headers)
                 if name not in best or r.rps > best[name].rps:
                     best[name] = r
@@ -187,6 +291,7 @@ routes:
             except subprocess.TimeoutExpired:
                 p.kill()
         log.close()
+        redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(
@@ -198,6 +303,8 @@ routes:
         print(f"{r.name:<24}{r.rps:>10.0f}{r.p50_ms:>10.2f}{r.p99_ms:>10.2f}{r.errors:>8}")
     bare = best["bare aiohttp proxy"].rps
     gw = best["gateway, public route"].rps
-    print(f"\ngateway / bare proxy: {gw / bare:.2f}x  (target >= 0.85)")
+    auth = best["gateway, authenticated"].rps
+    print(f"\ngateway public / bare proxy:        {gw / bare:.2f}x  (target >= 0.85)")
+    print(f"gateway authenticated / bare proxy: {auth / bare:.2f}x  (target >= 0.8, Redis store)")
     print(f"bare proxy / direct:  {bare / best['direct upstream'].rps:.2f}x")
     return 0

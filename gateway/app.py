@@ -33,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.gate import Respond, authorize
 from gateway.login import add_login_routes
-from gateway.logs import configure_logging, safe_query
+from gateway.logs import configure_logging, redact_text, safe_query
 from gateway.metrics import Metrics
 from gateway.overview import add_overview_routes
 from gateway.pages import error_response
@@ -200,10 +200,11 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         if runtime.current.config.logging.access_log:
             request.app[ACCESS_LOG].info(
                 "request_handled",
+                _prechecked=True,  # every field below is safe by construction
                 request_id=request_id,
                 route=route,
                 method=request.method,
-                path=request.path,
+                path=redact_text(request.path),
                 query=safe_query(request.query_string),
                 status=status,
                 bytes=resp.body_length if resp is not None else 0,

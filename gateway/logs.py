@@ -82,8 +82,18 @@ def _sensitive_key(key: object) -> bool:
     return hit
 
 
+PRECHECKED = "_prechecked"
+
+
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: remove secrets from every field of every event."""
+    """structlog processor: remove secrets from every field of every event.
+
+    The access log (one line per request, the hot path) builds its fields from
+    safe parts and marks the event ``_prechecked``; its free-text fields (path,
+    query) went through ``redact_text``/``safe_query`` already.
+    """
+    if event_dict.pop(PRECHECKED, False):
+        return event_dict
     for key in list(event_dict):
         value = event_dict[key]
         if key == "event":
@@ -93,6 +103,11 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
         else:
             event_dict[key] = _redact_value(value)
     return event_dict
+
+
+def redact_text(value: str) -> str:
+    """One free-text value, redacted if it looks like a token, SAML message or key."""
+    return _redact_value(value)  # type: ignore[no-any-return]
 
 
 def safe_query(query_string: str) -> str:

@@ -136,3 +136,14 @@ def test_json_logs_are_redacted_on_output() -> None:
     assert record["event"] == "login_failed"
     assert record["token"] == REDACTED and record["kvk"] == "12345678"
     assert record["level"] == "info" and "timestamp" in record
+
+
+async def test_access_log_redacts_token_in_path(gateway: GatewayFactory) -> None:
+    """A token pasted into a URL path never reaches the access log."""
+    client = await gateway()
+    token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    with capture_logs() as logs:
+        await client.get(f"/reset/{token}")
+    (line,) = [e for e in logs if e["event"] == "request_handled"]
+    assert token not in str(line)
+    assert line["path"] == REDACTED
