@@ -7,6 +7,7 @@ needs), with scenarios chosen programmatically at the simulator.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
@@ -26,8 +27,10 @@ from gateway.devkeys import rsa_keypair, signing_key_pem
 from gateway.saml.keys import load_sp_keys
 from gateway.saml.sp_metadata import sp_metadata_xml
 from gateway.services import SERVICES, Services
+from gateway.sessions import Session
 from gateway.simulator import Simulator
 from tests.support.simulator import start_simulator
+from tests.support.tokens import IdentityVerifier
 from tests.support.upstream import UPSTREAM_LOG, UpstreamLog, build_upstream_app
 
 SP_ENTITY = "urn:etoegang:DV:00000001234567890000:entities:0"
@@ -142,7 +145,35 @@ class LoginWorld:
         return acs
 
     def write_mandates(self, mandates: list[dict[str, Any]]) -> None:
-        self.mandates_file.write_text(yaml.safe_dump({"version": 1, "mandates": mandates}))
+        """Replace the registry file atomically (write, then rename), as docs/mandates.md says."""
+        tmp = self.mandates_file.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump({"version": 1, "mandates": mandates}))
+        tmp.replace(self.mandates_file)
+
+    def session_cookie(self, browser: aiohttp.ClientSession) -> str | None:
+        """The gateway session cookie value this browser holds, if any."""
+        name = self.config.sessions.effective_cookie_name(self.config.sessions.cookie_name)
+        return next((c.value for c in browser.cookie_jar if c.key == name), None)
+
+    async def session_of(self, browser: aiohttp.ClientSession) -> Session:
+        """The live gateway session behind this browser's cookie (fails if there is none)."""
+        session = await self.services.sessions.load(self.session_cookie(browser))
+        assert session is not None, "the browser has no live session"
+        return session
+
+    def upstream_headers(self, index: int = -1) -> dict[str, list[str]]:
+        """Headers the upstream portal received (lower-case names, every value kept)."""
+        out: dict[str, list[str]] = {}
+        for name, value in self.upstream_log.requests[index]["headers"]:  # type: ignore[union-attr]
+            out.setdefault(name.lower(), []).append(value)
+        return out
+
+    async def verify(self, token: str, audience: str) -> dict[str, Any]:
+        """Verify ``token`` the way docs/backends.md tells a backend (in a thread: it blocks)."""
+        verifier = IdentityVerifier(
+            jwks_url=self.url("/.well-known/jwks.json"), issuer=self.gateway_url, audience=audience
+        )
+        return await asyncio.to_thread(verifier.verify, token)
 
 
 def gateway_config(
@@ -228,6 +259,14 @@ def gateway_config(
                     {"location": "form", "name": "werkgever"},
                 ],
                 "required_scope": "declarations",
+            },
+            {
+                "name": "fund-pages",
+                "match": {"path": "/fondsen/{nummer}/{rest:.*}", "type": "pattern"},
+                "upstream": upstream_url,
+                "employer_scope": [
+                    {"location": "path", "name": "nummer", "identifier": "fund_number"}
+                ],
             },
             {
                 "name": "sensitive",
