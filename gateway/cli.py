@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--config", type=Path, default=Path("config/simulator.example.yaml"))
     sim.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     sim.add_argument("--port", type=int, default=None, help="port (default 8081)")
+    sim.add_argument(
+        "--public-url",
+        default=None,
+        help="base URL browsers and the gateway use to reach the simulator "
+        "(default: base_url from the file, else http://HOST:PORT)",
+    )
 
     pt = sub.add_parser("portal", help="run only the sample legacy portal")
     pt.add_argument("--host", default="127.0.0.1")
@@ -108,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd == "keys":
         return _keys(args)
     if cmd == "simulator":
-        return _config_errors_to_exit(lambda: _simulator(args.config, args.host, args.port))
+        return _config_errors_to_exit(
+            lambda: _simulator(args.config, args.host, args.port, args.public_url)
+        )
     if cmd == "portal":
         from aiohttp import web
 
@@ -211,18 +219,20 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _simulator(path: Path, host: str | None, port: int | None) -> int:
+def _simulator(path: Path, host: str | None, port: int | None, public_url: str | None) -> int:
     from gateway.logs import configure_logging
     from gateway.simulator import load_simulator_settings
     from gateway.simulator.server import run_simulator
 
     settings = load_simulator_settings(path)
-    if port is not None or host is not None:
-        # The URLs the simulator publishes must follow where it actually listens.
+    if public_url is not None:
+        settings = settings.model_copy(update={"base_url": public_url.rstrip("/")})
+    elif settings.base_url is None:
+        # The URLs the simulator publishes follow where it actually listens.
         base = f"http://{host or '127.0.0.1'}:{port or 8081}"
         settings = settings.model_copy(update={"base_url": base})
     configure_logging("console", "info")
-    print(f"eHerkenning broker simulator on http://{host or '127.0.0.1'}:{port or 8081}/")
+    print(f"eHerkenning broker simulator on {settings.base_url}/")
     run_simulator(settings, host or "127.0.0.1", port or 8081)
     return 0
 
