@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 
 import pydantic
@@ -80,6 +81,10 @@ async def invalidate_mandates(request: web.Request) -> web.StreamResponse:
         employer_kvk=body.employer_kvk,
         audit_context={"request_id": request[REQUEST_ID]},
     )
+    # This replica applies the push before answering: the store's pub/sub
+    # message (which reaches the other replicas) may arrive after the pusher's
+    # next request, and that request must already see the revocation.
+    services.invalidated[body.administrator_kvk] = dt.datetime.now(dt.UTC)
     return web.json_response(
         {"status": "accepted", "administrator_kvk": body.administrator_kvk}, status=202
     )

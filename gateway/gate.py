@@ -210,9 +210,10 @@ def _deny(
 async def _recheck_mandates(services: Services, session: Session, request_id: str) -> Session:
     manager = services.sessions
     pushed = services.invalidated.get(session.identity.administrator_kvk or "")
-    due = manager.needs_mandate_check(session) or (
-        pushed is not None and pushed > session.last_mandate_check
-    )
+    # Only a push newer than this session's last check forces a fresh registry
+    # answer; an old push must not make every later re-check bypass the cache.
+    forced = pushed is not None and pushed > session.last_mandate_check
+    due = manager.needs_mandate_check(session) or forced
     if not due:
         return session
     if not await manager.try_refresh_lock(session):
@@ -227,7 +228,7 @@ async def _recheck_mandates(services: Services, session: Session, request_id: st
             decision, _ = await services.mandates.decide(
                 session.identity,
                 now=dt.datetime.now(dt.UTC),
-                max_age=0 if pushed else interval,
+                max_age=0 if forced else interval,
                 allow_stale=True,
                 audit_context={
                     "request_id": request_id,

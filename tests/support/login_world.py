@@ -304,9 +304,21 @@ async def login_world(
     *,
     mandates: list[dict[str, Any]] | None = None,
     simulator: dict[str, Any] | None = None,
+    mandate_settings: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[LoginWorld]:
-    """Start simulator, upstream and gateway on free loopback ports; stop them after."""
+    """Start simulator, upstream and gateway on free loopback ports; stop them after.
+
+    ``mandates`` is the registry file's content; ``mandate_settings`` is merged
+    into the config's ``mandates`` section (the keyword ``mandates`` is taken).
+    A file ``source`` there without a ``path`` gets the world's registry file.
+    """
+    if mandate_settings is not None:
+        section = dict(mandate_settings)
+        source = section.get("source")
+        if isinstance(source, dict) and source.get("kind", "file") == "file":
+            section["source"] = {"path": str(directory / "mandates.yaml"), **source}
+        overrides["mandates"] = section
     directory.mkdir(parents=True, exist_ok=True)
     mandates_file = directory / "mandates.yaml"
     mandates_file.write_text(
