@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--config", type=Path, default=Path("config/demo.yaml"))
     d.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
     d.add_argument("--portal-port", type=int, default=9081, help="sample portal port")
+    d.add_argument("--simulator-port", type=int, default=0, help="broker simulator (0: any)")
+    d.add_argument("--state-dir", type=Path, default=Path("var/demo"), help="keys and data")
+    d.add_argument("--redis", default=None, metavar="URL", help="keep state in Redis")
+    d.add_argument("--replicas", type=int, default=1, help="gateway processes (needs --redis)")
 
     md = sub.add_parser("sp-metadata", help="print our signed SAML SP metadata (for the broker)")
     md.add_argument("--config", type=Path, default=os.environ.get(DEFAULT_CONFIG_ENV))
@@ -108,7 +112,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd == "demo":
         from gateway.demo import run_demo
 
-        return _config_errors_to_exit(lambda: run_demo(args.config, args.port, args.portal_port))
+        return _config_errors_to_exit(
+            lambda: run_demo(
+                args.config,
+                args.port,
+                args.portal_port,
+                simulator_port=args.simulator_port,
+                state_dir=args.state_dir,
+                redis_url=args.redis,
+                replicas=args.replicas,
+            )
+        )
     if cmd in ("sp-metadata", "service-catalogue"):
         return _saml_document(cmd, args.config)
     if cmd == "keys":

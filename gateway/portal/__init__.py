@@ -1,5 +1,10 @@
-"""A small stand-in for the fund's legacy *werkgeversportaal*, for the demo and tests."""
+"""A small stand-in for the fund's legacy *werkgeversportaal*, for the demo and tests.
+
+It verifies the gateway's identity token as docs/backends.md says and shows
+what the token says on every page. ``build_portal_app(PortalSettings(...))``.
+"""
 
 from gateway.portal.app import build_portal_app
+from gateway.portal.settings import PortalSettings
 
-__all__ = ["build_portal_app"]
+__all__ = ["PortalSettings", "build_portal_app"]
