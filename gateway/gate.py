@@ -213,7 +213,9 @@ async def _recheck_mandates(services: Services, session: Session, request_id: st
     # Only a push newer than this session's last check forces a fresh registry
     # answer; an old push must not make every later re-check bypass the cache.
     forced = pushed is not None and pushed > session.last_mandate_check
-    due = manager.needs_mandate_check(session) or forced
+    # A session whose set is past the staleness limit tries again on every request
+    # and is denied until that succeeds (not only on the request that is "due").
+    due = manager.needs_mandate_check(session) or forced or manager.mandates_stale(session)
     if not due:
         return session
     if not await manager.try_refresh_lock(session):
@@ -225,7 +227,7 @@ async def _recheck_mandates(services: Services, session: Session, request_id: st
     try:
         interval = services.config.sessions.mandate_recheck_interval.total_seconds()
         try:
-            decision, _ = await services.mandates.decide(
+            decision, mset = await services.mandates.decide(
                 session.identity,
                 now=dt.datetime.now(dt.UTC),
                 max_age=0 if forced else interval,
@@ -236,6 +238,12 @@ async def _recheck_mandates(services: Services, session: Session, request_id: st
                     "acting_subject": session.identity.acting_subject,
                 },
             )
+            if mset is not None and mset.stale:
+                # The registry is down and this is the mandate cache's last known set:
+                # it confirms nothing, so the session's staleness keeps counting from
+                # its last real answer (else the cache's longer max_staleness would
+                # silently replace sessions.mandate_max_staleness).
+                raise RegistryUnavailable("registry down; only a stale mandate set")
         except RegistryUnavailable:
             session = await manager.record_mandate_check(session, None)
             if manager.mandates_stale(session):
