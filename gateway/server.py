@@ -2,8 +2,11 @@
 
 - SIGTERM/SIGINT: readiness turns 503, the gateway keeps accepting for
   ``drain_delay_seconds`` (so a load balancer stops sending), then stops
-  accepting and gives in-flight requests ``shutdown_grace_seconds`` to finish,
-  then exits 0.
+  accepting, closes idle keep-alive connections and gives in-flight requests
+  ``shutdown_grace_seconds`` to finish, then exits 0. While draining, every
+  response says ``Connection: close``, so keep-alive clients move to another
+  replica between requests instead of having an idle connection closed under
+  them at the end of the drain.
 - SIGHUP: reload the configuration file (also done when the file changes).
 - ``server.workers`` > 1: a supervisor forks that many workers that share the
   port (SO_REUSEPORT, the kernel spreads connections), forwards signals to
@@ -21,13 +24,13 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
-from gateway.app import METRICS, RUNTIME, build_app
+from gateway.app import METRICS, RUNTIME, Runtime, build_app
 from gateway.config import GatewayConfig
 from gateway.metrics import enable_multiprocess, mark_worker_dead
 
@@ -43,6 +46,8 @@ async def run_app_until_stopped(
 ) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, then drain and stop gracefully."""
     server = config.server
+    runtime = app[RUNTIME]
+    app.on_response_prepare.append(_close_connection_when_draining(runtime))
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=server.shutdown_grace_seconds
     )
@@ -56,7 +61,6 @@ async def run_app_until_stopped(
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    runtime = app[RUNTIME]
     metrics = app[METRICS]
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -73,6 +77,25 @@ async def run_app_until_stopped(
         started = time.monotonic()
         await runner.cleanup()
         log.info("gateway_stopped", drained_seconds=round(time.monotonic() - started, 3))
+
+
+def _close_connection_when_draining(
+    runtime: Runtime,
+) -> Callable[[web.BaseRequest, web.StreamResponse], Awaitable[None]]:
+    """A response hook: while draining, end each keep-alive connection after its response.
+
+    Without it, a client's idle keep-alive connection stays pinned to a draining
+    replica (the load balancer only steers NEW connections) until shutdown
+    closes it, and a request sent at that moment gets no answer at all. The
+    header is set here because aiohttp writes headers after this hook runs.
+    """
+
+    async def hook(request: web.BaseRequest, response: web.StreamResponse) -> None:
+        if runtime.draining and response.status != 101:  # an upgrade owns its connection
+            response.force_close()
+            response.headers["Connection"] = "close"
+
+    return hook
 
 
 def _bound_port(runner: web.AppRunner) -> int:
