@@ -112,11 +112,13 @@ def _lang(request: web.Request) -> str:
 def _matches(session: Session, query: str) -> list[Any]:
     if not query:
         return list(session.allowed)
+    # Fund numbers may hold letters: compare them casefolded, like names (the
+    # query is casefolded, so a raw comparison never matched "F1234").
     q = query.casefold()
     return [
         e
         for e in session.allowed
-        if q in e.name.casefold() or q in e.kvk or (e.fund_number and q in e.fund_number)
+        if q in e.name.casefold() or q in e.kvk or (e.fund_number and q in e.fund_number.casefold())
     ]
 
 
