@@ -147,6 +147,11 @@ async def open_employer(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(f"/werkgevers/{kvk}/overzicht")
 
 
+async def favicon(request: web.Request) -> web.Response:
+    """No icon, and no session work for the browser's automatic request."""
+    return web.Response(status=204, headers={"Cache-Control": "public, max-age=86400"})
+
+
 async def headers_json(request: web.Request) -> web.Response:
     """``/api/headers``: the received headers as JSON, for scripts and tests."""
     return web.json_response(
@@ -184,6 +189,7 @@ def build_portal_app(settings: PortalSettings | None = None) -> web.Application:
     app.router.add_route("*", "/api/headers", headers_json)
     add_demo_routes(app)
     app.router.add_get("/open", open_employer)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_route("*", "/werkgevers/{kvk}/{rest:.*}", employer_page)
     app.router.add_route("*", "/{tail:.*}", home)
     return app

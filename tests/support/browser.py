@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+RECHECK_SECONDS = 2
+"""Sessions re-check their mandates this often in the browser tests (the demo uses 15 s)."""
 CHROMIUM_FLAGS = (
     "--headless=new",
     "--no-sandbox",
@@ -154,6 +156,9 @@ def chromium() -> Iterator[WebDriver]:
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
+    # A Dutch browser, like the portal's users: the gateway's pages follow Accept-Language.
+    options.add_argument("--lang=nl-NL")
+    options.add_experimental_option("prefs", {"intl.accept_languages": "nl-NL,nl"})
     # An explicit driver path: Selenium Manager never tries to download one.
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(20)
