@@ -362,3 +362,31 @@ async def login_world(
                 await server.close()
     finally:
         await upstream.close()
+
+
+@contextlib.asynccontextmanager
+async def replica(world: LoginWorld) -> AsyncIterator[LoginWorld]:
+    """A second gateway process-equivalent: ``build_app`` with the same config on another port.
+
+    With a shared store (Redis) this is a second replica behind one public URL; the
+    returned world shares the simulator, upstream and registry file with ``world``.
+    """
+    port = free_port()
+    app = build_app(world.config, configure_logs=False)
+    server = TestServer(app, host="127.0.0.1", port=port)
+    await server.start_server()
+    other = LoginWorld(
+        directory=world.directory,
+        sim=world.sim,
+        gateway_url=f"http://127.0.0.1:{port}",
+        upstream_log=world.upstream_log,
+        app=app,
+        config=world.config,
+        mandates_file=world.mandates_file,
+    )
+    try:
+        yield other
+    finally:
+        for browser in other.browsers:
+            await browser.close()
+        await server.close()
