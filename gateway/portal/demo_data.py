@@ -19,6 +19,10 @@ from typing import Any
 
 import yaml
 
+# libyaml when present: the registry file has hundreds of records.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 _TRADES = (
     "Bakkerij", "Installatiebedrijf", "Transportbedrijf", "Schildersbedrijf", "Kapsalon",
     "Garage", "Hoveniersbedrijf", "Timmerbedrijf", "Loodgietersbedrijf", "Drukkerij",
@@ -76,7 +80,7 @@ def write_demo_mandates(source: Path, target: Path) -> int:
 
 def read_mandates(path: Path) -> list[dict[str, Any]]:
     """The records of a registry file written by ``write_demo_mandates``."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}  # noqa: S506 - safe loader
     return list(data.get("mandates") or [])
 
 
@@ -102,7 +106,9 @@ def _write(path: Path, records: list[dict[str, Any]]) -> None:
     # Atomic replace: the gateway's file source never reads a half-written file,
     # and the new inode tells it the file changed even within the same second.
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump({"version": 1, "mandates": records}, sort_keys=False, allow_unicode=True)
+    text = yaml.dump(
+        {"version": 1, "mandates": records}, Dumper=_Dumper, sort_keys=False, allow_unicode=True
+    )
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".mandates-", suffix=".yaml")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)

@@ -71,7 +71,7 @@ def _browser(**connector: bool) -> aiohttp.ClientSession:
 async def test_demo_starts_from_empty_state_and_serves_a_login(
     tmp_path: Path, stacks: list[DemoStack]
 ) -> None:
-    """An empty state folder gets keys and data, a login reaches the portal, Ctrl-C exits 0."""
+    """From an empty state folder a login reaches the token-checking portal; Ctrl-C exits 0."""
     state = tmp_path / "state"
     stack = DemoStack(state)
     stacks.append(stack)
@@ -86,6 +86,13 @@ async def test_demo_starts_from_empty_state_and_serves_a_login(
     assert 'data-status="ok"' in page  # the portal verified the token
     assert 'id="administrator-kvk">12345678<' in page
     assert 'id="employer-count">352<' in page  # large set fetched and digest-checked
+    async with _browser() as direct:  # straight to the portal, around the gateway
+        portal = f"http://127.0.0.1:{stack.portal_port}/"
+        async with direct.get(portal) as resp:
+            assert resp.status == 401 and 'data-status="missing"' in await resp.text()
+        forged = {"X-Gateway-Identity": "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."}
+        async with direct.get(portal, headers=forged) as resp:
+            assert resp.status == 401 and 'data-status="invalid"' in await resp.text()
     assert stack.stop() == 0
     assert "Traceback" not in stack.output()
 
