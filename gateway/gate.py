@@ -29,6 +29,7 @@ from gateway.audit import audit
 from gateway.config import EmployerScope, RouteSettings
 from gateway.context import ERROR_EXTRA, FORM_FIELDS
 from gateway.errors import (
+    BadRequest,
     EmployerNotAllowed,
     GatewayError,
     LevelTooLow,
@@ -175,6 +176,11 @@ def _employers_in_request(
             form = request.get(FORM_FIELDS)
             if form is not None:
                 values.extend(form.get(scope.name, []))
+            elif request.content_type == "multipart/form-data":
+                # Only small urlencoded forms are read for the check; a multipart
+                # form would carry its employer field upstream unchecked (the
+                # portal parses both alike), so it is refused: fail closed.
+                raise BadRequest("multipart form on a route with a form employer scope")
         found.extend((scope.identifier, v.strip()) for v in values)
     return found
 

@@ -125,6 +125,24 @@ async def test_allowed_employer_reaches_the_portal(
         assert seen["body_length"] == len("werkgever=23456789&bedrag=12")
 
 
+async def test_multipart_form_on_a_form_scoped_route_is_refused(
+    world: LoginWorld, direct: aiohttp.ClientSession
+) -> None:
+    """A form the gateway cannot read (multipart) never carries an unchecked employer upstream."""
+    form = aiohttp.FormData({"werkgever": FOREIGN})
+    form.add_field("bijlage", b"data", filename="a.txt")
+    seen = len(world.upstream_log.requests)
+    async with direct.post(world.url("/formulieren"), data=form) as resp:
+        assert resp.status == 400
+    assert len(world.upstream_log.requests) == seen
+    async with direct.post(world.url("/formulieren"), data={"werkgever": FOREIGN}) as resp:
+        assert resp.status == 403
+    async with direct.post(
+        world.url("/formulieren"), data={"werkgever": CLIENT_WITH_MANDATE}
+    ) as resp:
+        assert resp.status == 200
+
+
 async def test_required_scope_missing_is_refused(
     world: LoginWorld, direct: aiohttp.ClientSession
 ) -> None:

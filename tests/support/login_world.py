@@ -269,6 +269,12 @@ def gateway_config(
                 ],
             },
             {
+                "name": "forms",
+                "match": {"path": "/formulieren"},
+                "upstream": upstream_url,
+                "employer_scope": [{"location": "form", "name": "werkgever"}],
+            },
+            {
                 "name": "sensitive",
                 "match": {"path": "/gevoelig"},
                 "upstream": upstream_url,
