@@ -141,6 +141,22 @@ def serve(config: GatewayConfig, config_path: Path | None) -> int:
     return _supervise(config, config_path, workers)
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker if the supervisor dies (even by SIGKILL).
+
+    Without it, a killed supervisor leaves workers holding the port. Elsewhere
+    this is a no-op; the supervisor's normal shutdown still stops its workers.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def _supervise(config: GatewayConfig, config_path: Path | None, workers: int) -> int:
     # Metrics from all workers are aggregated through files in this directory.
     prom_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
@@ -153,6 +169,7 @@ def _supervise(config: GatewayConfig, config_path: Path | None, workers: int) ->
         if pid == 0:  # worker
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
+            _die_with_parent()
             code = 0
             try:
                 run_worker(config, config_path, reuse_port=True)

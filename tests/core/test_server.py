@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -159,3 +160,39 @@ async def test_simulator_command_serves_metadata_on_its_port(
     assert "ArtifactResolutionService" in metadata
     sim.signal(signal.SIGINT)
     assert await sim.wait_exit() == 0
+
+
+async def test_workers_exit_when_supervisor_is_killed(
+    tmp_path: Path, upstream: TestServer, processes: Callable[..., GatewayProcess]
+) -> None:
+    """A SIGKILLed supervisor does not leave orphaned workers holding the port."""
+    cfg, port = _config(tmp_path, upstream, workers=2)
+    gw = processes(["serve", "--config", str(cfg)])
+    await gw.wait_http(f"http://127.0.0.1:{port}/_gateway/healthz")
+    for _ in range(100):
+        pids = [
+            int(line.split('"pid":')[1].split(",")[0].split("}")[0])
+            for line in gw.output().splitlines()
+            if '"gateway_started"' in line
+        ]
+        if len(pids) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert len(pids) == 2
+    gw.proc.kill()  # the supervisor only, not its process group
+    for _ in range(100):
+        alive = [pid for pid in pids if _alive(pid)]
+        if not alive:
+            break
+        await asyncio.sleep(0.1)
+    assert alive == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -34,6 +35,8 @@ class GatewayProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             cwd=cwd,
+            # Its own process group: stop() can then end a supervisor's workers too.
+            start_new_session=True,
         )
 
     async def wait_http(self, url: str, timeout: float = 20) -> None:
@@ -68,8 +71,8 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the whole group: workers too
+        self.proc.wait()
         self._log.close()
         self.log_path.unlink(missing_ok=True)
