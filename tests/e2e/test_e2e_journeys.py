@@ -88,6 +88,7 @@ def test_chain_login_with_mandate_shows_exactly_one_employer(
     assert seen["active-kvk"] == BAKKERIJ
     rows = browser.find_elements(By.CSS_SELECTOR, "#employers tr[data-kvk]")
     assert [r.get_attribute("data-kvk") for r in rows] == [BAKKERIJ]
+    assert "Bakkerij Brood B.V." in browser.find_element(By.ID, "active-employer").text
     save_screenshot(browser, "chain-login-one-employer")
 
 
