@@ -169,13 +169,19 @@ def _employers_in_request(
             if scope.name in params:
                 values.append(params[scope.name])
         elif scope.location == "query":
-            values.extend(request.query.getall(scope.name, []))
+            # Names compare case-insensitively: many portal frameworks (ASP.NET,
+            # for one) read ?Werkgever= and ?werkgever= alike.
+            wanted = scope.name.casefold()
+            values.extend(v for k, v in request.query.items() if k.casefold() == wanted)
         elif scope.location == "header":
             values.extend(request.headers.getall(scope.name, []))
         else:
             form = request.get(FORM_FIELDS)
             if form is not None:
-                values.extend(form.get(scope.name, []))
+                wanted = scope.name.casefold()
+                for key, field_values in form.items():
+                    if key.casefold() == wanted:
+                        values.extend(field_values)
             elif request.content_type == "multipart/form-data":
                 # Only small urlencoded forms are read for the check; a multipart
                 # form would carry its employer field upstream unchecked (the

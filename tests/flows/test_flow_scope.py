@@ -77,8 +77,20 @@ async def _denied(
         ("GET", "/aangifte", {"headers": {"X-Werkgever": FOREIGN}}),
         ("POST", "/aangifte", {"data": {"werkgever": FOREIGN, "bedrag": "12"}}),
         ("GET", "/fondsen/999999/overzicht", {}),
+        ("GET", f"/aangifte?Werkgever={FOREIGN}", {}),
+        ("POST", "/aangifte", {"data": {"WERKGEVER": FOREIGN}}),
     ],
-    ids=["path", "path-revoked", "query", "query-second-value", "header", "form", "fund-number"],
+    ids=[
+        "path",
+        "path-revoked",
+        "query",
+        "query-second-value",
+        "header",
+        "form",
+        "fund-number",
+        "query-name-case",
+        "form-name-case",
+    ],
 )
 async def test_foreign_employer_is_refused_before_the_portal(
     world: LoginWorld,
