@@ -139,7 +139,11 @@ async def authorize(
         kvks = [_kvk_of(session, i, v) for i, v in employers] or [session.active_employer]
         for kvk in kvks:
             employer = session.employer(kvk) if kvk else None
-            if employer is None or route.required_scope not in employer.scopes:
+            # A mandate without scopes is unrestricted (docs/backends.md); one with
+            # scopes covers only those parts of the portal.
+            if employer is None or (
+                employer.scopes and route.required_scope not in employer.scopes
+            ):
                 _deny(session, request_id, route, kvk or "-", reason="scope_missing")
                 raise ScopeMissing(f"scope {route.required_scope} missing for {kvk}")
 
