@@ -229,9 +229,10 @@ async def _run(opts: DemoOptions) -> None:
     base = yaml.safe_load(opts.config.read_text(encoding="utf-8"))
     configure_logging(base["logging"]["format"], base["logging"]["level"])
     stop = asyncio.Event()
+    received: list[signal.Signals] = []
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _stopper(stop, received, sig))
 
     sim_settings = SimulatorSettings(
         scenarios_file=config_dir / "demo-scenarios.yaml",
@@ -295,27 +296,41 @@ async def _run(opts: DemoOptions) -> None:
         finally:
             if splitter is not None:
                 await splitter.close()
-            await _stop_children(procs)
+            # A terminal's Ctrl-C reaches the whole process group, replicas included:
+            # give them a moment to stop by themselves before a SIGTERM of ours lands
+            # in the middle of their shutdown. Any other stop is forwarded at once.
+            await _stop_children(procs, forward_now=received != [signal.SIGINT])
             for runner in reversed(runners):
                 await runner.cleanup()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
 
-async def _stop_children(procs: list[asyncio.subprocess.Process]) -> None:
-    for p in procs:
-        if p.returncode is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = asyncio.get_running_loop().time() + 15
-    while any(p.returncode is None for p in procs):
-        if asyncio.get_running_loop().time() > deadline:
-            for p in procs:
-                if p.returncode is None:
-                    p.kill()
-            break
-        await asyncio.sleep(0.1)
-    for p in procs:
-        await p.wait()
+def _stopper(
+    stop: asyncio.Event, received: list[signal.Signals], sig: signal.Signals
+) -> Callable[[], None]:
+    def handler() -> None:
+        received.append(sig)
+        stop.set()
+
+    return handler
+
+
+async def _stop_children(procs: list[asyncio.subprocess.Process], *, forward_now: bool) -> None:
+    if not procs:
+        return
+    waits = [asyncio.ensure_future(p.wait()) for p in procs]
+
+    def send(sig: signal.Signals) -> None:
+        for p in procs:
+            if p.returncode is None:
+                p.send_signal(sig)
+
+    if forward_now or (await asyncio.wait(waits, timeout=5))[1]:
+        send(signal.SIGTERM)
+    if (await asyncio.wait(waits, timeout=15))[1]:
+        send(signal.SIGKILL)
+    await asyncio.gather(*waits)
 
 
 def run_demo(

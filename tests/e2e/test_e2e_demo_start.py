@@ -130,3 +130,5 @@ async def test_two_replicas_share_sessions_through_redis(
                 seen.add(re.search(r'id="replica">(\d)<', page)[1])  # type: ignore[index]
         assert seen == {"1", "2"}
         assert stack.stop() == 0
+        assert "Traceback" not in stack.output()
+        assert "gateway demo stopped" in stack.output()

@@ -88,6 +88,7 @@ class DemoStack:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True,  # its own process group, like a terminal's job
         )
 
     @property
@@ -117,10 +118,10 @@ class DemoStack:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        """Ctrl-C, as a person would; returns the exit code."""
+        """Ctrl-C as a terminal sends it (to the whole process group); returns the exit code."""
         code = 0
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            os.killpg(self.proc.pid, signal.SIGINT)
             try:
                 code = self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -134,7 +135,7 @@ class DemoStack:
 
     def cleanup(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)  # replicas too
             self.proc.wait()
         if not self._log.closed:
             self._log.close()
