@@ -175,6 +175,10 @@ class FileMandateSource:
         self._loaded = signature
         self._checked_at = self._clock()
 
+    def mark_stale(self) -> None:
+        """Check the file on the next lookup (a revocation was pushed: it may have changed)."""
+        self._checked_at = float("-inf")
+
     async def mandates_for(self, administrator_kvk: str) -> list[Mandate]:
         """Mandates for the administrator from the newest valid version of the file."""
         if self._clock() - self._checked_at >= self.check_interval:

@@ -342,6 +342,7 @@ class MandateService:
         if not is_kvk(administrator_kvk):
             raise ValueError("administrator_kvk must be 8 digits")
         s = self.settings
+        self._source_changed()
         await self.store.set(
             _key(administrator_kvk, "inv"),
             secrets.token_hex(8).encode(),
@@ -354,6 +355,14 @@ class MandateService:
         if employer_kvk is not None:
             fields["employer_kvk"] = employer_kvk
         audit("mandates_invalidated", **fields, **dict(audit_context or {}))
+
+    def _source_changed(self) -> None:
+        # A push means the registry changed: a file source must not answer from
+        # the version it read moments ago (its check_interval), or the revocation
+        # would wait a whole re-check interval.
+        mark = getattr(self.source, "mark_stale", None)
+        if callable(mark):
+            mark()
 
     async def invalidations(self) -> AsyncIterator[str]:
         """Administrator KvKs whose mandates changed, from any replica, until cancelled.
@@ -369,4 +378,5 @@ class MandateService:
             if not is_kvk(kvk):
                 log.warning("mandate_invalidation_malformed")
                 continue
+            self._source_changed()
             yield kvk

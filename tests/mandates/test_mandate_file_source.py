@@ -167,6 +167,18 @@ async def test_changes_are_picked_up_after_the_check_interval(tmp_path: Path) ->
     assert [m.status for m in await source.mandates_for("11111111")] == ["revoked"]
 
 
+async def test_marked_stale_file_is_read_at_the_next_lookup(tmp_path: Path) -> None:
+    """After a revocation push (mark_stale) the next lookup reads the file, interval or not."""
+    f = tmp_path / "m.yaml"
+    f.write_text(GOOD)
+    clock = Clock()
+    source = FileMandateSource(f, check_interval=60, clock=clock)
+    assert [m.status for m in await source.mandates_for("11111111")] == ["active"]
+    _write(f, GOOD.replace("status: active", "status: revoked"))
+    source.mark_stale()
+    assert [m.status for m in await source.mandates_for("11111111")] == ["revoked"]
+
+
 async def test_invalid_reload_keeps_last_good_data_and_logs(tmp_path: Path) -> None:
     """A broken edit is logged once and ignored; the previous data stays until it is fixed."""
     f = tmp_path / "m.yaml"
