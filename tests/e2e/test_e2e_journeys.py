@@ -191,3 +191,13 @@ def test_mandate_revoked_during_the_session_disappears(demo: DemoStack, browser:
         browser.get(demo.url + "/demo")
         _wait(browser, f"#restore-{LIVE_REVOKE}").click()
         _wait(browser, "#notice")
+
+
+def test_office_without_clients_gets_the_explanation(demo: DemoStack, browser: Driver) -> None:
+    """An office no employer has authorised sees how authorising works, not an empty table."""
+    _login(browser, demo, "direct-none")
+    text = _text(browser)
+    assert "Nog geen klanten" in text
+    assert "Boekhoudbureau Nieuw B.V." in text
+    assert not browser.find_elements(By.CSS_SELECTOR, "table")
+    save_screenshot(browser, "office-without-clients")
