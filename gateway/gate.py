@@ -134,6 +134,13 @@ async def authorize(
     for identifier, value in employers:
         if not _allowed(session, identifier, value):
             _deny(session, request_id, route, value)
+            # The way on from a 403: the client list (which also says when a
+            # mandate was just withdrawn).
+            request[ERROR_EXTRA] = {
+                "action_url": services.config.server.reserved_prefix + "employers",
+                "action_nl": "Naar uw klantenoverzicht",
+                "action_en": "To your client overview",
+            }
             raise EmployerNotAllowed(f"employer {value} not in the allowed set")
     if route.required_scope is not None:
         kvks = [_kvk_of(session, i, v) for i, v in employers] or [session.active_employer]

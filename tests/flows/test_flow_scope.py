@@ -103,6 +103,7 @@ async def test_foreign_employer_is_refused_before_the_portal(
     status, body, denied = await _denied(world, direct, method, path, **kw)
     assert status == 403
     assert "gemachtigd" in body  # the EmployerNotAllowed page, in Dutch first
+    assert 'href="/_gateway/employers"' in body  # a way on: the client overview
     assert len(denied) == 1
     assert denied[0]["reason"] == "employer"
     assert denied[0]["administrator_kvk"] == ADMIN
