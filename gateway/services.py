@@ -73,7 +73,12 @@ async def services_ctx(app: web.Application, config: GatewayConfig) -> AsyncIter
     store = create_store(config.store)
     keys = KeySet.from_settings(config.tokens)
     sp = ServiceProvider(config.saml)
-    mandates = MandateService.from_settings(store, config.mandates)
+    # One staleness limit: the mandate cache keeps a set exactly as long as a
+    # session may use it (sessions.mandate_max_staleness).
+    mandate_settings = config.mandates.model_copy(
+        update={"max_staleness": config.sessions.mandate_max_staleness.total_seconds()}
+    )
+    mandates = MandateService.from_settings(store, mandate_settings)
     if isinstance(mandates.source, FileMandateSource):
         mandates.source.load()  # a broken registry file stops startup, with its problems
     sessions = SessionManager(store, config.sessions, ref_secret=config.sessions.load_ref_secret())

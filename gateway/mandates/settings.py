@@ -79,11 +79,10 @@ class MandateSettings(BaseModel):
     source: Annotated[FileSourceSettings | HttpSourceSettings, Field(discriminator="kind")]
     cache_ttl: Annotated[float, Field(gt=0, le=3600)] = 60.0
     """Seconds a fetched set is served from the store without asking the registry."""
-    recheck_interval: Annotated[float, Field(gt=0, le=3600)] = 60.0
-    """Seconds after which a session's set is re-checked (used by the session layer)."""
     max_staleness: Annotated[float, Field(ge=0, le=86400)] = 900.0
     """How old a set a *running session* may keep using while the registry is down.
-    Logins never use a stale set."""
+    Logins never use a stale set. In the gateway's configuration this follows
+    ``sessions.mandate_max_staleness`` (one setting, not two)."""
     lock_ttl: Annotated[float, Field(gt=0, le=600)] = 15.0
     """Lifetime of the single-flight lock; longer than one lookup can take."""
     lock_wait: Annotated[float, Field(gt=0, le=600)] = 12.0

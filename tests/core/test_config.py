@@ -150,3 +150,19 @@ def test_config_schema_cli_prints_json_schema(capsys: pytest.CaptureFixture[str]
     assert schema["$schema"].endswith("2020-12/schema")
     assert schema["additionalProperties"] is False
     assert "routes" in schema["required"]
+
+
+def test_mandate_staleness_is_one_setting(tmp_path: Path) -> None:
+    """mandates.max_staleness is refused: sessions.mandate_max_staleness is the one limit."""
+    from tests.support.login_world import gateway_config
+
+    mandates = tmp_path / "m.yaml"
+    mandates.write_text("version: 1\nmandates: []\n")
+    data = gateway_config(tmp_path, 8080, "http://portal", "http://broker/md", mandates)
+    data["mandates"]["max_staleness"] = 60
+    import yaml
+
+    problems = _problems(yaml.safe_dump(data))
+    assert any(
+        "mandates.max_staleness" in p and "sessions.mandate_max_staleness" in p for p in problems
+    )

@@ -55,8 +55,7 @@ async def world(
     async with login_world(
         tmp_path_factory.mktemp("registry"),
         sessions={"mandate_recheck_interval": INTERVAL, "mandate_max_staleness": STALENESS},
-        # The mandates section keeps its default max_staleness (15 minutes): the
-        # session's own, shorter limit must still apply.
+        # One staleness limit: the mandate cache follows the session's (1 s here).
         mandate_settings={"source": source, "cache_ttl": 0.2, "failure_hold": 0, "lock_ttl": 3},
     ) as w:
         yield w

@@ -26,7 +26,7 @@ URL = "https://registry.example/api/administrators/{kvk}/mandates"
 def test_defaults_match_the_documented_policy() -> None:
     """Defaults: 60 s cache and re-check, 15 min staleness, 3 attempts, breaker after 5."""
     s = MandateSettings.model_validate({"source": {"kind": "http", "url_template": URL}})
-    assert (s.cache_ttl, s.recheck_interval, s.max_staleness) == (60, 60, 900)
+    assert (s.cache_ttl, s.max_staleness) == (60, 900)
     assert isinstance(s.source, HttpSourceSettings)
     assert (s.source.max_attempts, s.source.breaker_failure_threshold) == (3, 5)
 
