@@ -1,9 +1,9 @@
 """The sample portal's token check: exactly what docs/backends.md tells a Python backend to do.
 
-A copy of ``tests/support/tokens.py`` (the reference verifier the gateway's
-tests run), kept as a copy on purpose: it imports nothing else from
-``gateway``, because a backend has only the token, the JWKS URL, its own
-configuration and the documented rules.
+It is also the reference verifier the gateway's tests import (through
+``tests/support/tokens.py``). It imports nothing else from ``gateway``, because
+a backend has only the token, the JWKS URL, its own configuration and the
+documented rules.
 
 ``PyJWKClient`` and ``urllib`` block; async code calls ``verify`` and
 ``employer_set`` through ``asyncio.to_thread`` (or uses ``employer_set_async``).
