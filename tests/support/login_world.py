@@ -12,6 +12,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +100,15 @@ class LoginWorld:
     def services(self) -> Services:
         return self.app[SERVICES]
 
-    def browser(self) -> aiohttp.ClientSession:
-        """A new browser: its own cookie jar (unsafe=True: cookies for 127.0.0.1)."""
-        session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    def browser(self, *, secure_origin: bool = False) -> aiohttp.ClientSession:
+        """A new browser: its own cookie jar (unsafe=True: cookies for 127.0.0.1).
+
+        ``secure_origin``: treat the plain-HTTP gateway as a secure origin, so
+        production cookies (``Secure``, ``__Host-``) are sent back as over HTTPS.
+        """
+        secure = [self.gateway_url] if secure_origin else None
+        jar = aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=secure)
+        session = aiohttp.ClientSession(cookie_jar=jar)
         self.browsers.append(session)
         return session
 
@@ -144,6 +151,15 @@ class LoginWorld:
         await resp.release()
         return acs
 
+    async def submit(
+        self, browser: aiohttp.ClientSession, form: AutoPostForm, *, origin: str | None = None
+    ) -> tuple[aiohttp.ClientResponse, list[str]]:
+        """POST an auto-submit form as a browser would (from ``origin``), then follow redirects."""
+        headers = {"Origin": origin} if origin else {}
+        return await self.follow(
+            browser, form.action, method="POST", data=form.fields, headers=headers
+        )
+
     def write_mandates(self, mandates: list[dict[str, Any]]) -> None:
         """Replace the registry file atomically (write, then rename), as docs/mandates.md says."""
         tmp = self.mandates_file.with_suffix(".tmp")
@@ -174,6 +190,65 @@ class LoginWorld:
             jwks_url=self.url("/.well-known/jwks.json"), issuer=self.gateway_url, audience=audience
         )
         return await asyncio.to_thread(verifier.verify, token)
+
+
+@dataclass(frozen=True)
+class AutoPostForm:
+    """The one ``<form method=post>`` of an auto-submit page (SAML POST binding)."""
+
+    action: str
+    fields: dict[str, str]
+    submit_buttons: int
+    """Buttons for browsers without script (inside or outside ``<noscript>``)."""
+    noscript_buttons: int
+    script_nonces: tuple[str | None, ...]
+    """The ``nonce`` of every ``<script>`` on the page (``None`` when absent)."""
+
+
+class _FormParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[tuple[str, str]] = []
+        self.fields: dict[str, str] = {}
+        self.buttons = 0
+        self.noscript_buttons = 0
+        self.nonces: list[str | None] = []
+        self._noscript = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.forms.append((a.get("method", "get").lower(), a.get("action", "")))
+        elif tag == "input" and a.get("type", "text").lower() == "hidden" and "name" in a:
+            self.fields[a["name"]] = a.get("value", "")
+        elif tag == "button" and a.get("type", "submit").lower() == "submit":
+            self.buttons += 1
+            self.noscript_buttons += self._noscript > 0
+        elif tag == "noscript":
+            self._noscript += 1
+        elif tag == "script":
+            self.nonces.append(dict(attrs).get("nonce"))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "noscript":
+            self._noscript -= 1
+
+
+def parse_auto_post(page: str) -> AutoPostForm:
+    """Read an auto-submit page (HTML entities decoded); fails unless it has one POST form."""
+    parser = _FormParser()
+    parser.feed(page)
+    parser.close()
+    assert len(parser.forms) == 1, f"expected one form, found {parser.forms}"
+    method, action = parser.forms[0]
+    assert method == "post", f"form method is {method}"
+    return AutoPostForm(
+        action=action,
+        fields=parser.fields,
+        submit_buttons=parser.buttons,
+        noscript_buttons=parser.noscript_buttons,
+        script_nonces=tuple(parser.nonces),
+    )
 
 
 def gateway_config(
