@@ -169,7 +169,7 @@ async def test_workers_exit_when_supervisor_is_killed(
     cfg, port = _config(tmp_path, upstream, workers=2)
     gw = processes(["serve", "--config", str(cfg)])
     await gw.wait_http(f"http://127.0.0.1:{port}/_gateway/healthz")
-    for _ in range(100):
+    for _ in range(400):  # both workers log their start; under load the second is slow
         pids = [
             int(line.split('"pid":')[1].split(",")[0].split("}")[0])
             for line in gw.output().splitlines()
