@@ -101,7 +101,7 @@ async def test_several_workers_share_the_port(
     gw = processes(["serve", "--config", str(cfg)])
     url = f"http://127.0.0.1:{port}"
     await gw.wait_http(url + "/_gateway/healthz")
-    pids = set()
+    assert len(set(await _worker_pids(gw, 2))) == 2  # two processes started
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         for _ in range(40):
             async with session.get(url + "/echo") as resp:
@@ -109,10 +109,6 @@ async def test_several_workers_share_the_port(
         async with session.get(url + "/_gateway/metrics") as resp:
             text = await resp.text()
     assert 'gateway_requests_total{method="GET",route="all",status="200"} 40.0' in text
-    for line in gw.output().splitlines():
-        if '"gateway_started"' in line:
-            pids.add(line.split('"pid":')[1].split(",")[0].split("}")[0])
-    assert len(pids) == 2
     gw.signal(signal.SIGTERM)
     assert await gw.wait_exit() == 0
 
@@ -169,15 +165,7 @@ async def test_workers_exit_when_supervisor_is_killed(
     cfg, port = _config(tmp_path, upstream, workers=2)
     gw = processes(["serve", "--config", str(cfg)])
     await gw.wait_http(f"http://127.0.0.1:{port}/_gateway/healthz")
-    for _ in range(400):  # both workers log their start; under load the second is slow
-        pids = [
-            int(line.split('"pid":')[1].split(",")[0].split("}")[0])
-            for line in gw.output().splitlines()
-            if '"gateway_started"' in line
-        ]
-        if len(pids) == 2:
-            break
-        await asyncio.sleep(0.05)
+    pids = await _worker_pids(gw, 2)
     assert len(pids) == 2
     gw.proc.kill()  # the supervisor only, not its process group
     for _ in range(100):
@@ -186,6 +174,21 @@ async def test_workers_exit_when_supervisor_is_killed(
             break
         await asyncio.sleep(0.1)
     assert alive == []
+
+
+async def _worker_pids(gw: GatewayProcess, count: int) -> list[int]:
+    """PIDs of the workers that logged their start, waiting (bounded) for ``count`` of them."""
+    pids: list[int] = []
+    for _ in range(400):  # under load a worker can take seconds to start
+        pids = [
+            int(line.split('"pid":')[1].split(",")[0].split("}")[0])
+            for line in gw.output().splitlines()
+            if '"gateway_started"' in line
+        ]
+        if len(pids) >= count:
+            break
+        await asyncio.sleep(0.05)
+    return pids
 
 
 def _alive(pid: int) -> bool:
