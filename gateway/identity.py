@@ -76,6 +76,17 @@ class Identity:
     branch: str | None = None
     """Vestigingsnummer (12 digits) when the login is restricted to one branch."""
     authenticating_authority: str | None = None
+    name_id: str | None = None
+    """The outer assertion's Subject NameID, exactly as received (transient in eHerkenning).
+    Kept only to address a SAML LogoutRequest; never logged and never put in tokens."""
+    name_id_format: str | None = None
+    """The NameID's ``Format`` attribute, copied into the LogoutRequest."""
+    name_id_qualifier: str | None = None
+    """The NameID's ``NameQualifier`` attribute."""
+    name_id_sp_qualifier: str | None = None
+    """The NameID's ``SPNameQualifier`` attribute."""
+    session_index: str | None = None
+    """The outer assertion's ``AuthnStatement/@SessionIndex``, for the LogoutRequest."""
 
     @property
     def mode(self) -> Mode:

@@ -7,6 +7,10 @@ login (cookie + RelayState) first, then resolve and verify the message against
 the request ID it holds, then the assertion replay cache, then the mandate
 decision, and only then a brand-new session. Every refusal is an audit event
 and a 4xx page (503 when a dependency is down); never a traceback.
+
+Logout ends the local session first (fail closed); with ``saml.single_logout``
+and a broker SingleLogoutService it then sends a signed LogoutRequest, whose
+LogoutResponse comes back to ``saml/slo``.
 """
 
 from __future__ import annotations
@@ -15,16 +19,18 @@ import datetime as dt
 import secrets
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from gateway.audit import audit
 from gateway.context import ERROR_EXTRA, REQUEST_ID
-from gateway.errors import CsrfFailed, GatewayError, SamlInvalid
+from gateway.errors import BadRequest, CsrfFailed, GatewayError, SamlInvalid
 from gateway.identity import Identity, Loa
 from gateway.pages import PAGE_HEADERS, html_response, render
 from gateway.saml.authn_request import AuthnRequestHttp, build_authn_request
+from gateway.saml.logout_state import PendingLogout, PendingLogouts, browser_cookie_value
 from gateway.services import SERVICES, Services
-from gateway.sessions import new_relay_state
+from gateway.sessions import Session, new_relay_state
 from gateway.sessions.cookies import (
     clear_prelogin_cookie,
     clear_session_cookie,
@@ -34,6 +40,8 @@ from gateway.sessions.cookies import (
     set_session_cookie,
 )
 from gateway.sessions.next_path import safe_next_path
+
+log = structlog.get_logger("gateway.login")
 
 
 def _services(request: web.Request) -> Services:
@@ -199,15 +207,17 @@ async def acs(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    """End the session (CSRF-protected POST) and show the logged-out page."""
+    """End the session (CSRF-protected POST); then single logout at the broker, if enabled."""
     services = _services(request)
     settings = services.config.sessions
     session = await services.sessions.load(read_session_cookie(request, settings))
     form = await request.post()
+    response: web.Response | None = None
     if session is not None:
         token = form.get("csrf")
         if not session.csrf_matches(token if isinstance(token, str) else None):
             raise CsrfFailed("logout without a valid CSRF token")
+        # Fail closed: the local session ends first, whatever happens at the broker.
         await services.sessions.destroy(session)
         audit(
             "logout_succeeded",
@@ -216,12 +226,108 @@ async def logout(request: web.Request) -> web.StreamResponse:
             administrator_kvk=session.identity.administrator_kvk,
             acting_subject=session.identity.acting_subject,
         )
-    response = web.Response(
-        status=303,
-        headers={"Location": services.config.server.reserved_prefix + "logged-out", **PAGE_HEADERS},
-    )
+        response = await _single_logout(request, services, session)
+    if response is None:
+        response = _to_logged_out(services)
     clear_session_cookie(response, settings)
     return response
+
+
+async def _single_logout(
+    request: web.Request, services: Services, session: Session
+) -> web.Response | None:
+    """Redirect to the broker with a signed LogoutRequest; ``None`` to stay local."""
+    identity = session.identity
+    try:
+        reason = services.sp.single_logout_skip_reason(identity)
+        if reason is not None:
+            if reason != "single_logout_disabled":
+                log.info("slo_skipped", reason=reason, session_ref=session.ref)
+            return None
+        settings = services.config.sessions
+        cookie = browser_cookie_value(read_prelogin_cookie(request, settings))
+        relay_state = new_relay_state()
+        http = await services.sp.logout_request(identity, relay_state)
+        await _pending_logouts(services).begin(
+            cookie,
+            relay_state,
+            PendingLogout(
+                request_id=http.request_id,
+                session_ref=session.ref,
+                administrator_kvk=identity.administrator_kvk,
+                acting_subject=identity.acting_subject,
+            ),
+        )
+    except (GatewayError, ValueError) as err:
+        # The local session is already gone; the broker's may outlive it.
+        reason = err.code if isinstance(err, GatewayError) else type(err).__name__
+        log.warning("slo_request_failed", reason=reason, session_ref=session.ref)
+        return None
+    audit(
+        "slo_requested",
+        request_id=request[REQUEST_ID],
+        session_ref=session.ref,
+        administrator_kvk=identity.administrator_kvk,
+        acting_subject=identity.acting_subject,
+    )
+    response = web.Response(status=303, headers={"Location": http.url, **PAGE_HEADERS})
+    set_prelogin_cookie(response, cookie, settings)
+    return response
+
+
+async def single_logout_return(request: web.Request) -> web.StreamResponse:
+    """The broker's LogoutResponse (Redirect binding): verify, audit, show the logged-out page.
+
+    The local session ended before the LogoutRequest was sent, so a broken,
+    unsigned or replayed response still ends on the logged-out page; it is
+    audited as ``logout_response_invalid`` (the broker may still hold its session).
+    """
+    services = _services(request)
+    settings = services.config.sessions
+    if "SAMLRequest" in request.query:
+        # IdP-initiated logout is not supported: say so instead of pretending.
+        raise BadRequest("idp_initiated_logout_unsupported")
+    relay_state = request.query.get("RelayState")
+    pending: PendingLogout | None = None
+    try:
+        if "SAMLResponse" not in request.query:
+            raise SamlInvalid("logout_response_missing")
+        pending = await _pending_logouts(services).take(
+            read_prelogin_cookie(request, settings), relay_state
+        )
+        await services.sp.verify_logout_response(
+            request.rel_url.raw_query_string, pending.request_id
+        )
+    except GatewayError as err:
+        audit(
+            "logout_response_invalid",
+            reason=err.code,
+            detail=err.detail,
+            request_id=request[REQUEST_ID],
+            session_ref=pending.session_ref if pending else None,
+            administrator_kvk=pending.administrator_kvk if pending else None,
+            acting_subject=pending.acting_subject if pending else None,
+        )
+    else:
+        audit(
+            "slo_completed",
+            request_id=request[REQUEST_ID],
+            session_ref=pending.session_ref,
+            administrator_kvk=pending.administrator_kvk,
+            acting_subject=pending.acting_subject,
+        )
+    response = _to_logged_out(services)
+    clear_prelogin_cookie(response, settings)
+    return response
+
+
+def _pending_logouts(services: Services) -> PendingLogouts:
+    return PendingLogouts(services.store, services.config.sessions.prelogin_ttl.total_seconds())
+
+
+def _to_logged_out(services: Services) -> web.Response:
+    location = services.config.server.reserved_prefix + "logged-out"
+    return web.Response(status=303, headers={"Location": location, **PAGE_HEADERS})
 
 
 async def logged_out(request: web.Request) -> web.StreamResponse:
@@ -249,4 +355,5 @@ def add_login_routes(app: web.Application, prefix: str) -> None:
     app.router.add_route("POST", prefix + "saml/acs", acs)
     app.router.add_get(prefix + "saml/metadata", sp_metadata)
     app.router.add_post(prefix + "logout", logout)
+    app.router.add_get(prefix + "saml/slo", single_logout_return)
     app.router.add_get(prefix + "logged-out", logged_out)

@@ -7,6 +7,10 @@ Public API (see ``docs/login.md``)::
     login = await sp.consume_artifact(samlart, sp.expectation(request_id))
     login = await sp.consume_post_response(saml_response_b64, sp.expectation(request_id))
     sp.sp_metadata_xml(); sp.service_catalogue_xml()
+    # single logout (``single_logout: true``; gateway.saml.logout):
+    sp.single_logout_skip_reason(identity)       # None: a LogoutRequest can be sent
+    http = await sp.logout_request(identity, relay_state)   # .request_id, .url
+    await sp.verify_logout_response(raw_query, http.request_id)
 
 ``login`` is a ``VerifiedLogin`` (identity, assertion_id, not_on_or_after,
 in_response_to, issuer, session_not_on_or_after). Failures raise only

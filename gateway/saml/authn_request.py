@@ -98,6 +98,29 @@ def authn_request_xml(
     return req
 
 
+def signed_redirect_url(
+    destination: str,
+    parameter: str,
+    message: etree._Element,
+    relay_state: str | None,
+    signing: KeyPair,
+) -> str:
+    """``destination`` with ``message`` DEFLATEd in ``parameter`` and an RSA-SHA256 query
+    signature (HTTP-Redirect binding, SAML bindings 3.4.4.1)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflated = compressor.compress(etree.tostring(message)) + compressor.flush()
+    params = [(parameter, base64.b64encode(deflated).decode("ascii"))]
+    if relay_state is not None:
+        params.append(("RelayState", relay_state))
+    params.append(("SigAlg", SIG_RSA_SHA256))
+    # The signature covers the URL-encoded parameters in this exact order.
+    signed = urlencode(params, quote_via=quote_plus).encode("ascii")
+    signature = signing.key.sign(signed, padding.PKCS1v15(), hashes.SHA256())
+    params.append(("Signature", base64.b64encode(signature).decode("ascii")))
+    sep = "&" if urlsplit(destination).query else "?"
+    return destination + sep + urlencode(params, quote_via=quote_plus)
+
+
 def build_authn_request(
     settings: SamlSettings,
     metadata: BrokerMetadata,
@@ -116,19 +139,7 @@ def build_authn_request(
         if not destination:
             raise ValueError("broker metadata has no HTTP-Redirect SingleSignOnService")
         req = authn_request_xml(settings, destination, request_id, now)
-        xml = etree.tostring(req)
-        compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-        deflated = compressor.compress(xml) + compressor.flush()
-        params = [("SAMLRequest", base64.b64encode(deflated).decode("ascii"))]
-        if relay_state is not None:
-            params.append(("RelayState", relay_state))
-        params.append(("SigAlg", SIG_RSA_SHA256))
-        # The signature covers the URL-encoded parameters in this exact order.
-        signed = urlencode(params, quote_via=quote_plus).encode("ascii")
-        signature = signing.key.sign(signed, padding.PKCS1v15(), hashes.SHA256())
-        params.append(("Signature", base64.b64encode(signature).decode("ascii")))
-        sep = "&" if urlsplit(destination).query else "?"
-        url = destination + sep + urlencode(params, quote_via=quote_plus)
+        url = signed_redirect_url(destination, "SAMLRequest", req, relay_state, signing)
         return request_id, AuthnRequestHttp(binding="redirect", url=url)
     destination = metadata.sso_urls.get(BINDING_POST)
     if not destination:

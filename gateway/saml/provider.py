@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.errors import SamlInvalid
+from gateway.identity import Identity
 from gateway.saml import worker
 from gateway.saml.artifact import ArtifactResolver, parse_artifact
 from gateway.saml.authn_request import AuthnRequestHttp, build_authn_request, new_id
 from gateway.saml.keys import SpKeys, load_sp_keys
+from gateway.saml.logout import LogoutExpectation, LogoutRequestHttp, slo_skip_reason
 from gateway.saml.metadata import BrokerMetadata, BrokerMetadataSource
 from gateway.saml.settings import SamlSettings
 from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
@@ -133,6 +135,21 @@ class ServiceProvider:
         except (binascii.Error, ValueError):
             raise SamlInvalid("base64_malformed") from None
         return await self._run(worker.verify_post, data, expectation, self.metadata)
+
+    def single_logout_skip_reason(self, identity: Identity) -> str | None:
+        """Why logout stays local for this login (``None``: a LogoutRequest can be sent)."""
+        return slo_skip_reason(self.settings, self.metadata, identity)
+
+    async def logout_request(
+        self, identity: Identity, relay_state: str | None
+    ) -> LogoutRequestHttp:
+        """A signed LogoutRequest by Redirect (in the worker pool); check the skip reason first."""
+        return await self._run(worker.logout_request, self.metadata, identity, relay_state)
+
+    async def verify_logout_response(self, raw_query: str, request_id: str) -> None:
+        """Check a LogoutResponse (raw query of the Redirect binding); ``SamlInvalid`` if bad."""
+        expected = LogoutExpectation(request_id=request_id, slo_url=self.settings.single_logout_url)
+        await self._run(worker.verify_logout, raw_query, expected, self.metadata)
 
     def sp_metadata_xml(self) -> bytes:
         """Our signed SP metadata."""

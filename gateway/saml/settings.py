@@ -178,6 +178,13 @@ class SamlSettings(BaseModel):
     """CA bundle for the broker's TLS certificate (default: the system store)."""
     accept_post_response: bool = False
     """Also accept SAMLResponse by HTTP-POST (generic brokers; eHerkenning uses Artifact)."""
+    single_logout: bool = False
+    """Send a signed SAML LogoutRequest to the broker on logout (when its metadata has a
+    Redirect SingleLogoutService) and publish our SingleLogoutService. Off by default:
+    many eHerkenning deployments log out locally only."""
+    slo_url: str | None = None
+    """Public absolute URL of our SingleLogoutService; ``None``: ``acs_url`` with its last
+    path segment (``acs``) replaced by ``slo``, i.e. ``<public base>/_gateway/saml/slo``."""
     max_message_bytes: int = Field(default=512 * 1024, ge=4096)
     """Larger SAML messages are refused before parsing."""
     signature_algorithms: frozenset[str] = frozenset(KNOWN_SIGNATURE_ALGORITHMS)
@@ -243,6 +250,12 @@ class SamlSettings(BaseModel):
             problems.append("oin: must be 20 digits")
         if not self.acs_url.startswith(("https://", "http://")):
             problems.append("acs_url: must be an absolute http(s) URL")
+        if self.slo_url is not None and not self.slo_url.startswith(("https://", "http://")):
+            problems.append("slo_url: must be an absolute http(s) URL")
+        if self.single_logout and self.slo_url is None and not self.acs_url.endswith("/acs"):
+            problems.append(
+                "slo_url: required with single_logout when acs_url does not end in /acs"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -251,6 +264,13 @@ class SamlSettings(BaseModel):
     def our_oin(self) -> str:
         """The OIN from ``oin`` or from the entityID."""
         return self.oin or self.entity_id.split(":")[3]
+
+    @property
+    def single_logout_url(self) -> str:
+        """Where the broker sends LogoutResponses: ``slo_url`` or derived from ``acs_url``."""
+        if self.slo_url is not None:
+            return self.slo_url
+        return self.acs_url.removesuffix("acs") + "slo"
 
     @property
     def default_service(self) -> ServiceSettings:

@@ -4,7 +4,8 @@ Both are signed with our signing key. The metadata follows the eHerkenning
 shape (``AuthnRequestsSigned``/``WantAssertionsSigned``, an Artifact ACS with
 an index, one AttributeConsumingService per service whose RequestedAttribute
 is the ServiceID, KeyDescriptors for the current and the next certificates,
-and deliberately no NameIDFormat, which brokers reject).
+a Redirect SingleLogoutService only when ``single_logout`` is on, and
+deliberately no NameIDFormat, which brokers reject).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 
 from gateway.saml.authn_request import new_id
 from gateway.saml.keys import KeyPair, SpKeys
-from gateway.saml.metadata import BINDING_ARTIFACT
+from gateway.saml.metadata import BINDING_ARTIFACT, BINDING_REDIRECT
 from gateway.saml.settings import SamlSettings
 from gateway.saml.signature import sign_enveloped
 from gateway.saml.xml import NS, instant, q
@@ -60,6 +61,14 @@ def sp_metadata_xml(
     _key_descriptor(sp, keys.encryption, "encryption")
     if keys.encryption_next is not None:
         _key_descriptor(sp, keys.encryption_next, "encryption")
+    if settings.single_logout:
+        # Schema order: SingleLogoutService comes before the AssertionConsumerServices.
+        etree.SubElement(
+            sp,
+            q("md", "SingleLogoutService"),
+            Binding=BINDING_REDIRECT,
+            Location=settings.single_logout_url,
+        )
     etree.SubElement(
         sp,
         q("md", "AssertionConsumerService"),

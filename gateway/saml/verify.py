@@ -15,7 +15,8 @@ The checks run in a fixed order and each failure has its own reason (kept in
    SubjectConfirmation (Recipient, InResponseTo, NotBefore/NotOnOrAfter with
    skew), Conditions (times, AudienceRestriction containing our entityID),
    AuthnStatement (level ≥ minimum), own AttributeStatement (never Advice);
-6. EncryptedIDs are decrypted and the ``Identity`` is built.
+6. EncryptedIDs are decrypted and the ``Identity`` is built, with the outer
+   assertion's Subject NameID and SessionIndex for a later LogoutRequest.
 
 Anything unexpected inside becomes ``SamlInvalid`` with the exception type as
 reason, so a malformed message can only ever produce a 4xx page.
@@ -26,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 
@@ -187,6 +188,17 @@ def _verify(
         login_time=login_time,
         authenticating_authority=authorities[0] if authorities else None,
     )
+    # For a later SAML LogoutRequest: the NameID and SessionIndex of *this* verified
+    # assertion (never of an Advice assertion, whose Subject names another party).
+    name_id, name_format, qualifier, sp_qualifier = _subject_name_id(assertion)
+    identity = replace(
+        identity,
+        name_id=name_id,
+        name_id_format=name_format,
+        name_id_qualifier=qualifier,
+        name_id_sp_qualifier=sp_qualifier,
+        session_index=_bounded(authn.get("SessionIndex"), "session_index"),
+    )
     service = next(s for s in settings.services if s.service_id == identity.service_id)
     required = max(settings.minimum_loa, service.loa, key=lambda lvl: lvl.rank)
     if loa < required:
@@ -201,6 +213,41 @@ def _verify(
         session_not_on_or_after=(
             parse_instant(session_end, "session_not_on_or_after") if session_end else None
         ),
+    )
+
+
+_MAX_LOGOUT_ID = 1024
+
+
+def _bounded(value: str | None, what: str) -> str | None:
+    """An identifier we echo back in a LogoutRequest: bounded and printable."""
+    if value is None or value == "":
+        return None
+    if len(value) > _MAX_LOGOUT_ID or not value.isprintable():
+        raise SamlInvalid(f"{what}_malformed")
+    return value
+
+
+def _subject_name_id(
+    assertion: etree._Element,
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """The outer assertion's Subject NameID: (value, Format, NameQualifier, SPNameQualifier).
+
+    An EncryptedID subject (or none) yields nothing: single logout is then not
+    possible for this session and logout stays local.
+    """
+    subject = only_child(assertion, q("saml", "Subject"), "subject")
+    name_id = optional_child(subject, q("saml", "NameID"), "subject_name_id")
+    if name_id is None:
+        return None, None, None, None
+    value = _bounded(strict_text(name_id, "subject_name_id"), "subject_name_id")
+    if value is None:
+        return None, None, None, None
+    return (
+        value,
+        name_id.get("Format"),
+        name_id.get("NameQualifier"),
+        name_id.get("SPNameQualifier"),
     )
 
 

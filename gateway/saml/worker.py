@@ -13,10 +13,17 @@ from __future__ import annotations
 import datetime as dt
 import os
 
+from gateway.identity import Identity
 from gateway.saml.artifact import Artifact, artifact_resolve_envelope, verify_artifact_response
 from gateway.saml.authn_request import AuthnRequestHttp, build_authn_request
 from gateway.saml.encryption import Decrypter
 from gateway.saml.keys import SpKeys, load_sp_keys
+from gateway.saml.logout import (
+    LogoutExpectation,
+    LogoutRequestHttp,
+    build_logout_request,
+    verify_logout_response,
+)
 from gateway.saml.metadata import BrokerMetadata
 from gateway.saml.settings import SamlSettings
 from gateway.saml.verify import Expectation, VerifiedLogin, VerifyContext, verify_response
@@ -68,6 +75,18 @@ def authn_request(
 ) -> tuple[str, AuthnRequestHttp]:
     settings, keys, _ = _state()
     return build_authn_request(settings, metadata, keys.signing, relay_state)
+
+
+def logout_request(
+    metadata: BrokerMetadata, identity: Identity, relay_state: str | None
+) -> LogoutRequestHttp:
+    settings, keys, _ = _state()
+    return build_logout_request(settings, metadata, keys.signing, identity, relay_state)
+
+
+def verify_logout(raw_query: str, expected: LogoutExpectation, metadata: BrokerMetadata) -> None:
+    settings, _, _ = _state()
+    verify_logout_response(raw_query, expected, settings, metadata)
 
 
 def verify_artifact(

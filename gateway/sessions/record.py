@@ -88,6 +88,12 @@ _IDENTITY_FIELDS = (
     "service_uuid",
     "branch",
     "authenticating_authority",
+    # For a SAML LogoutRequest; absent in records written before single logout existed.
+    "name_id",
+    "name_id_format",
+    "name_id_qualifier",
+    "name_id_sp_qualifier",
+    "session_index",
 )
 
 

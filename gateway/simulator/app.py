@@ -2,7 +2,8 @@
 
 Routes: ``/saml/metadata`` (IdP metadata), ``/saml/sso`` (AuthnRequest by
 Redirect or POST), ``/saml/login`` (the login page's form), ``/saml/ars``
-(SOAP ArtifactResolutionService) and ``/`` (an index for people).
+(SOAP ArtifactResolutionService), ``/saml/slo`` (SingleLogoutService, see
+``gateway.simulator.logout``) and ``/`` (an index for people).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from gateway.simulator import ars
+from gateway.simulator import ars, logout
 from gateway.simulator.artifacts import make_artifact
 from gateway.simulator.authnrequest import (
     AuthnRequest,
@@ -26,11 +27,18 @@ from gateway.simulator.authnrequest import (
     peek,
     verify,
 )
-from gateway.simulator.control import HTTP_SESSION, SIMULATOR, IssuedLogin, Simulator
+from gateway.simulator.control import (
+    HTTP_SESSION,
+    SIMULATOR,
+    BrokerSession,
+    IssuedLogin,
+    Simulator,
+)
 from gateway.simulator.idpmetadata import (
     ARS_PATH,
     LOGIN_PATH,
     METADATA_PATH,
+    SLO_PATH,
     SSO_PATH,
     idp_metadata,
 )
@@ -62,6 +70,8 @@ def build_simulator_app(
     app.router.add_route("POST", SSO_PATH, _sso)
     app.router.add_post(LOGIN_PATH, _login)
     app.router.add_post(ARS_PATH, ars.handle)
+    if settings.single_logout:
+        app.router.add_get(SLO_PATH, logout.handle)
     return app
 
 
@@ -94,7 +104,9 @@ async def _index(request: web.Request) -> web.Response:
 
 async def _metadata(request: web.Request) -> web.Response:
     sim = request.app[SIMULATOR]
-    body = idp_metadata(sim.settings.entity_id, _base(request), sim.keys.broker, slo=False)
+    body = idp_metadata(
+        sim.settings.entity_id, _base(request), sim.keys.broker, slo=sim.settings.single_logout
+    )
     return web.Response(body=body, content_type="application/samlmetadata+xml")
 
 
@@ -224,6 +236,13 @@ def deliver(
         assert scenario is not None
         login = Login(settings=s, sp=sp, request=authn, scenario=scenario, now=now)
         resp = response(login, sim.keys, sign_response=post)
+        sim.sessions[login.session_index] = BrokerSession(
+            sp_entity_id=sp.entity_id,
+            name_id=login.subject_id,
+            name_qualifier=s.authentication_service_id,
+            session_index=login.session_index,
+            scenario_id=scenario.id,
+        )
 
     artifact = None
     fields: dict[str, str] = {}

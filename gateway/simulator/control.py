@@ -3,7 +3,8 @@
 One :class:`Simulator` per application, reachable as ``app[SIMULATOR]``. It
 holds the scenarios, the queue of scenarios chosen in advance ("the next
 login for AuthnRequest R uses scenario S"), pending login pages, issued
-artifacts and a record of every login answered. All of it lives in process
+artifacts, a record of every login answered, the broker's own sessions
+(ended by single logout) and a record of every LogoutRequest answered. All of it lives in process
 memory: the simulator is one process by design.
 """
 
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from gateway.devkeys import rsa_keypair
 from gateway.simulator.artifacts import ArtifactStore
 from gateway.simulator.authnrequest import AuthnRequest
-from gateway.simulator.idpmetadata import ARS_PATH, METADATA_PATH, SSO_PATH
+from gateway.simulator.idpmetadata import ARS_PATH, METADATA_PATH, SLO_PATH, SSO_PATH
 from gateway.simulator.messages import Keys
 from gateway.simulator.scenarios import Scenario
 from gateway.simulator.settings import SimulatorSettings, all_scenarios
@@ -60,6 +61,30 @@ class PendingLogin:
     expires_at: float
 
 
+@dataclass(frozen=True)
+class BrokerSession:
+    """The broker's own (simulated) session of one successful login, ended by single logout."""
+
+    sp_entity_id: str
+    name_id: str
+    """The transient Subject NameID of the outer assertion."""
+    name_qualifier: str
+    session_index: str
+    scenario_id: str
+
+
+@dataclass(frozen=True)
+class LogoutRecord:
+    """A record of one answered LogoutRequest."""
+
+    request_id: str
+    sp_entity_id: str
+    status: str
+    """``success`` or ``refused``."""
+    reason: str | None
+    ended: tuple[BrokerSession, ...]
+
+
 def _spki(der: bytes) -> bytes:
     return (
         x509.load_der_x509_certificate(der)
@@ -82,6 +107,9 @@ class Simulator:
             settings.sp_metadata, refresh_seconds=settings.sp_metadata_refresh_seconds
         )
         self.issued: list[IssuedLogin] = []
+        self.sessions: dict[str, BrokerSession] = {}
+        """Live simulated broker sessions by SessionIndex."""
+        self.logouts: list[LogoutRecord] = []
         self.keys = Keys(
             broker=_broker_signer(settings),
             authentication_service=_ephemeral("authentication-service"),
@@ -151,6 +179,22 @@ class Simulator:
         self._pending.pop(token, None)
         return pending
 
+    def end_sessions(
+        self, sp_entity_id: str, name_id: str, name_qualifier: str, session_indexes: list[str]
+    ) -> tuple[BrokerSession, ...]:
+        """End this SP's sessions of ``name_id`` (only those ``session_indexes``, if given)."""
+        ended = tuple(
+            s
+            for s in self.sessions.values()
+            if s.sp_entity_id == sp_entity_id
+            and s.name_id == name_id
+            and s.name_qualifier == name_qualifier
+            and (not session_indexes or s.session_index in session_indexes)
+        )
+        for s in ended:
+            del self.sessions[s.session_index]
+        return ended
+
     def now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock(), dt.UTC)
 
@@ -179,6 +223,10 @@ class Simulator:
     @property
     def ars_url(self) -> str:
         return self.base_url() + ARS_PATH
+
+    @property
+    def slo_url(self) -> str:
+        return self.base_url() + SLO_PATH
 
     # -- SP metadata and client certificates ----------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 
@@ -65,6 +65,10 @@ class Login:
     request: AuthnRequest
     scenario: Scenario
     now: dt.datetime
+    subject_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    """The outer assertion's transient Subject NameID (what a LogoutRequest names)."""
+    session_index: str = field(default_factory=new_id)
+    """``AuthnStatement/@SessionIndex``: the broker session this login belongs to."""
 
 
 def service_id(sp: SpMetadata, request: AuthnRequest) -> str:
@@ -176,16 +180,27 @@ def _status(parent: etree._Element, status: Status) -> None:
 def _assertion(login: Login, keys: Keys) -> etree._Element:
     s, sc, req = login.settings, login.scenario, login.request
     a, issuer = _assertion_shell(s.entity_id, login.now)
-    subject_id = str(uuid.uuid4())
     _subject(
-        a, s.authentication_service_id, subject_id, req, login.now, s.assertion_lifetime_seconds
+        a,
+        s.authentication_service_id,
+        login.subject_id,
+        req,
+        login.now,
+        s.assertion_lifetime_seconds,
     )
     _conditions(a, login.sp.entity_id, login.now, s.assertion_lifetime_seconds)
     if s.advice:
         advice = etree.SubElement(a, q(SAML, "Advice"))
-        advice.append(_advice_authentication(login, keys, subject_id))
+        # The authentication service names the person by its own transient ID, so
+        # a consumer that takes the NameID from Advice sends a LogoutRequest for
+        # nobody (the simulator's SLO matches the outer NameID only).
+        advice.append(_advice_authentication(login, keys, str(uuid.uuid4())))
         advice.append(_advice_mandate(login, keys))
-    authn = etree.SubElement(a, q(SAML, "AuthnStatement"), {"AuthnInstant": instant(login.now)})
+    authn = etree.SubElement(
+        a,
+        q(SAML, "AuthnStatement"),
+        {"AuthnInstant": instant(login.now), "SessionIndex": login.session_index},
+    )
     ctx = etree.SubElement(authn, q(SAML, "AuthnContext"))
     etree.SubElement(ctx, q(SAML, "AuthnContextClassRef")).text = sc.level.value
     etree.SubElement(ctx, q(SAML, "AuthenticatingAuthority")).text = s.authentication_service_id

@@ -82,6 +82,9 @@ class SimulatorSettings(BaseModel):
     """Include the nested signed Advice assertions (authentication and mandate service)."""
     require_signed_authn_request: bool = True
     """Refuse unsigned AuthnRequests (always true at real brokers)."""
+    single_logout: bool = True
+    """Publish a SingleLogoutService (HTTP-Redirect) in the IdP metadata and answer
+    SP-initiated LogoutRequests at ``/saml/slo``; ``false``: a broker without SLO."""
     authentication_service_id: str = "urn:etoegang:AD:00000009999999999001:entities:9001"
     """Issuer of the Advice authentication assertion and AuthenticatingAuthority."""
     mandate_service_id: str = "urn:etoegang:MR:00000009999999999002:entities:9002"

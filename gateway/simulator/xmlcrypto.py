@@ -191,6 +191,20 @@ def verify_redirect(raw_query: str, certs: Sequence[bytes], *, message: str) -> 
     raise SignatureInvalid("signature does not verify with the SP metadata certificates")
 
 
+def sign_redirect(query: str, signer: Signer) -> str:
+    """Append ``SigAlg`` (RSA-SHA256) and ``Signature`` to an already encoded query.
+
+    ``query`` is ``SAMLResponse=..[&RelayState=..]`` exactly as it will be sent:
+    the signature covers those octets plus the SigAlg parameter.
+    """
+    signed = query + "&SigAlg=" + quote_plus(RSA_SHA256)
+    key = serialization.load_pem_private_key(signer.key_pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("the broker signing key must be RSA")
+    signature = key.sign(signed.encode(), asym_padding.PKCS1v15(), hashes.SHA256())
+    return signed + "&Signature=" + quote_plus(base64.b64encode(signature).decode())
+
+
 @dataclass(frozen=True)
 class Recipient:
     """Who can open an EncryptedID: an entityID and its encryption certificate (DER)."""
