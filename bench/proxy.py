@@ -92,6 +92,14 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    cpu_us_per_request: float = float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -119,11 +127,15 @@ def _ms(text: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def run_wrk(name: str, url: str, seconds: int, connections: int, headers: list[str]) -> Result:
+def run_wrk(
+    name: str, url: str, seconds: int, connections: int, headers: list[str], pid: int | None = None
+) -> Result:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     for h in headers:
         cmd += ["-H", h]
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cpu_used = cpu_seconds(pid) - cpu_before if pid else float("nan")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
@@ -132,7 +144,9 @@ def run_wrk(name: str, url: str, seconds: int, connections: int, headers: list[s
     errors = int(errs.group(1)) if errs else 0
     if sock:
         errors += sum(int(g) for g in sock.groups())
-    return Result(name, rps, p50, p99, errors)
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    per_request = cpu_used / total * 1e6 if total else float("nan")
+    return Result(name, rps, p50, p99, errors, total, per_request)
 
 
 def prepare_authenticated(tmp: Path, port: int, up_port: int, redis_url: str) -> tuple[Path, str]:
@@ -221,6 +235,7 @@ routes:
     try:
         redis.start()
         auth_config, cookie = prepare_authenticated(tmp, auth_port, up_port, redis.url)
+        # Order matters: the pids are read back in this order (upstream, bare, gateway, auth).
         procs.append(subprocess.Popen([sys.executable, str(tmp / "upstream.py"), str(up_port)]))
         procs.append(
             subprocess.Popen([sys.executable, str(tmp / "bare.py"), str(bare_port), str(up_port)])
@@ -246,14 +261,26 @@ routes:
                 else f"http://127.0.0.1:{port}/"
             )
         plain = ["Cookie: lang=nl; __Host-gw_session=abc", "Accept: text/html"]
+        up_pid, bare_pid, gw_pid, auth_pid = (p.pid for p in procs)
         targets = [
-            ("direct upstream", f"http://127.0.0.1:{up_port}/werkgevers?page=1", plain),
-            ("bare aiohttp proxy", f"http://127.0.0.1:{bare_port}/werkgevers?page=1", plain),
-            ("gateway, public route", f"http://127.0.0.1:{gw_port}/werkgevers?page=1", plain),
+            ("direct upstream", f"http://127.0.0.1:{up_port}/werkgevers?page=1", plain, up_pid),
+            (
+                "bare aiohttp proxy",
+                f"http://127.0.0.1:{bare_port}/werkgevers?page=1",
+                plain,
+                bare_pid,
+            ),
+            (
+                "gateway, public route",
+                f"http://127.0.0.1:{gw_port}/werkgevers?page=1",
+                plain,
+                gw_pid,
+            ),
             (
                 "gateway, authenticated",
                 f"http://127.0.0.1:{auth_port}/werkgevers?page=1",
                 [f"Cookie: lang=nl; {cookie}", "Accept: text/html"],
+                auth_pid,
             ),
         ]
         check = subprocess.run(
@@ -275,11 +302,11 @@ routes:
         if check != "200":
             raise SystemExit(f"authenticated target answered {check!r}, not 200")
         best: dict[str, Result] = {}
-        for name, url, headers in targets:  # warm up connection pools and caches
+        for name, url, headers, _pid in targets:  # warm up connection pools and caches
             run_wrk(name, url, 2, args.connections, headers)
         for _ in range(args.rounds):
-            for name, url, headers in targets:
-                r = run_wrk(name, url, args.seconds, args.connections, headers)
+            for name, url, headers, pid in targets:
+                r = run_wrk(name, url, args.seconds, args.connections, headers, pid)
                 if name not in best or r.rps > best[name].rps:
                     best[name] = r
     finally:
@@ -298,13 +325,23 @@ routes:
         f"\nproxy benchmark: wrk -t1 -c{args.connections} -d{args.seconds}s, best of "
         f"{args.rounds} rounds, {os.cpu_count()} cores, access log on (JSON)\n"
     )
-    print(f"{'target':<24}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    print(f"{'target':<24}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'CPU us/req':>12}")
     for r in best.values():
-        print(f"{r.name:<24}{r.rps:>10.0f}{r.p50_ms:>10.2f}{r.p99_ms:>10.2f}{r.errors:>8}")
+        print(
+            f"{r.name:<24}{r.rps:>10.0f}{r.p50_ms:>10.2f}{r.p99_ms:>10.2f}{r.errors:>8}"
+            f"{r.cpu_us_per_request:>12.0f}"
+        )
     bare = best["bare aiohttp proxy"].rps
     gw = best["gateway, public route"].rps
     auth = best["gateway, authenticated"].rps
     print(f"\ngateway public / bare proxy:        {gw / bare:.2f}x  (target >= 0.85)")
     print(f"gateway authenticated / bare proxy: {auth / bare:.2f}x  (target >= 0.8, Redis store)")
     print(f"bare proxy / direct:  {bare / best['direct upstream'].rps:.2f}x")
+    # CPU per request of the proxy process is what decides throughput when the
+    # proxy is the bottleneck, and unlike req/s it barely moves when other
+    # processes share the machine: the steadier way to compare on a busy host.
+    bare_cpu = best["bare aiohttp proxy"].cpu_us_per_request
+    for name in ("gateway, public route", "gateway, authenticated"):
+        ratio = bare_cpu / best[name].cpu_us_per_request
+        print(f"CPU-per-request ratio, bare / {name}: {ratio:.2f}x")
     return 0
