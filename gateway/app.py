@@ -9,9 +9,9 @@ reserved prefix, or the proxy handler: safe-path check → route match → polic
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,7 +33,13 @@ from gateway.errors import (
 )
 from gateway.gate import Respond, authorize
 from gateway.login import add_login_routes
-from gateway.logs import configure_logging, redact_text, safe_query
+from gateway.logs import (
+    BufferedLineLogger,
+    access_logger,
+    configure_logging,
+    redact_text,
+    safe_query,
+)
 from gateway.metrics import Metrics
 from gateway.overview import add_overview_routes
 from gateway.pages import error_response
@@ -42,7 +48,6 @@ from gateway.routing import NoMatch, Router, unsafe_path
 from gateway.services import SERVICES, services_ctx
 
 log = structlog.get_logger("gateway.app")
-access_log = structlog.get_logger("gateway.access")
 
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 
@@ -156,7 +161,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics = request.app[METRICS]
     header = runtime.current.config.server.request_id_header
     incoming = request.headers.get(header, "")
-    request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    # 128 random bits as 32 hex characters, like uuid4().hex at a fifth of the cost.
+    request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
     request[REQUEST_ID] = request_id
     timing: dict[str, float] = {}
     request[TIMING] = timing
@@ -353,7 +359,7 @@ def build_app(
     app[RUNTIME] = runtime
     app[METRICS] = metrics
     app[FORWARDER] = forwarder
-    app[ACCESS_LOG] = access_log.bind()
+    app[ACCESS_LOG] = access_logger()
 
     async def forwarder_ctx(app: web.Application) -> AsyncIterator[None]:
         await forwarder.start()
@@ -362,13 +368,14 @@ def build_app(
 
     async def watch_ctx(app: web.Application) -> AsyncIterator[None]:
         interval = config.server.config_poll_seconds
-        task = None
+        tasks = [asyncio.create_task(_flush_access_log(app))]
         if config_path is not None and interval > 0:
-            task = asyncio.create_task(_watch(runtime, metrics, interval))
+            tasks.append(asyncio.create_task(_watch(runtime, metrics, interval)))
         yield
-        if task is not None:
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        _flush_now(app)
 
     app.cleanup_ctx.append(forwarder_ctx)
     app.cleanup_ctx.append(watch_ctx)
@@ -402,6 +409,19 @@ async def _login_readiness(app: web.Application) -> tuple[str, bool, str]:
     except GatewayError:
         return "login", False, "broker metadata not loaded"
     return "login", True, "store and broker metadata usable"
+
+
+def _flush_now(app: web.Application) -> None:
+    logger = getattr(app[ACCESS_LOG], "_logger", None)
+    if isinstance(logger, BufferedLineLogger):
+        logger.flush()
+
+
+async def _flush_access_log(app: web.Application) -> None:
+    """Quiet periods must not leave access lines sitting in the buffer."""
+    while True:
+        await asyncio.sleep(0.25)
+        _flush_now(app)
 
 
 async def _watch(runtime: Runtime, metrics: Metrics, interval: float) -> None:

@@ -8,9 +8,11 @@ appears. Query strings are logged with sensitive parameter values removed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlencode
@@ -127,14 +129,82 @@ def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
 
+class _UtcTimestamp:
+    """ISO-8601 UTC timestamps with milliseconds; the date part is formatted once a second.
+
+    structlog's TimeStamper costs about 9 us per line here, a third of a whole
+    access-log line; this gives the same format for about 1 us.
+    """
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, _: Any, __: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+        return event_dict
+
+
+class BufferedLineLogger:
+    """A structlog logger for the access log: writes without a flush per line.
+
+    One flush (a system call) per request line is measurable at thousands of
+    requests per second; access lines are flushed at most ``interval`` seconds
+    late (by the next line, or by ``flush()``, which the app calls on a timer
+    and at shutdown). Everything else still flushes at once.
+    """
+
+    def __init__(self, stream: TextIO, interval: float = 0.25) -> None:
+        self._stream = stream
+        self._interval = interval
+        self._flushed = time.monotonic()
+
+    def msg(self, message: str) -> None:
+        self._stream.write(message + "\n")
+        now = time.monotonic()
+        if now - self._flushed >= self._interval:
+            self.flush(now)
+
+    info = debug = warning = error = critical = log = msg
+
+    def flush(self, now: float | None = None) -> None:
+        self._flushed = time.monotonic() if now is None else now
+        with contextlib.suppress(OSError, ValueError):  # closed stdout: nothing to do
+            self._stream.flush()
+
+
+_stream: TextIO | None = None
+
+
+def access_logger() -> Any:
+    """The bound access logger: the configured processors, a buffered writer."""
+    config = structlog.get_config()
+    return structlog.wrap_logger(
+        BufferedLineLogger(_stream or sys.stdout),
+        processors=config["processors"],  # the same list object: capture_logs sees it
+        wrapper_class=config["wrapper_class"],
+    ).bind()
+
+
 def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog once per process (call again to change format or level)."""
+    global _stream
     stream = stream or sys.stdout
+    _stream = stream
     lvl = getattr(logging, level.upper(), logging.INFO)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _UtcTimestamp(),
         redact,
     ]
     renderer: Any

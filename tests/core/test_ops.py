@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +13,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from gateway.app import RUNTIME
-from gateway.logs import REDACTED, configure_logging, redact, safe_query
+from gateway.logs import REDACTED, BufferedLineLogger, configure_logging, redact, safe_query
 from tests.conftest import GatewayFactory
 
 
@@ -147,3 +149,38 @@ async def test_access_log_redacts_token_in_path(gateway: GatewayFactory) -> None
     (line,) = [e for e in logs if e["event"] == "request_handled"]
     assert token not in str(line)
     assert line["path"] == REDACTED
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_timestamps_are_iso_utc_with_milliseconds() -> None:
+    """Every JSON log line carries an ISO-8601 UTC timestamp with milliseconds."""
+    stream = io.StringIO()
+    configure_logging("json", "info", stream=stream)
+    structlog.get_logger("t").info("a_happened")
+    stamp = json.loads(stream.getvalue())["timestamp"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
+    parsed = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert abs((dt.datetime.now(dt.UTC) - parsed).total_seconds()) < 5
+
+
+def test_buffered_access_logger_flushes_on_interval_and_on_demand() -> None:
+    """Access lines are written at once but flushed by interval or by flush(), not per line."""
+
+    class Stream(io.StringIO):
+        flushes = 0
+
+        def flush(self) -> None:
+            Stream.flushes += 1
+            super().flush()
+
+    stream = Stream()
+    logger = BufferedLineLogger(stream, interval=3600)
+    logger.msg("one")
+    logger.msg("two")
+    assert stream.getvalue() == "one\ntwo\n"
+    assert Stream.flushes == 0
+    logger.flush()
+    assert Stream.flushes == 1
+    eager = BufferedLineLogger(stream, interval=0)
+    eager.msg("three")
+    assert Stream.flushes == 2
