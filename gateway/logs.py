@@ -185,6 +185,15 @@ class BufferedLineLogger:
 _stream: TextIO | None = None
 
 
+def _format_exc_info_if_any(
+    logger: Any, name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog's format_exc_info, skipped (one dict lookup) for the usual event without one."""
+    if "exc_info" not in event_dict:
+        return event_dict
+    return structlog.processors.format_exc_info(logger, name, event_dict)
+
+
 def access_logger() -> Any:
     """The bound access logger: the configured processors, a buffered writer."""
     config = structlog.get_config()
@@ -201,8 +210,9 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
     stream = stream or sys.stdout
     _stream = stream
     lvl = getattr(logging, level.upper(), logging.INFO)
+    # No merge_contextvars: nothing binds context variables, and it costs a
+    # context copy on every line.
     shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         _UtcTimestamp(),
         redact,
@@ -211,7 +221,7 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     else:
-        shared.append(structlog.processors.format_exc_info)
+        shared.append(_format_exc_info_if_any)
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     structlog.configure(
         processors=[*shared, renderer],

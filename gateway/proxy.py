@@ -209,8 +209,6 @@ class Forwarder:
             # A shared jar would replay one user's upstream cookies to another.
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
-            # Pass the client's headers through as they are; add none of our own.
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             timeout=aiohttp.ClientTimeout(total=None),
         )
 
@@ -299,6 +297,18 @@ class Forwarder:
             return await self._websocket(request, route, url, headers)
 
         headers = self.request_headers(request, route, client, request_id, extra_headers, deny)
+        # Pass the client's headers through as they are and add none of aiohttp's
+        # own: a compressed answer the client never asked for would reach it
+        # undecoded. Explicit values are cheaper than aiohttp's skip list, which
+        # costs a header-dict copy on every request; the skip list is used only
+        # for the rare request without a User-Agent or a body type.
+        if "Accept-Encoding" not in headers:
+            headers["Accept-Encoding"] = "identity"
+        skip: tuple[str, ...] = ()
+        if "User-Agent" not in headers:
+            skip += ("User-Agent",)
+        if request.body_exists and "Content-Type" not in headers:
+            skip += ("Content-Type",)
         limit = route.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:
@@ -320,6 +330,7 @@ class Forwarder:
                 allow_redirects=False,
                 timeout=timeout,
                 auto_decompress=False,
+                skip_auto_headers=skip or None,
             )
         except BodyTooLarge:
             raise
@@ -371,24 +382,46 @@ class Forwarder:
         no_body = request.method == "HEAD" or upstream.status in (204, 304)
         if no_body:
             resp.headers.popall("Transfer-Encoding", None)
-        await resp.prepare(request)
-        if no_body:
-            await resp.write_eof()
-            return resp
         try:
-            async for chunk in upstream.content.iter_any():
+            await resp.prepare(request)
+            if no_body:
+                await resp.write_eof()
+                return resp
+        except ConnectionError:
+            return self._client_gone(request, resp, route)
+        chunks = upstream.content.iter_any().__aiter__()
+        while True:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                # Headers are gone already: the only honest signal left is to cut the
+                # client's connection so it sees an incomplete response.
+                kind = "timeout" if isinstance(exc, TimeoutError) else "reset"
+                self.metrics.upstream_errors.labels(route.name, kind).inc()
+                log.warning("upstream_failed_mid_body", route=route.name, kind=kind)
+                resp.force_close()
+                if request.transport is not None:
+                    request.transport.abort()
+                return resp
+            try:
                 await resp.write(chunk)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # Headers are gone already: the only honest signal left is to cut the
-            # client's connection so it sees an incomplete response.
-            kind = "timeout" if isinstance(exc, TimeoutError) else "reset"
-            self.metrics.upstream_errors.labels(route.name, kind).inc()
-            log.warning("upstream_failed_mid_body", route=route.name, kind=kind)
-            resp.force_close()
-            if request.transport is not None:
-                request.transport.abort()
-            return resp
-        await resp.write_eof()
+            except ConnectionError:
+                return self._client_gone(request, resp, route)
+        try:
+            await resp.write_eof()
+        except ConnectionError:
+            return self._client_gone(request, resp, route)
+        return resp
+
+    @staticmethod
+    def _client_gone(
+        request: web.Request, resp: web.StreamResponse, route: RouteSettings
+    ) -> web.StreamResponse:
+        """The client went away mid-answer: not an error of ours or the upstream's."""
+        log.info("client_disconnected", route=route.name)
+        resp.force_close()
         return resp
 
     async def _websocket(

@@ -411,3 +411,47 @@ async def test_route_header_edits(gateway: GatewayFactory) -> None:
     resp = await client.get("/echo", headers={"X-Debug": "1"})
     seen = _headers(await resp.json())
     assert seen["x-tenant"] == "pme" and "x-debug" not in seen
+
+
+async def test_no_client_library_defaults_are_added_upstream(gateway: GatewayFactory) -> None:
+    """A request without User-Agent or Accept-Encoding gets neither aiohttp's UA nor gzip."""
+    client = await gateway()
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    body = raw.split(b"\r\n\r\n", 1)[1]
+    if b"\r\n" in body[:8]:  # chunked: keep it simple, the echo body is one chunk
+        body = body.split(b"\r\n", 1)[1].rsplit(b"\r\n0\r\n", 1)[0]
+    import json
+
+    seen = _headers(json.loads(body))
+    assert "user-agent" not in seen
+    assert seen["accept-encoding"] == "identity"
+
+
+async def test_client_leaving_mid_download_is_not_an_error(
+    gateway: GatewayFactory, upstream_log: UpstreamLog
+) -> None:
+    """A client that disconnects mid-body is logged as gone, not as a crash or upstream error."""
+    from structlog.testing import capture_logs
+
+    client = await gateway()
+    with capture_logs() as logs:
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(b"GET /download HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        await reader.readuntil(b"first-chunk;")
+        writer.close()
+        await writer.wait_closed()
+        upstream_log.release_download.set()
+        for _ in range(100):
+            if any(e["event"] == "request_handled" for e in logs):
+                break
+            await asyncio.sleep(0.02)
+    events = [e["event"] for e in logs]
+    assert "request_crashed" not in events
+    assert "upstream_failed_mid_body" not in events
+    assert "request_handled" in events
