@@ -166,7 +166,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[REQUEST_ID] = request_id
     timing: dict[str, float] = {}
     request[TIMING] = timing
-    metrics.in_flight.inc()
+    metrics.request_started()
     status = 500
     resp: web.StreamResponse | None = None
     try:
@@ -199,7 +199,6 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = resp.status
         return resp
     finally:
-        metrics.in_flight.dec()
         elapsed = time.perf_counter() - started
         route = request.get(ROUTE_NAME, "-")
         metrics.observe_request(route, request.method, status, elapsed)
@@ -418,10 +417,11 @@ def _flush_now(app: web.Application) -> None:
 
 
 async def _flush_access_log(app: web.Application) -> None:
-    """Quiet periods must not leave access lines sitting in the buffer."""
+    """Quiet periods must not leave access lines (or metric figures) waiting."""
     while True:
         await asyncio.sleep(0.25)
         _flush_now(app)
+        app[METRICS].flush()
 
 
 async def _watch(runtime: Runtime, metrics: Metrics, interval: float) -> None:

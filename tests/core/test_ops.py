@@ -163,11 +163,16 @@ def test_timestamps_are_iso_utc_with_milliseconds() -> None:
     assert abs((dt.datetime.now(dt.UTC) - parsed).total_seconds()) < 5
 
 
-def test_buffered_access_logger_flushes_on_interval_and_on_demand() -> None:
-    """Access lines are written at once but flushed by interval or by flush(), not per line."""
+def test_buffered_access_logger_batches_whole_lines() -> None:
+    """Access lines wait for the interval or flush() and go out in whole-line batches <= 4 KiB."""
 
     class Stream(io.StringIO):
+        writes: list[str] = []  # noqa: RUF012 - one test's record
         flushes = 0
+
+        def write(self, text: str) -> int:
+            Stream.writes.append(text)
+            return super().write(text)
 
         def flush(self) -> None:
             Stream.flushes += 1
@@ -177,10 +182,17 @@ def test_buffered_access_logger_flushes_on_interval_and_on_demand() -> None:
     logger = BufferedLineLogger(stream, interval=3600)
     logger.msg("one")
     logger.msg("two")
-    assert stream.getvalue() == "one\ntwo\n"
-    assert Stream.flushes == 0
+    assert stream.getvalue() == ""
     logger.flush()
-    assert Stream.flushes == 1
+    assert stream.getvalue() == "one\ntwo\n"
+    assert Stream.writes == ["one\ntwo\n"]
+    Stream.writes.clear()
+    for i in range(100):
+        logger.msg(f"line-{i:03d} " + "x" * 90)
+    logger.flush()
+    assert all(len(w) <= 4096 and w.endswith("\n") for w in Stream.writes)
+    assert "".join(Stream.writes).count("\n") == 100
     eager = BufferedLineLogger(stream, interval=0)
+    before = Stream.flushes
     eager.msg("three")
-    assert Stream.flushes == 2
+    assert Stream.flushes == before + 1

@@ -106,8 +106,13 @@ async def test_several_workers_share_the_port(
         for _ in range(40):
             async with session.get(url + "/echo") as resp:
                 assert resp.status == 200
-        async with session.get(url + "/_gateway/metrics") as resp:
-            text = await resp.text()
+        # Each worker moves its figures into the shared files a few times a second.
+        for _ in range(100):
+            async with session.get(url + "/_gateway/metrics") as resp:
+                text = await resp.text()
+            if 'gateway_requests_total{method="GET",route="all",status="200"} 40.0' in text:
+                break
+            await asyncio.sleep(0.05)
     assert 'gateway_requests_total{method="GET",route="all",status="200"} 40.0' in text
     gw.signal(signal.SIGTERM)
     assert await gw.wait_exit() == 0
