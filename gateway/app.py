@@ -21,9 +21,9 @@ from urllib.parse import parse_qsl
 import structlog
 from aiohttp import web
 
-from gateway.backend_api import add_backend_routes
-from gateway.config import GatewayConfig, load_config
-from gateway.context import ERROR_EXTRA, FORM_FIELDS, REQUEST_ID, ROUTE_NAME, TIMING
+from gateway.backend_api import backend_routes
+from gateway.config import GatewayConfig, RouteSettings, load_config
+from gateway.context import ERROR_EXTRA, FORM_FIELDS, REQUEST_ID, ROUTE_NAME, TIMING, Handler
 from gateway.errors import (
     BadRequest,
     ConfigInvalid,
@@ -32,18 +32,19 @@ from gateway.errors import (
     NotFound,
 )
 from gateway.gate import Respond, authorize
-from gateway.login import add_login_routes
+from gateway.login import login_routes
 from gateway.logs import (
-    BufferedLineLogger,
+    PRECHECKED,
+    AccessLog,
     access_logger,
     configure_logging,
     redact_text,
     safe_query,
 )
 from gateway.metrics import Metrics
-from gateway.overview import add_overview_routes
+from gateway.overview import overview_routes
 from gateway.pages import error_response
-from gateway.proxy import Forwarder, client_view
+from gateway.proxy import ClientView, Forwarder, client_view
 from gateway.routing import NoMatch, Router, unsafe_path
 from gateway.services import SERVICES, services_ctx
 
@@ -144,18 +145,23 @@ RUNTIME = web.AppKey("runtime", Runtime)
 METRICS = web.AppKey("metrics", Metrics)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 # Bound once per app: a lazy module-level logger would re-bind on every request.
-ACCESS_LOG = web.AppKey("access_log", structlog.typing.FilteringBoundLogger)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
 
 
 def request_id_of(request: web.BaseRequest) -> str:
     return str(request.get(REQUEST_ID, "-"))
 
 
-@web.middleware
-async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Per-request cross-cutting work in one place: id, timing, errors, access log, metrics."""
+async def edge(request: web.Request, handler: Handler | None = None) -> web.StreamResponse:
+    """Per-request cross-cutting work in one place: id, timing, errors, access log, metrics.
+
+    It is the catch-all route's handler itself (``handler`` None: route, apply
+    the policy, forward), and wraps the gateway's own endpoints through
+    ``functools.partial`` (see ``edged``). No aiohttp middleware: every
+    suspension while waiting for the upstream resumes through each coroutine
+    in the await chain, so the proxy path keeps that chain as short as the
+    bare proxy's plus one.
+    """
     started = time.perf_counter()
     runtime = request.app[RUNTIME]
     metrics = request.app[METRICS]
@@ -171,7 +177,14 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     resp: web.StreamResponse | None = None
     try:
         try:
-            resp = await handler(request)
+            if handler is not None:
+                resp = await handler(request)
+            else:
+                plan = await _plan(request)
+                if isinstance(plan, web.StreamResponse):
+                    resp = plan
+                else:
+                    resp = await request.app[FORWARDER].forward(request, *plan)
         except GatewayError as err:
             if err.status >= 500:
                 log.warning(
@@ -179,7 +192,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
                 )
             resp = error_response(request, err, request_id, **request.get(ERROR_EXTRA, {}))
         except web.HTTPException as exc:
-            # aiohttp's own routing answers (e.g. 405 on a gateway endpoint).
+            # aiohttp's own answers from a handler (e.g. a bad form body).
             mapped: GatewayError = (
                 MethodNotAllowed()
                 if exc.status == 405
@@ -202,25 +215,45 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         elapsed = time.perf_counter() - started
         route = request.get(ROUTE_NAME, "-")
         metrics.observe_request(route, request.method, status, elapsed)
-        if runtime.current.config.logging.access_log:
-            request.app[ACCESS_LOG].info(
+        access = request.app[ACCESS_LOG]
+        if access.enabled and runtime.current.config.logging.access_log:
+            access.emit(
                 "request_handled",
-                _prechecked=True,  # every field below is safe by construction
-                request_id=request_id,
-                route=route,
-                method=request.method,
-                path=redact_text(request.path),
-                query=safe_query(request.query_string),
-                status=status,
-                bytes=resp.body_length if resp is not None else 0,
-                duration_ms=round(elapsed * 1000, 2),
-                upstream_ms=round(timing["upstream"] * 1000, 2) if "upstream" in timing else None,
-                client=request.remote,
+                {
+                    PRECHECKED: True,  # every field below is safe by construction
+                    "request_id": request_id,
+                    "route": route,
+                    "method": request.method,
+                    "path": redact_text(request.path),
+                    "query": safe_query(request.query_string),
+                    "status": status,
+                    "bytes": resp.body_length if resp is not None else 0,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "upstream_ms": (
+                        round(timing["upstream"] * 1000, 2) if "upstream" in timing else None
+                    ),
+                    "client": request.remote,
+                },
             )
 
 
-async def proxy_handler(request: web.Request) -> web.StreamResponse:
-    """Everything outside the reserved prefix: route, apply the policy, forward."""
+def edged(handler: Handler) -> Handler:
+    """A gateway endpoint with the edge's id, errors, access log and metrics around it."""
+    wrapped: Handler = partial(edge, handler=handler)
+    return wrapped
+
+
+ForwardPlan = tuple[
+    RouteSettings, ClientView, str, dict[str, str], dict[str, float], frozenset[str], bytes | None
+]
+
+
+async def _plan(request: web.Request) -> web.StreamResponse | ForwardPlan:
+    """Everything outside the reserved prefix: route and apply the policy.
+
+    Returns a response to send as it is (a redirect to the login), or the
+    arguments for ``Forwarder.forward``.
+    """
     generation = request.app[RUNTIME].current  # in-flight requests keep this generation
     config = generation.config
     path = request.path
@@ -249,16 +282,14 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         config.server.trusted_proxies,
         str(config.server.public_url).rstrip("/") if config.server.public_url else None,
     )
-    forwarder = request.app[FORWARDER]
-    return await forwarder.forward(
-        request,
+    return (
         route,
         client,
         request[REQUEST_ID],
         extra,
         request[TIMING],
-        deny=generation.deny_headers,
-        body=body,
+        generation.deny_headers,
+        body,
     )
 
 
@@ -348,7 +379,7 @@ def build_app(
     """The gateway application for ``config``; ``config_path`` enables reload."""
     if configure_logs:
         configure_logging(config.logging.format, config.logging.level)
-    app = web.Application(middlewares=[edge], client_max_size=1024**2)
+    app = web.Application(client_max_size=1024**2)
     runtime = Runtime(config_path, _compile(config, 1), environ)
     if config_path is not None:
         runtime.changed_on_disk()  # remember the stamp of the file we loaded
@@ -358,7 +389,7 @@ def build_app(
     app[RUNTIME] = runtime
     app[METRICS] = metrics
     app[FORWARDER] = forwarder
-    app[ACCESS_LOG] = access_logger()
+    app[ACCESS_LOG] = access_logger(config.logging.level)
 
     async def forwarder_ctx(app: web.Application) -> AsyncIterator[None]:
         await forwarder.start()
@@ -384,13 +415,20 @@ def build_app(
         assert config.tokens is not None
         app.cleanup_ctx.append(partial(services_ctx, config=config))
         runtime.readiness.append(partial(_login_readiness, app))
-        add_login_routes(app, prefix)
-        add_overview_routes(app, prefix)
-        add_backend_routes(app, prefix, config.tokens.employers_path)
-    app.router.add_get(prefix + "healthz", healthz)
-    app.router.add_get(prefix + "readyz", readyz)
-    app.router.add_get(prefix + "metrics", metrics_handler)
-    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+        endpoints = [
+            *login_routes(prefix),
+            *overview_routes(prefix),
+            *backend_routes(prefix, config.tokens.employers_path),
+        ]
+        for method, path, handler in endpoints:
+            if method == "GET":
+                app.router.add_get(path, edged(handler))  # HEAD too
+            else:
+                app.router.add_route(method, path, edged(handler))
+    app.router.add_get(prefix + "healthz", edged(healthz))
+    app.router.add_get(prefix + "readyz", edged(readyz))
+    app.router.add_get(prefix + "metrics", edged(metrics_handler))
+    app.router.add_route("*", "/{tail:.*}", edge)
     return app
 
 
@@ -411,9 +449,7 @@ async def _login_readiness(app: web.Application) -> tuple[str, bool, str]:
 
 
 def _flush_now(app: web.Application) -> None:
-    logger = getattr(app[ACCESS_LOG], "_logger", None)
-    if isinstance(logger, BufferedLineLogger):
-        logger.flush()
+    app[ACCESS_LOG].sink.flush()
 
 
 async def _flush_access_log(app: web.Application) -> None:

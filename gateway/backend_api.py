@@ -17,7 +17,7 @@ import pydantic
 from aiohttp import web
 
 from gateway.audit import audit
-from gateway.context import REQUEST_ID
+from gateway.context import REQUEST_ID, Route
 from gateway.errors import BadRequest, Forbidden, NotAuthenticated
 from gateway.mandates import InvalidateRequest
 from gateway.services import SERVICES
@@ -90,8 +90,11 @@ async def invalidate_mandates(request: web.Request) -> web.StreamResponse:
     )
 
 
-def add_backend_routes(app: web.Application, prefix: str, employers_path: str) -> None:
-    app.router.add_get("/.well-known/jwks.json", jwks)
-    app.router.add_get(prefix + "jwks.json", jwks)
-    app.router.add_get(employers_path, employers_api)
-    app.router.add_post(prefix + "admin/mandates/invalidate", invalidate_mandates)
+def backend_routes(prefix: str, employers_path: str) -> list[Route]:
+    """(method, path, handler) for machines; app.py registers them behind the edge."""
+    return [
+        ("GET", "/.well-known/jwks.json", jwks),
+        ("GET", prefix + "jwks.json", jwks),
+        ("GET", employers_path, employers_api),
+        ("POST", prefix + "admin/mandates/invalidate", invalidate_mandates),
+    ]

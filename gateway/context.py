@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# (method, path, handler): how feature modules hand their endpoints to app.py.
+Route = tuple[str, str, Handler]
 
 REQUEST_ID = web.RequestKey("request_id", str)
 TIMING = web.RequestKey("timing", dict)

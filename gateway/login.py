@@ -23,7 +23,7 @@ import structlog
 from aiohttp import web
 
 from gateway.audit import audit
-from gateway.context import ERROR_EXTRA, REQUEST_ID
+from gateway.context import ERROR_EXTRA, REQUEST_ID, Route
 from gateway.errors import BadRequest, CsrfFailed, GatewayError, SamlInvalid
 from gateway.identity import Identity, Loa
 from gateway.pages import PAGE_HEADERS, html_response, render
@@ -349,11 +349,14 @@ async def sp_metadata(request: web.Request) -> web.StreamResponse:
     )
 
 
-def add_login_routes(app: web.Application, prefix: str) -> None:
-    app.router.add_get(prefix + "login", login)
-    app.router.add_route("GET", prefix + "saml/acs", acs)
-    app.router.add_route("POST", prefix + "saml/acs", acs)
-    app.router.add_get(prefix + "saml/metadata", sp_metadata)
-    app.router.add_post(prefix + "logout", logout)
-    app.router.add_get(prefix + "saml/slo", single_logout_return)
-    app.router.add_get(prefix + "logged-out", logged_out)
+def login_routes(prefix: str) -> list[Route]:
+    """(method, path, handler) of the login flow; app.py registers them behind the edge."""
+    return [
+        ("GET", prefix + "login", login),
+        ("GET", prefix + "saml/acs", acs),
+        ("POST", prefix + "saml/acs", acs),
+        ("GET", prefix + "saml/metadata", sp_metadata),
+        ("POST", prefix + "logout", logout),
+        ("GET", prefix + "saml/slo", single_logout_return),
+        ("GET", prefix + "logged-out", logged_out),
+    ]

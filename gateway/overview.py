@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.audit import audit
-from gateway.context import REQUEST_ID
+from gateway.context import REQUEST_ID, Route
 from gateway.errors import CsrfFailed, EmployerNotAllowed, NotAuthenticated
 from gateway.gate import Respond, current_session
 from gateway.pages import PAGE_HEADERS, html_response, render, wants_json
@@ -228,6 +228,9 @@ async def select_employer(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def add_overview_routes(app: web.Application, prefix: str) -> None:
-    app.router.add_get(prefix + "employers", employers_page)
-    app.router.add_post(prefix + "employers/select", select_employer)
+def overview_routes(prefix: str) -> list[Route]:
+    """(method, path, handler) of the overview; app.py registers them behind the edge."""
+    return [
+        ("GET", prefix + "employers", employers_page),
+        ("POST", prefix + "employers/select", select_employer),
+    ]
