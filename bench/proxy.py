@@ -260,7 +260,9 @@ routes:
                 if port == auth_port
                 else f"http://127.0.0.1:{port}/"
             )
-        plain = ["Cookie: lang=nl; __Host-gw_session=abc", "Accept: text/html"]
+        # Headers a browser sends (a User-Agent among them), the same for every target.
+        browser = ["User-Agent: Mozilla/5.0 (X11; Linux x86_64) bench", "Accept: text/html"]
+        plain = ["Cookie: lang=nl; __Host-gw_session=abc", *browser]
         up_pid, bare_pid, gw_pid, auth_pid = (p.pid for p in procs)
         targets = [
             ("direct upstream", f"http://127.0.0.1:{up_port}/werkgevers?page=1", plain, up_pid),
@@ -279,7 +281,7 @@ routes:
             (
                 "gateway, authenticated",
                 f"http://127.0.0.1:{auth_port}/werkgevers?page=1",
-                [f"Cookie: lang=nl; {cookie}", "Accept: text/html"],
+                [f"Cookie: lang=nl; {cookie}", *browser],
                 auth_pid,
             ),
         ]
