@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -12,7 +12,26 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import build_app
 from gateway.config import GatewayConfig, parse_config
+from gateway.store.base import Store
+from gateway.store.factory import StoreSettings, create_store
+from gateway.store.memory import MemoryStore
+from tests.support.redis import RedisServer, redis_server  # noqa: F401 (fixture)
 from tests.support.upstream import UPSTREAM_LOG, UpstreamLog, build_upstream_app
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """A fresh, empty store of each implementation (Redis: a real server on a free port)."""
+    s: Store
+    if request.param == "memory":
+        s = MemoryStore()
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        s = create_store(StoreSettings(url=server.url), environ={})
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 @pytest.fixture

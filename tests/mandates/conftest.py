@@ -8,9 +8,6 @@ from typing import Any
 import pytest
 
 from gateway.mandates import HttpSourceSettings
-from gateway.store.base import Store
-from gateway.store.factory import StoreSettings, create_store
-from gateway.store.memory import MemoryStore
 from tests.support.redis import RedisServer, redis_server  # noqa: F401 (fixture)
 from tests.support.registry import RegistryServer
 
@@ -40,18 +37,3 @@ def http_settings(registry: RegistryServer, **overrides: Any) -> HttpSourceSetti
     }
     values.update(overrides)
     return HttpSourceSettings(**values)
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    """A fresh store of each kind (Redis: a real redis-server on a free port)."""
-    s: Store
-    if request.param == "memory":
-        s = MemoryStore()
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        s = create_store(StoreSettings(url=server.url), environ={})
-    try:
-        yield s
-    finally:
-        await s.close()
