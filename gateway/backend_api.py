@@ -19,9 +19,10 @@ from aiohttp import web
 from gateway.audit import audit
 from gateway.context import REQUEST_ID, Route
 from gateway.errors import BadRequest, Forbidden, NotAuthenticated
+from gateway.gate import token_subject
 from gateway.mandates import InvalidateRequest
 from gateway.services import SERVICES
-from gateway.tokens import TokenSubject, jwks_headers
+from gateway.tokens import jwks_headers
 
 
 async def jwks(request: web.Request) -> web.StreamResponse:
@@ -41,18 +42,7 @@ async def employers_api(request: web.Request) -> web.StreamResponse:
         raise NotAuthenticated("employers endpoint without a token")
     claims = services.minter.verify_own(token)
     view = await services.sessions.view_by_ref(str(claims.get("sid", "")))
-    subject = (
-        TokenSubject(
-            identity=view.identity,
-            allowed=view.allowed,
-            session_ref=view.ref,
-            active_employer=view.active_employer,
-            login_time=view.created_at,
-            version=view.version,
-        )
-        if view is not None
-        else None
-    )
+    subject = token_subject(view) if view is not None else None
     status, body = services.minter.employers_json(claims, subject)
     return web.Response(
         status=status,

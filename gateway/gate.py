@@ -156,7 +156,15 @@ async def authorize(
 
     tokens = services.config.tokens
     assert tokens is not None
-    subject = TokenSubject(
+    token = services.minter.mint(token_subject(session), route.audience or route.name)
+    if route.token_transport == "bearer":  # noqa: S105 - a transport name, not a secret
+        return Forward({"Authorization": f"Bearer {token}"}, session)
+    return Forward({route.identity_header or tokens.header_name: token}, session)
+
+
+def token_subject(session: Session) -> TokenSubject:
+    """What the token says about a session (version: the minter's cache key)."""
+    return TokenSubject(
         identity=session.identity,
         allowed=session.allowed,
         session_ref=session.ref,
@@ -164,10 +172,6 @@ async def authorize(
         login_time=session.created_at,
         version=session.version,
     )
-    token = services.minter.mint(subject, route.audience or route.name)
-    if route.token_transport == "bearer":  # noqa: S105 - a transport name, not a secret
-        return Forward({"Authorization": f"Bearer {token}"}, session)
-    return Forward({route.identity_header or tokens.header_name: token}, session)
 
 
 def _employers_in_request(
