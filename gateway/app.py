@@ -227,7 +227,7 @@ async def edge(request: web.Request, handler: Handler | None = None) -> web.Stre
                     "path": redact_text(request.path),
                     "query": safe_query(request.query_string),
                     "status": status,
-                    "bytes": resp.body_length if resp is not None else 0,
+                    "bytes": _bytes_sent(resp),
                     "duration_ms": round(elapsed * 1000, 2),
                     "upstream_ms": (
                         round(timing["upstream"] * 1000, 2) if "upstream" in timing else None
@@ -235,6 +235,15 @@ async def edge(request: web.Request, handler: Handler | None = None) -> web.Stre
                     "client": request.remote,
                 },
             )
+
+
+def _bytes_sent(resp: web.StreamResponse | None) -> int:
+    """Body bytes of the answer: counted while streaming, or the size of a ready body."""
+    if resp is None:
+        return 0
+    if resp.prepared:
+        return resp.body_length
+    return resp.content_length or 0  # returned, not yet written (the gateway's own pages)
 
 
 def edged(handler: Handler) -> Handler:

@@ -196,3 +196,13 @@ def test_buffered_access_logger_batches_whole_lines() -> None:
     before = Stream.flushes
     eager.msg("three")
     assert Stream.flushes == before + 1
+
+
+async def test_access_log_counts_bytes_of_gateway_pages(gateway: GatewayFactory) -> None:
+    """The access line of a gateway page (not streamed) reports its body size, not 0."""
+    client = await gateway()
+    with capture_logs() as logs:
+        resp = await client.get("/_gateway/healthz")
+        body = await resp.read()
+    (line,) = [e for e in logs if e["event"] == "request_handled"]
+    assert line["bytes"] == len(body) > 0
