@@ -12,6 +12,7 @@ key                                          what                        TTL
 ``sess:{<h(session id)>}:refresh``           mandate re-check lock       ``refresh_lock_seconds``
 ``sref:{<session ref>}``                     ref → h(session id) index   as the session
 ``login:{<h(prelogin cookie)>}:<h(relay)>``  a pending login             ``prelogin_ttl``
+``logout:{<h(prelogin cookie)>}:<h(relay)>`` a pending single logout     ``prelogin_ttl``
 ``replay:{<h(issuer, assertion id)>}``       a seen assertion ID         NotOnOrAfter + skew
 channel ``sess:invalidate``                  "drop your cached copy"     (pub/sub)
 ===========================================  ==========================  ==================
