@@ -32,7 +32,12 @@ from gateway.saml.keys import load_sp_keys
 from gateway.saml.sp_metadata import sp_metadata_xml
 from gateway.sessions.cookies import session_cookie_name
 from gateway.simulator import Simulator
-from tests.support.login_world import DEFAULT_MANDATES, UUIDS, gateway_config
+from tests.support.login_world import (
+    DEFAULT_MANDATES,
+    UUIDS,
+    follow_redirects,
+    gateway_config,
+)
 from tests.support.processes import GatewayProcess, free_port
 from tests.support.redis import RedisServer
 from tests.support.simulator import start_simulator
@@ -124,19 +129,7 @@ class ReplicaWorld:
         self, browser: aiohttp.ClientSession, url: str, *, method: str = "GET", **kw: Any
     ) -> tuple[aiohttp.ClientResponse, list[str]]:
         """Request ``url`` and follow redirects by hand; returns the last response and hops."""
-        hops = [url]
-        resp = await browser.request(method, URL(url, encoded=True), allow_redirects=False, **kw)
-        for _ in range(10):
-            if resp.status not in (301, 302, 303, 307, 308):
-                break
-            location = resp.headers["Location"]
-            if location.startswith("/"):
-                location = str(resp.url.origin()) + location
-            await resp.release()
-            hops.append(location)
-            resp = await browser.get(URL(location, encoded=True), allow_redirects=False)
-        await resp.read()
-        return resp, hops
+        return await follow_redirects(browser, url, method=method, **kw)
 
     async def start_login(
         self, browser: aiohttp.ClientSession, scenario: str, *, on: int, next_path: str = "/"

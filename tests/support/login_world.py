@@ -46,6 +46,28 @@ CLIENT_WITH_MANDATE = "23456789"  # the `chain` scenario's employer
 CLIENT_WITHOUT_MANDATE = "34567890"  # the `chain-no-mandate` scenario's employer
 
 
+async def follow_redirects(
+    browser: aiohttp.ClientSession, url: str, *, method: str = "GET", **kw: Any
+) -> tuple[aiohttp.ClientResponse, list[str]]:
+    """Request ``url`` and follow redirects by hand, byte for byte (signed Redirect URLs).
+
+    Returns the last response (body read) and every URL visited.
+    """
+    hops = [url]
+    resp = await browser.request(method, URL(url, encoded=True), allow_redirects=False, **kw)
+    for _ in range(10):
+        if resp.status not in (301, 302, 303, 307, 308):
+            break
+        location = resp.headers["Location"]
+        if location.startswith("/"):
+            location = str(resp.url.origin()) + location
+        await resp.release()
+        hops.append(location)
+        resp = await browser.get(URL(location, encoded=True), allow_redirects=False)
+    await resp.read()
+    return resp, hops
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -119,19 +141,7 @@ class LoginWorld:
         self, browser: aiohttp.ClientSession, url: str, *, method: str = "GET", **kw: Any
     ) -> tuple[aiohttp.ClientResponse, list[str]]:
         """Request ``url`` and follow redirects by hand; returns the last response and hops."""
-        hops = [url]
-        resp = await browser.request(method, URL(url, encoded=True), allow_redirects=False, **kw)
-        for _ in range(10):
-            if resp.status not in (301, 302, 303, 307, 308):
-                break
-            location = resp.headers["Location"]
-            if location.startswith("/"):
-                location = str(resp.url.origin()) + location
-            await resp.release()
-            hops.append(location)
-            resp = await browser.get(URL(location, encoded=True), allow_redirects=False)
-        await resp.read()
-        return resp, hops
+        return await follow_redirects(browser, url, method=method, **kw)
 
     async def login(
         self, browser: aiohttp.ClientSession, scenario: str, next_path: str = "/"
