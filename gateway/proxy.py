@@ -31,8 +31,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config import RouteSettings, ServerSettings
-from gateway.errors import BodyTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import BadRequest, BodyTooLarge, UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import Metrics
+from gateway.upstream_client import (
+    Origin,
+    RequestBodyError,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+)
 
 log = structlog.get_logger("gateway.proxy")
 
@@ -79,14 +86,26 @@ class Upstream:
     def base_path(self) -> str:
         return self.url.raw_path.rstrip("/")
 
-    def target(self, raw_path: str, raw_query: str) -> URL:
+    @cached_property
+    def origin_key(self) -> Origin:
+        """The connection pool this upstream's requests use."""
+        url = self.url
+        assert url.raw_host is not None  # validated in config
+        assert url.port is not None
+        return Origin(url.scheme, url.raw_host, url.port)
+
+    def target_path(self, raw_path: str, raw_query: str) -> str:
+        """The request target upstream: base path + the client's path (minus strip-prefix)."""
         strip = self.settings.strip_prefix
         if strip and (raw_path == strip or raw_path.startswith(strip + "/")):
             raw_path = raw_path[len(strip) :] or "/"
-        target = self.origin + self.base_path + raw_path
+        target = self.base_path + raw_path
         if raw_query:
             target += "?" + raw_query
-        return URL(target, encoded=True)
+        return target
+
+    def target(self, raw_path: str, raw_query: str) -> URL:
+        return URL(self.origin + self.target_path(raw_path, raw_query), encoded=True)
 
     def public_location(self, location: str, public_origin: str) -> str:
         """Rewrite ``location`` if it points at the upstream's own address."""
@@ -198,9 +217,12 @@ class Forwarder:
         self.metrics = metrics
         self.cookie_prefixes = tuple(server.gateway_cookie_prefixes)
         self._session: aiohttp.ClientSession | None = None
+        self._client: UpstreamClient | None = None
         self._upstreams: dict[int, Upstream] = {}
 
     async def start(self) -> None:
+        self._client = UpstreamClient(limit=self.server.upstream_pool_size)
+        # Websockets only: their handshake and framing come from aiohttp.
         connector = aiohttp.TCPConnector(
             limit=self.server.upstream_pool_size, ttl_dns_cache=30, enable_cleanup_closed=True
         )
@@ -213,8 +235,15 @@ class Forwarder:
         )
 
     async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
         if self._session is not None:
             await self._session.close()
+
+    @property
+    def client(self) -> UpstreamClient:
+        assert self._client is not None, "Forwarder.start() was not called"
+        return self._client
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -285,7 +314,7 @@ class Forwarder:
     ) -> web.StreamResponse:
         """Proxy one HTTP request and stream the answer back."""
         up = self.upstream(route)
-        url = up.target(request.raw_path.split("?", 1)[0], request.query_string)
+        raw_path = request.raw_path.split("?", 1)[0]
         if (
             route.websocket
             and request.headers.get("Upgrade", "").lower() == "websocket"
@@ -294,72 +323,75 @@ class Forwarder:
             headers = self.request_headers(
                 request, route, client, request_id, extra_headers, deny, websocket=True
             )
+            url = up.target(raw_path, request.query_string)
             return await self._websocket(request, route, url, headers)
 
         headers = self.request_headers(request, route, client, request_id, extra_headers, deny)
-        # Pass the client's headers through as they are and add none of aiohttp's
-        # own: a compressed answer the client never asked for would reach it
-        # undecoded. Explicit values are cheaper than aiohttp's skip list, which
-        # costs a header-dict copy on every request; the skip list is used only
-        # for the rare request without a User-Agent or a body type.
+        # The client's headers pass as they are and no client library adds its
+        # own. Without Accept-Encoding an upstream may compress as it likes
+        # (RFC 9110, 12.5.3): a client that never asked would get it undecoded.
         if "Accept-Encoding" not in headers:
             headers["Accept-Encoding"] = "identity"
-        skip: tuple[str, ...] = ()
-        if "User-Agent" not in headers:
-            skip += ("User-Agent",)
-        if request.body_exists and "Content-Type" not in headers:
-            skip += ("Content-Type",)
+        host = headers.popone("Host", None)  # preserve_host, or a route's own value
+        declared = request.content_length
+        headers.popall("Content-Length", None)  # the body's framing is set when sending
         limit = route.max_body_bytes
-        length = request.content_length
-        if length is not None and length > limit:
-            raise BodyTooLarge(f"content-length {length} > {limit}")
+        if declared is not None and declared > limit:
+            raise BodyTooLarge(f"content-length {declared} > {limit}")
         data: AsyncIterator[bytes] | bytes | None = body
         state = _BodyState()
-        if body is None and request.body_exists:
-            data = _limited(request.content, limit, state)
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=route.timeouts.connect, sock_read=route.timeouts.read
-        )
+        if body is None:
+            if request.body_exists:
+                data = _limited(request.content, limit, state)
+            elif declared is not None:
+                data = b""  # keep an explicit "Content-Length: 0" (some servers need it)
         started = time.perf_counter()
         try:
-            upstream = await self.session.request(
+            upstream = await self.client.request(
+                up.origin_key,
                 request.method,
-                url,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=timeout,
-                auto_decompress=False,
-                skip_auto_headers=skip or None,
+                up.target_path(raw_path, request.query_string),
+                headers.items(),
+                host=host,
+                body=data,
+                content_length=declared,
+                connect_timeout=route.timeouts.connect,
+                read_timeout=route.timeouts.read,
             )
-        except BodyTooLarge:
-            raise
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            if state.too_large:
+        except RequestBodyError as exc:
+            if state.too_large or isinstance(exc.cause, BodyTooLarge):
                 raise BodyTooLarge("streamed body over the limit") from exc
-            self.metrics.upstream_errors.labels(route.name, "timeout").inc()
-            raise UpstreamTimeout(f"{route.name}: timeout") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            if state.too_large:
-                raise BodyTooLarge("streamed body over the limit") from exc
-            kind = "connect" if isinstance(exc, aiohttp.ClientConnectorError) else "reset"
-            self.metrics.upstream_errors.labels(route.name, kind).inc()
-            raise UpstreamUnavailable(f"{route.name}: {kind}: {type(exc).__name__}") from exc
-        timing["upstream"] = time.perf_counter() - started
-        self.metrics.observe_upstream(route.name, timing["upstream"])
-        async with upstream:
+            raise BadRequest("request body ended early") from exc
+        except UpstreamError as exc:
+            self.metrics.upstream_errors.labels(route.name, exc.kind).inc()
+            if exc.kind == "timeout":
+                raise UpstreamTimeout(f"{route.name}: timeout: {exc.detail}") from exc
+            raise UpstreamUnavailable(f"{route.name}: {exc.kind}: {exc.detail}") from exc
+        except ValueError as exc:  # a header value that would break the request head
+            raise BadRequest("header value not allowed") from exc
+        timing["upstream"] = elapsed = time.perf_counter() - started
+        self.metrics.observe_upstream(route.name, elapsed)
+        try:
             return await self._stream_back(request, route, up, upstream, client, request_id)
+        finally:
+            upstream.release()
 
     async def _stream_back(
         self,
         request: web.Request,
         route: RouteSettings,
         up: Upstream,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         client: ClientView,
         request_id: str,
     ) -> web.StreamResponse:
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        # An answer that is already here whole (most pages) leaves in one write:
+        # headers and body together. Anything else streams, headers first.
+        whole = upstream.complete
+        resp = (_OneWrite if whole else web.StreamResponse)(
+            status=upstream.status, reason=upstream.reason
+        )
+        out = resp.headers
         drop = HOP_BY_HOP | connection_tokens(upstream.headers)
         for name, value in upstream.headers.items():
             low = name.lower()
@@ -372,39 +404,41 @@ class Forwarder:
                 continue
             if low == "location":
                 value = up.public_location(value, client.public_origin)
-            resp.headers.add(name, value)
+            out.add(name, value)
         ops = route.response_headers
         for name in ops.remove:
-            resp.headers.popall(name, None)
+            out.popall(name, None)
         for name, value in ops.set.items():
-            resp.headers[name] = value
-        resp.headers[self.server.request_id_header] = request_id
+            out[name] = value
+        out[self.server.request_id_header] = request_id
         no_body = request.method == "HEAD" or upstream.status in (204, 304)
         if no_body:
-            resp.headers.popall("Transfer-Encoding", None)
+            out.popall("Transfer-Encoding", None)
         try:
             await resp.prepare(request)
             if no_body:
                 await resp.write_eof()
                 return resp
+            if whole:
+                await resp.write_eof(upstream.take_buffered())
+                return resp
         except ConnectionError:
             return self._client_gone(request, resp, route)
-        chunks = upstream.content.iter_any().__aiter__()
         while True:
             try:
-                chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                break
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                chunk = await upstream.read_chunk()
+            except (UpstreamError, RequestBodyError) as exc:
                 # Headers are gone already: the only honest signal left is to cut the
                 # client's connection so it sees an incomplete response.
-                kind = "timeout" if isinstance(exc, TimeoutError) else "reset"
+                kind = exc.kind if isinstance(exc, UpstreamError) else "reset"
                 self.metrics.upstream_errors.labels(route.name, kind).inc()
                 log.warning("upstream_failed_mid_body", route=route.name, kind=kind)
                 resp.force_close()
                 if request.transport is not None:
                     request.transport.abort()
                 return resp
+            if not chunk:
+                break
             try:
                 await resp.write(chunk)
             except ConnectionError:
@@ -481,6 +515,18 @@ async def _pump(
             break
     if not dst.closed:
         await dst.close(code=src.close_code or aiohttp.WSCloseCode.OK)
+
+
+class _OneWrite(web.StreamResponse):
+    """A response whose headers wait for the body, so both leave in one write.
+
+    For answers already complete when the upstream's headers arrive; anything
+    that streams sends its headers at once (a slow first chunk must not hold
+    them back). ``_send_headers_immediately`` is aiohttp's own switch, used by
+    its ``web.Response``.
+    """
+
+    _send_headers_immediately = False
 
 
 class _BodyState:
