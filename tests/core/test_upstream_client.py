@@ -1,0 +1,541 @@
+"""The proxy's own HTTP/1.1 client against real sockets on loopback.
+
+Most tests use a *scripted* upstream: an asyncio TCP server whose answers are
+written byte for byte by the test, so framing edge cases (interim answers,
+HEAD, read-until-close, a connection closed while idle, garbage) are exact.
+The proxy tests (``test_proxy.py``) cover the same client through the gateway
+against an aiohttp application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.upstream_client import (
+    Origin,
+    RequestBodyError,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+)
+from tests.conftest import GatewayFactory
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Scripted"], Awaitable[None]]
+
+
+@dataclass
+class Scripted:
+    """A raw TCP upstream; ``script`` runs once per accepted connection."""
+
+    script: Script
+    connections: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    server: asyncio.Server | None = None
+
+    @property
+    def origin(self) -> Origin:
+        assert self.server is not None
+        return Origin("http", "127.0.0.1", self.server.sockets[0].getsockname()[1])
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        """One request head (and a Content-Length body, if any); b"" at end of stream."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return b""
+        body = b""
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                body = await reader.readexactly(int(line.split(b":")[1]))
+        self.requests.append(head + body)
+        return head + body
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[Scripted]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(script: Script) -> Scripted:
+        upstream = Scripted(script)
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            upstream.connections += 1
+            try:
+                await script(reader, writer, upstream)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        upstream.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(upstream.server)
+        return upstream
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[UpstreamClient]:
+    c = UpstreamClient(limit=10)
+    yield c
+    await c.close()
+
+
+async def get(
+    client: UpstreamClient, origin: Origin, path: str = "/", method: str = "GET", **kw: object
+) -> tuple[UpstreamResponse, bytes]:
+    kw.setdefault("connect_timeout", 2.0)
+    kw.setdefault("read_timeout", 2.0)
+    resp = await client.request(origin, method, path, [("X-Test", "1")], **kw)  # type: ignore[arg-type]
+    try:
+        return resp, await resp.read()
+    finally:
+        resp.release()
+
+
+def answer(body: bytes = b"hello", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (len(body), extra, body)
+
+
+async def keep_answering(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+) -> None:
+    while await up.read_request(reader):
+        writer.write(answer())
+        await writer.drain()
+
+
+async def test_keep_alive_connection_is_reused(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    up = await scripted(keep_answering)
+    for _ in range(3):
+        resp, body = await get(client, up.origin)
+        assert (resp.status, body) == (200, b"hello")
+    assert up.connections == 1
+    assert client.idle_connections(up.origin) == 1
+    assert up.requests[0].startswith(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert b"\r\nX-Test: 1\r\n" in up.requests[0]
+
+
+async def test_idle_connection_closed_by_upstream_is_not_reused(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    async def one_per_connection(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+    ) -> None:
+        await up.read_request(reader)
+        writer.write(answer())  # keep-alive promised, then closed while idle
+        await writer.drain()
+
+    up = await scripted(one_per_connection)
+    await get(client, up.origin)
+    await asyncio.sleep(0.05)  # the close reaches the client while the connection is idle
+    resp, body = await get(client, up.origin, method="POST", body=b"x=1")
+    assert (resp.status, body) == (200, b"hello")
+    assert up.connections == 2
+
+
+def _dies_on_second_request(answered: list[int]) -> Script:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+    ) -> None:
+        if up.connections == 1:
+            await up.read_request(reader)
+            writer.write(answer())
+            await writer.drain()
+            await up.read_request(reader)  # the next request: dropped without an answer
+            writer.transport.abort()
+            return
+        await keep_answering(reader, writer, up)
+        answered.append(up.connections)
+
+    return script
+
+
+async def test_idempotent_request_on_a_dead_connection_is_sent_again(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    up = await scripted(_dies_on_second_request([]))
+    await get(client, up.origin)
+    resp, body = await get(client, up.origin)  # GET: safe to send again on a new connection
+    assert (resp.status, body) == (200, b"hello")
+    assert up.connections == 2
+
+
+async def test_post_on_a_dead_connection_is_not_sent_again(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    up = await scripted(_dies_on_second_request([]))
+    await get(client, up.origin)
+    with pytest.raises(UpstreamError) as err:
+        await get(client, up.origin, method="POST", body=b"pay=1")
+    assert err.value.kind == "reset"
+    assert up.connections == 1  # never silently repeated (RFC 9110, 9.2.2)
+
+
+async def test_interim_answers_are_skipped(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    async def early_hints(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+    ) -> None:
+        while await up.read_request(reader):
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+            writer.write(answer(b"final", b"X-Final: yes\r\n"))
+            await writer.drain()
+
+    up = await scripted(early_hints)
+    for _ in range(2):
+        resp, body = await get(client, up.origin)
+        assert (resp.status, body, resp.headers["X-Final"]) == (200, b"final", "yes")
+        assert "Link" not in resp.headers
+    assert up.connections == 1
+
+
+async def test_head_answer_has_no_body_and_the_connection_stays_usable(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    async def head_then_get(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+    ) -> None:
+        while request := await up.read_request(reader):
+            if request.startswith(b"HEAD"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n")
+            else:
+                writer.write(answer(b"after head"))
+            await writer.drain()
+
+    up = await scripted(head_then_get)
+    resp, body = await get(client, up.origin, method="HEAD")
+    assert (resp.status, body, resp.headers["Content-Length"]) == (200, b"", "12345")
+    resp, body = await get(client, up.origin)
+    assert body == b"after head"
+    assert up.connections == 1
+
+
+async def test_no_content_and_not_modified_have_no_body(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    async def empty(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+    ) -> None:
+        statuses = iter([b"204 No Content", b"304 Not Modified", b"200 OK"])
+        while await up.read_request(reader):
+            status = next(statuses)
+            if status == b"200 OK":
+                writer.write(answer(b"then a body"))
+            else:
+                writer.write(b'HTTP/1.1 %b\r\nETag: "1"\r\n\r\n' % status)
+            await writer.drain()
+
+    up = await scripted(empty)
+    assert [(r.status, b) for r, b in [await get(client, up.origin) for _ in range(3)]] == [
+        (204, b""),
+        (304, b""),
+        (200, b"then a body"),
+    ]
+    assert up.connections == 1
+
+
+async def test_chunked_and_read_until_close_answers(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    async def framings(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+    ) -> None:
+        request = await up.read_request(reader)
+        if b"/chunked" in request:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            await writer.drain()
+            await up.read_request(reader)  # stays open for the next one
+        else:
+            writer.write(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
+            await writer.drain()  # then closes: that ends the body
+
+    up = await scripted(framings)
+    _, body = await get(client, up.origin, "/chunked")
+    assert body == b"hello world"
+    assert client.idle_connections(up.origin) == 1
+    _, body = await get(client, up.origin, "/close")
+    assert body == b"until the end"
+    assert client.idle_connections(up.origin) == 0  # a read-until-close connection is spent
+
+
+async def test_invalid_answer_is_an_upstream_error(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    async def garbage(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+    ) -> None:
+        await up.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    up = await scripted(garbage)
+    with pytest.raises(UpstreamError) as err:
+        await get(client, up.origin)
+    assert err.value.kind == "invalid"
+    assert client.open_connections == 0
+
+
+async def test_silent_upstream_times_out_before_and_during_the_body(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    async def stalls(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+    ) -> None:
+        request = await up.read_request(reader)
+        if b"/mid" in request:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+            await writer.drain()
+        await asyncio.sleep(5)
+
+    up = await scripted(stalls)
+    with pytest.raises(UpstreamError) as err:
+        await get(client, up.origin, "/head", read_timeout=0.2)
+    assert err.value.kind == "timeout"
+    resp = await client.request(up.origin, "GET", "/mid", [], connect_timeout=1, read_timeout=0.2)
+    try:
+        assert await resp.read_chunk() == b"partial"
+        with pytest.raises(UpstreamError) as err:
+            await resp.read_chunk()
+        assert err.value.kind == "timeout"
+    finally:
+        resp.release()
+    assert client.open_connections == 0
+
+
+async def test_refused_connection_is_a_connect_error(client: UpstreamClient) -> None:
+    with socket_on_free_port() as port:
+        pass  # bound and released: nothing listens there now
+    with pytest.raises(UpstreamError) as err:
+        await get(client, Origin("http", "127.0.0.1", port))
+    assert err.value.kind == "connect"
+    assert client.open_connections == 0
+
+
+async def test_pool_limit_makes_requests_wait_for_a_free_connection(
+    scripted: Callable[[Script], Awaitable[Scripted]],
+) -> None:
+    gate = asyncio.Event()
+
+    async def held(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+    ) -> None:
+        while request := await up.read_request(reader):
+            if b"/held" in request:
+                await gate.wait()
+            writer.write(answer())
+            await writer.drain()
+
+    up = await scripted(held)
+    client = UpstreamClient(limit=1)
+    try:
+        first = asyncio.create_task(get(client, up.origin, "/held"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(UpstreamError) as err:  # waits at most the connect timeout
+            await get(client, up.origin, "/quick", connect_timeout=0.1)
+        assert err.value.kind == "timeout"
+        second = asyncio.create_task(get(client, up.origin, "/quick"))
+        await asyncio.sleep(0.05)
+        assert not second.done()
+        gate.set()
+        assert (await first)[1] == (await second)[1] == b"hello"
+        assert up.connections == 1  # the waiting request took over the freed connection
+    finally:
+        await client.close()
+
+
+async def test_streamed_body_with_and_without_length(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    async def raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if b"chunked" in head.lower():
+                body = await reader.readuntil(b"0\r\n\r\n")
+            else:
+                body = await reader.readexactly(10)
+            up.requests.append(head + body)
+            writer.write(answer())
+            await writer.drain()
+
+    async def parts() -> AsyncIterator[bytes]:
+        for piece in (b"01234", b"", b"56789"):
+            yield piece
+
+    up = await scripted(raw)
+    await get(client, up.origin, method="POST", body=parts(), content_length=10)
+    await get(client, up.origin, method="POST", body=parts())
+    with_length, chunked = up.requests
+    assert b"\r\nContent-Length: 10\r\n" in with_length and with_length.endswith(b"0123456789")
+    assert b"\r\nTransfer-Encoding: chunked\r\n" in chunked
+    assert chunked.endswith(b"\r\n\r\n5\r\n01234\r\n5\r\n56789\r\n0\r\n\r\n")
+    assert up.connections == 1
+
+
+async def test_short_streamed_body_is_not_sent_as_complete(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    up = await scripted(keep_answering)
+
+    async def short() -> AsyncIterator[bytes]:
+        yield b"only five"
+
+    with pytest.raises(RequestBodyError):
+        await get(client, up.origin, method="PUT", body=short(), content_length=100)
+    assert client.open_connections == 0  # the upstream half-request was cut off
+
+
+async def test_early_answer_while_the_body_still_streams(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    async def refuses_early(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    never_ends = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"start"
+        await never_ends.wait()
+        yield b"never"
+
+    up = await scripted(refuses_early)
+    resp, body = await get(client, up.origin, method="POST", body=slow_body())
+    assert (resp.status, body) == (413, b"big")
+    assert client.open_connections == 0  # half-sent request: the connection is not reused
+
+
+async def test_header_values_cannot_smuggle_lines(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    up = await scripted(keep_answering)
+    for bad in ("a\r\nX-Injected: 1", "a\nb", "a\rb"):
+        with pytest.raises(ValueError, match="line break"):
+            await client.request(
+                up.origin, "GET", "/", [("X-Bad", bad)], connect_timeout=1, read_timeout=1
+            )
+    assert up.requests == []
+
+
+async def test_gateway_answers_502_for_an_invalid_upstream_answer(
+    scripted: Callable[[Script], Awaitable[Scripted]], gateway: GatewayFactory
+) -> None:
+    async def garbage(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+    ) -> None:
+        await up.read_request(reader)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+
+    up = await scripted(garbage)
+    url = f"http://127.0.0.1:{up.origin.port}"
+    gw = await gateway(
+        [{"name": "all", "match": {"path": "/"}, "upstream": url, "policy": "public"}]
+    )
+    resp = await gw.get("/page", headers={"Accept": "application/json"})
+    assert resp.status == 502
+    assert (await resp.json())["error"] == "upstream_unavailable"
+
+
+async def test_tls_upstream_is_verified(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    """https upstreams: the certificate must chain to a trusted root and name the host."""
+    cert, key = _self_signed(tmp_path, "127.0.0.1")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def hello(_: web.Request) -> web.Response:
+        return web.Response(text="over tls")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    server = await aiohttp_server(app, ssl=server_ctx)
+    origin = Origin("https", "127.0.0.1", server.port or 0)
+
+    untrusting = UpstreamClient(limit=2)
+    try:
+        with pytest.raises(UpstreamError) as err:
+            await get(untrusting, origin)
+        assert err.value.kind == "connect"
+    finally:
+        await untrusting.close()
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the system trust store, extended
+    trusting = UpstreamClient(limit=2)
+    try:
+        resp, body = await get(trusting, origin)
+        assert (resp.status, body) == (200, b"over tls")
+    finally:
+        await trusting.close()
+
+
+def _self_signed(tmp_path: Path, ip: str) -> tuple[Path, Path]:
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test upstream")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "upstream.crt", tmp_path / "upstream.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+class socket_on_free_port:  # noqa: N801 - used as a context manager
+    def __enter__(self) -> int:
+        import socket
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        return int(self._sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
