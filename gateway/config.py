@@ -120,6 +120,12 @@ class ServerSettings(Model):
     upstream_pool_size: int = Field(
         200, ge=1, description="Maximum open connections to all upstreams together."
     )
+    upstream_idle_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="Close a pooled upstream connection after this long unused. Keep it below "
+        "the upstream's own keep-alive timeout.",
+    )
     gateway_cookie_prefixes: list[str] = Field(
         default_factory=lambda: ["__Host-gw_", "gw_"],
         description="Cookies whose name starts with one of these belong to the gateway and "

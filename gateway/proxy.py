@@ -221,7 +221,10 @@ class Forwarder:
         self._upstreams: dict[int, Upstream] = {}
 
     async def start(self) -> None:
-        self._client = UpstreamClient(limit=self.server.upstream_pool_size)
+        self._client = UpstreamClient(
+            limit=self.server.upstream_pool_size,
+            idle_timeout=self.server.upstream_idle_seconds,
+        )
         # Websockets only: their handshake and framing come from aiohttp.
         connector = aiohttp.TCPConnector(
             limit=self.server.upstream_pool_size, ttl_dns_cache=30, enable_cleanup_closed=True

@@ -539,3 +539,20 @@ class socket_on_free_port:  # noqa: N801 - used as a context manager
 
     def __exit__(self, *exc: object) -> None:
         self._sock.close()
+
+
+async def test_connection_idle_too_long_is_not_reused(
+    scripted: Callable[[Script], Awaitable[Scripted]],
+) -> None:
+    """``server.upstream_idle_seconds``: a connection unused that long is closed, not reused."""
+    up = await scripted(keep_answering)
+    client = UpstreamClient(limit=4, idle_timeout=0.2)
+    try:
+        await get(client, up.origin)
+        await get(client, up.origin)
+        assert up.connections == 1
+        await asyncio.sleep(0.3)
+        await get(client, up.origin)
+        assert up.connections == 2
+    finally:
+        await client.close()
