@@ -21,9 +21,28 @@ prefix and uses Lax everywhere, so a plain-HTTP demo on localhost works
 
 from __future__ import annotations
 
-from aiohttp import web
+import functools
+import re
+
+from aiohttp import hdrs, web
 
 from gateway.sessions.settings import SessionSettings
+
+# The fast path of ``cookie_value`` takes only the shape browsers send: ``name=value``
+# pairs joined by ``;`` plus optional spaces or tabs, names and values from the
+# characters below, a value optionally in double quotes (no backslash inside). On
+# exactly this shape aiohttp's parser (``aiohttp._cookie_helpers.parse_cookie_header``)
+# splits at every ``;``, keeps every name and unquotes by dropping the quotes, so
+# a plain search gives the same answer. Anything else (whitespace inside a pair, a
+# name without ``=``, ``;;``, a quoted value with spaces or escapes, non-ASCII, a
+# date with ", ") goes to aiohttp's parser itself.
+#
+# Names: aiohttp's name pattern minus ",", which its name check then refuses.
+_NAME = r"[A-Za-z0-9!#$%&'()*+\-./:<>?@\[\]^_`{|}~]+"
+# Values: printable ASCII except space, '"', ";" and backslash (aiohttp's plain value).
+_VALUE = r"[A-Za-z0-9!#$%&'()*+,\-./:<=>?@\[\]^_`{|}~]*"
+_PAIR = rf"{_NAME}=(?:{_VALUE}|\"{_VALUE}\")"
+_SIMPLE_HEADER = re.compile(rf"{_PAIR}(?:;[ \t]*{_PAIR})*")
 
 
 def session_cookie_name(settings: SessionSettings) -> str:
@@ -34,12 +53,59 @@ def prelogin_cookie_name(settings: SessionSettings) -> str:
     return settings.effective_cookie_name(settings.prelogin_cookie_name)
 
 
+_NAME_RE = re.compile(_NAME)
+
+
+@functools.lru_cache(maxsize=32)
+def _search_key(name: str) -> str | None:
+    """``name=`` to search for, or ``None`` for a name the fast path cannot look up."""
+    return name + "=" if _NAME_RE.fullmatch(name) else None
+
+
+def cookie_value(request: web.BaseRequest, name: str) -> str | None:
+    """The value of the request's cookie ``name``: exactly ``request.cookies.get(name)``.
+
+    ``request.cookies`` parses the whole ``Cookie`` header into ``Morsel`` objects
+    (several microseconds, tens with analytics cookies) on every request that
+    needs one cookie. This looks the one name up in the raw header instead, and
+    asks aiohttp's parser whenever the header is not of the simple shape (see
+    ``_SIMPLE_HEADER``), so the answer never differs from aiohttp's, in particular:
+
+    * only the first ``Cookie`` header counts (aiohttp reads ``headers.get``);
+    * a name sent twice gives the *last* value (aiohttp builds a dict);
+    * a quoted value comes back without its quotes; an empty value is ``""``;
+    * ``gw_session`` does not match ``x_gw_session`` or ``gw_session2``.
+    """
+    header = request.headers.get(hdrs.COOKIE)
+    if not header or name not in header:
+        return None  # aiohttp's names are substrings of the header: not there, no cookie
+    key = _search_key(name)
+    if key is None or _SIMPLE_HEADER.fullmatch(header) is None:
+        return request.cookies.get(name)
+    # In a simple header whitespace only follows a ";", and names and values hold
+    # no ";", so ``name=`` starts a pair exactly where it starts the header or
+    # follows ";", space or tab; the value runs to the next ";". Occurrences of
+    # ``name=`` cannot overlap (a name has no "="), so searching backwards from
+    # each miss finds the last pair with this name: aiohttp's answer.
+    end = len(header)
+    while (start := header.rfind(key, 0, end)) >= 0:
+        if start == 0 or header[start - 1] in "; \t":
+            value_start = start + len(key)
+            stop = header.find(";", value_start)
+            value = header[value_start:] if stop < 0 else header[value_start:stop]
+            # A value starting with '"' is a whole quoted string without escapes here:
+            # aiohttp's unquoting only drops the quotes.
+            return value[1:-1] if value[:1] == '"' else value
+        end = start
+    return None
+
+
 def read_session_cookie(request: web.BaseRequest, settings: SessionSettings) -> str | None:
-    return request.cookies.get(session_cookie_name(settings))
+    return cookie_value(request, session_cookie_name(settings))
 
 
 def read_prelogin_cookie(request: web.BaseRequest, settings: SessionSettings) -> str | None:
-    return request.cookies.get(prelogin_cookie_name(settings))
+    return cookie_value(request, prelogin_cookie_name(settings))
 
 
 def set_session_cookie(

@@ -43,6 +43,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from typing import NamedTuple
 
 import structlog
 
@@ -65,6 +66,23 @@ _log = structlog.get_logger("gateway.sessions")
 # secrets.token_urlsafe(32): 32 random bytes (256 bits) as 43 base64url characters.
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _REF_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
+
+
+# Datetimes count in whole microseconds: ``now > t`` is ``now >= t + _TICK``.
+_TICK = dt.timedelta(microseconds=1)
+
+
+class _CacheEntry(NamedTuple):
+    """One session in a replica's in-process cache."""
+
+    session: Session
+    expires: float
+    """Monotonic time after which the entry must be checked against the store."""
+    blob: bytes
+    """The stored bytes ``session`` was decoded from (or encoded to)."""
+    quiet_until: dt.datetime
+    """Until then (by the manager's clock) nothing about the session is due: no expiry,
+    no touch, no mandate re-check, no staleness (see ``SessionManager.load_quiet``)."""
 
 
 def utcnow() -> dt.datetime:
@@ -93,7 +111,13 @@ class SessionManager:
         self._ref_secret = ref_secret
         self._clock = clock
         self._monotonic = monotonic
-        self._cache: OrderedDict[str, tuple[Session, float, bytes]] = OrderedDict()
+        self._cache: OrderedDict[str, _CacheEntry] = OrderedDict()
+        # Session ID -> its hash, for the well-formed IDs of the sessions in ``_cache``
+        # (kept in step by ``_cache_put`` and ``_cache_drop``): a cache hit then costs a
+        # dict lookup instead of the ID check and a SHA-256. The IDs are those of the
+        # cached sessions, which hold them anyway, and leave with them (logout,
+        # invalidation, eviction).
+        self._hashes: dict[str, str] = {}
         self._instance = secrets.token_hex(8)
         self._listener: asyncio.Task[None] | None = None
 
@@ -108,9 +132,9 @@ class SessionManager:
         mac = hmac.new(self._ref_secret, session_id.encode("utf-8"), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac[:16]).rstrip(b"=").decode("ascii")
 
-    @staticmethod
-    def _hash(session_id: str) -> str:
-        return digest(session_id)
+    def _hash(self, session_id: str) -> str:
+        """``digest(session_id)``, from ``_hashes`` when the session is cached."""
+        return self._hashes.get(session_id) or digest(session_id)
 
     # -- lifecycle of the invalidation listener --------------------------------
 
@@ -127,6 +151,7 @@ class SessionManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._cache.clear()
+        self._hashes.clear()
 
     async def _listen(self) -> None:
         while True:
@@ -134,14 +159,14 @@ class SessionManager:
                 async for message in self._store.subscribe(INVALIDATE_CHANNEL):
                     origin, _, session_hash = message.decode("ascii", "replace").partition(":")
                     if origin != self._instance:
-                        self._cache.pop(session_hash, None)
+                        self._cache_drop(session_hash)
             except StoreUnavailable:
                 # The store's own subscription reconnects; this only covers a store
                 # whose subscribe fails outright. The cache TTL bounds staleness meanwhile.
                 await asyncio.sleep(1.0)
 
     async def _invalidate(self, session_hash: str) -> None:
-        self._cache.pop(session_hash, None)
+        self._cache_drop(session_hash)
         await self._store.publish(INVALIDATE_CHANNEL, f"{self._instance}:{session_hash}".encode())
 
     # -- cache -------------------------------------------------------------------
@@ -152,26 +177,35 @@ class SessionManager:
         if item is None:
             return None, None
         self._cache.move_to_end(session_hash)
-        if item[1] <= self._monotonic():
-            return None, item[2]
-        return item[0], item[2]
+        if item.expires <= self._monotonic():
+            return None, item.blob
+        return item.session, item.blob
 
     def _cache_put(self, session_hash: str, session: Session, blob: bytes) -> None:
         if self._settings.cache_seconds <= 0:
             return
         expires = self._monotonic() + self._settings.cache_seconds
-        self._cache[session_hash] = (session, expires, blob)
+        entry = _CacheEntry(session, expires, blob, self._quiet_until(session))
+        self._cache[session_hash] = entry
         self._cache.move_to_end(session_hash)
+        if _ID_RE.match(session.id):
+            self._hashes[session.id] = session_hash
         while len(self._cache) > self._settings.cache_max_entries:
-            self._cache.popitem(last=False)
+            _, evicted = self._cache.popitem(last=False)
+            self._hashes.pop(evicted.session.id, None)
+
+    def _cache_drop(self, session_hash: str) -> None:
+        item = self._cache.pop(session_hash, None)
+        if item is not None:
+            self._hashes.pop(item.session.id, None)
 
     def _decode(self, session_id: str, session_hash: str, blob: bytes) -> Session:
         # An aged-out cache entry whose bytes equal what the store holds now is
         # still exact: reuse it instead of decoding again (a 10,000-employer
         # record costs tens of milliseconds to decode, a bytes comparison microseconds).
         item = self._cache.get(session_hash)
-        if item is not None and item[2] == blob:
-            return item[0]
+        if item is not None and item.blob == blob:
+            return item.session
         return decode_session(session_id, self.session_ref(session_id), blob)
 
     # -- expiry ------------------------------------------------------------------
@@ -180,6 +214,22 @@ class SessionManager:
         s = self._settings
         left = (session.created_at + s.absolute_lifetime - now).total_seconds()
         return min(s.idle_timeout.total_seconds(), left)
+
+    def _quiet_until(self, session: Session) -> dt.datetime:
+        """The first moment at which ``load`` or the mandate checks would do more than
+        return the session: the earliest of the expiry (``_expired_reason``), touch
+        (``load``), re-check (``needs_mandate_check``) and staleness
+        (``mandates_stale``, which is strict: one tick later) conditions, each written
+        as ``now >= start + limit`` instead of ``now - start >= limit`` (the same for
+        the fixed-offset, UTC, datetimes sessions hold)."""
+        s = self._settings
+        return min(
+            session.created_at + s.absolute_lifetime,
+            session.last_seen + s.idle_timeout,
+            session.last_seen + s.touch_interval,
+            session.last_mandate_check + s.mandate_recheck_interval,
+            session.mandate_check_ok_at + s.mandate_max_staleness + _TICK,
+        )
 
     def _expired_reason(self, session: Session, now: dt.datetime) -> str | None:
         if now >= session.created_at + self._settings.absolute_lifetime:
@@ -228,19 +278,43 @@ class SessionManager:
         self._cache_put(self._hash(session_id), session, blob)
         return session
 
+    def load_quiet(self, session_id: str | None) -> Session | None:
+        """The session for a cookie value when this replica can answer it alone, else ``None``.
+
+        Answers when the session is fresh in the in-process cache and nothing about
+        it is due (see ``_CacheEntry.quiet_until``): then ``load`` would return this
+        very object, and ``needs_mandate_check`` and ``mandates_stale`` would both say
+        ``False``. ``None`` does *not* mean "no session": call ``load``, which handles
+        every other case (store reads, expiry, touches). The authenticated path asks
+        this first on every request: no coroutine, one clock reading, one comparison.
+        """
+        session_hash = self._hashes.get(session_id) if session_id else None
+        if session_hash is None:
+            return None
+        item = self._cache.get(session_hash)
+        if item is None or item.expires <= self._monotonic() or self._clock() >= item.quiet_until:
+            return None
+        self._cache.move_to_end(session_hash)
+        return item.session
+
     async def load(self, session_id: str | None) -> Session | None:
         """The live session for a cookie value, or ``None`` (absent, expired, malformed).
 
         Raises ``StoreUnavailable`` when the store cannot answer: the caller fails closed.
         """
-        if not session_id or not _ID_RE.match(session_id):
-            return None  # garbage never costs a store round trip
-        session_hash = self._hash(session_id)
+        if not session_id:
+            return None
+        # A known ID was checked when its session was cached; others are checked now.
+        session_hash = self._hashes.get(session_id)
+        if session_hash is None:
+            if not _ID_RE.match(session_id):
+                return None  # garbage never costs a store round trip
+            session_hash = digest(session_id)
         session, _ = self._cache_get(session_hash)
         if session is None:
             blob = await self._store.get(session_key(session_hash))
             if blob is None:
-                self._cache.pop(session_hash, None)
+                self._cache_drop(session_hash)
                 return None
             try:
                 session = self._decode(session_id, session_hash, blob)
@@ -268,7 +342,7 @@ class SessionManager:
     async def _touch(self, session_id: str, session_hash: str, now: dt.datetime) -> Session | None:
         blob = await self._store.get(session_key(session_hash))
         if blob is None:
-            self._cache.pop(session_hash, None)
+            self._cache_drop(session_hash)
             return None
         try:
             fresh = self._decode(session_id, session_hash, blob)
@@ -344,6 +418,19 @@ class SessionManager:
     def mandates_stale(self, session: Session) -> bool:
         """True when mandates were not confirmed within ``mandate_max_staleness``: deny."""
         return self._clock() - session.mandate_check_ok_at > self._settings.mandate_max_staleness
+
+    def mandate_status(self, session: Session) -> tuple[bool, bool]:
+        """``(needs_mandate_check, mandates_stale)`` at one reading of the clock.
+
+        The authenticated path asks both on every request; one clock call (a
+        ``datetime.now``) instead of two.
+        """
+        now = self._clock()
+        s = self._settings
+        return (
+            now - session.last_mandate_check >= s.mandate_recheck_interval,
+            now - session.mandate_check_ok_at > s.mandate_max_staleness,
+        )
 
     async def try_refresh_lock(self, session: Session) -> bool:
         """Take the per-session re-check lock (one holder across requests and replicas)."""

@@ -22,9 +22,11 @@ import hmac
 import json
 import zlib
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from gateway.identity import Employer, Identity, Loa
+from gateway.tokens.claims import TokenSubject
 
 FORMAT_VERSION = 1
 _COMPRESS_ABOVE = 2048
@@ -65,6 +67,26 @@ class Session:
     def csrf_matches(self, token: str | None) -> bool:
         """Constant-time check of a submitted CSRF token against this session's secret."""
         return token is not None and hmac.compare_digest(token, self.csrf_secret)
+
+    @cached_property
+    def token_subject(self) -> TokenSubject:
+        """What the token says about this session; built once per ``Session`` object.
+
+        Every authenticated request needs it, and the session cache hands out the
+        same object until anything changes, so a request costs an attribute read
+        instead of building a ``TokenSubject`` (and its ``fingerprint``) each time.
+        Exact: the session is frozen and every change (``replace``, ``with_changes``,
+        a re-read from the store) makes a new object. ``version`` is the minter's
+        cache key (every content change bumps it).
+        """
+        return TokenSubject(
+            identity=self.identity,
+            allowed=self.allowed,
+            session_ref=self.ref,
+            active_employer=self.active_employer,
+            login_time=self.created_at,
+            version=self.version,
+        )
 
     def with_changes(self, **changes: Any) -> Session:
         """A copy with ``changes`` applied and the version bumped."""

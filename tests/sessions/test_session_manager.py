@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 import structlog
 
 from gateway.sessions.keys import digest, session_key
-from gateway.sessions.manager import SessionManager
+from gateway.sessions.manager import SessionManager, new_session_id
 from gateway.sessions.settings import SessionSettings
 from gateway.store.base import Store
 from tests.sessions.conftest import Clock, make_employers, make_identity
@@ -216,6 +218,8 @@ async def test_destroy_on_one_replica_drops_the_others_cache(store: Store, clock
         assert await b.load(session.id) is not None  # now cached on B
         await a.destroy(session)
         await eventually(lambda: digest(session.id) not in b._cache)
+        assert session.id not in b._hashes
+        assert b.load_quiet(session.id) is None
         assert await b.load(session.id) is None
     finally:
         await a.aclose()
@@ -342,3 +346,127 @@ async def test_view_by_ref_finds_live_session_only(store: Store) -> None:
     assert await manager.view_by_ref(rotated.ref) is not None
     await manager.destroy(rotated)
     assert await manager.view_by_ref(rotated.ref) is None
+
+
+# -- the authenticated fast path: load_quiet, mandate_status, the ID -> hash memo --
+
+_US = dt.timedelta(microseconds=1)
+_AGES = {
+    # age of each timestamp at the moment of the check: zero, just before and at
+    # (or, for the strict staleness check, just after) each default limit
+    "created_at": [dt.timedelta(0), dt.timedelta(hours=8) - _US, dt.timedelta(hours=8)],
+    "last_seen": [
+        dt.timedelta(0),
+        dt.timedelta(seconds=30) - _US,
+        dt.timedelta(seconds=30),
+        dt.timedelta(minutes=15),
+    ],
+    "last_mandate_check": [
+        dt.timedelta(0),
+        dt.timedelta(seconds=60) - _US,
+        dt.timedelta(seconds=60),
+    ],
+    "mandate_check_ok_at": [
+        dt.timedelta(0),
+        dt.timedelta(minutes=15),
+        dt.timedelta(minutes=15) + _US,
+    ],
+}
+
+
+async def test_load_quiet_answers_exactly_when_nothing_is_due(store: Store, clock: Clock) -> None:
+    """``load_quiet`` returns the session iff ``load`` would return that very object and
+    neither a mandate re-check nor staleness is due, for every combination of ages
+    around the expiry, touch, re-check and staleness limits (microsecond-exact)."""
+    m = _manager(store, clock)
+    try:
+        template = await m.create(make_identity(), make_employers(2))
+        outcomes = []
+        for created, seen, checked, confirmed in itertools.product(*_AGES.values()):
+            now = clock.now
+            session_id = new_session_id()
+            session = replace(
+                template,
+                id=session_id,
+                ref=m.session_ref(session_id),
+                # A session is never younger than its other timestamps.
+                created_at=now - max(created, seen, checked, confirmed),
+                last_seen=now - seen,
+                last_mandate_check=now - checked,
+                mandate_check_ok_at=now - confirmed,
+            )
+            await m.save(session)
+            quiet = m.load_quiet(session_id)
+            needs, stale = m.needs_mandate_check(session), m.mandates_stale(session)
+            assert m.mandate_status(session) == (needs, stale)
+            loaded = await m.load(session_id)
+            expected = loaded is session and not needs and not stale
+            assert (quiet is session) is expected, (created, seen, checked, confirmed)
+            assert quiet is None or quiet is session
+            outcomes.append(expected)
+        assert 0 < outcomes.count(True) < len(outcomes)
+    finally:
+        await m.aclose()
+
+
+async def test_load_quiet_leaves_everything_else_to_load(store: Store, clock: Clock) -> None:
+    """Absent, garbage, uncached, aged-out and ended sessions get ``None`` (ask ``load``)."""
+    ticks = [0.0]
+    a = SessionManager(
+        store, SessionSettings(), ref_secret=SECRET, clock=clock, monotonic=lambda: ticks[0]
+    )
+    b = _manager(store, clock)
+    try:
+        for cookie in (None, "", "short", "../" * 15, "a" * 43):
+            assert a.load_quiet(cookie) is None
+        session = await a.create(make_identity())
+        assert a.load_quiet(session.id) is session
+        assert b.load_quiet(session.id) is None  # another replica: not in its cache yet
+        assert await b.load(session.id) == session
+        assert b.load_quiet(session.id) is not None
+        ticks[0] += 2.0  # the cache time (2 s) is over: the store must be asked
+        assert a.load_quiet(session.id) is None
+        assert await a.load(session.id) is session
+        assert a.load_quiet(session.id) is session
+        await a.destroy(session)
+        assert a.load_quiet(session.id) is None
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_load_quiet_is_off_without_a_cache(store: Store, clock: Clock) -> None:
+    """With ``cache_seconds: 0`` every request goes through ``load`` (and the store)."""
+    m = _manager(store, clock, cache_seconds=0)
+    try:
+        session = await m.create(make_identity())
+        assert m.load_quiet(session.id) is None
+        assert await m.load(session.id) == session
+        assert m.load_quiet(session.id) is None
+    finally:
+        await m.aclose()
+
+
+async def test_id_hash_memo_holds_exactly_the_cached_sessions(store: Store, clock: Clock) -> None:
+    """The ID -> hash memo follows the cache: eviction, logout and rotation remove IDs."""
+    m = _manager(store, clock, cache_max_entries=3)
+    try:
+        sessions = [await m.create(make_identity()) for _ in range(5)]
+        await m.destroy(sessions[-1])
+        rotated = await m.rotate(sessions[-2])
+
+        def consistent() -> None:
+            assert len(m._hashes) == len(m._cache)
+            for session_id, session_hash in m._hashes.items():
+                assert session_hash == digest(session_id)
+                assert m._cache[session_hash].session.id == session_id
+
+        consistent()
+        assert set(m._hashes) == {sessions[2].id, rotated.id}
+        assert sessions[-2].id not in m._hashes
+        assert await m.load(sessions[0].id) == sessions[0]  # evicted: read from the store
+        consistent()
+        assert sessions[0].id in m._hashes
+    finally:
+        await m.aclose()
+    assert not m._hashes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import pytest
 
@@ -74,3 +75,24 @@ def test_repr_hides_the_session_id_and_csrf_secret() -> None:
     text = repr(_session(make_employers(1)))
     assert "x" * 43 not in text
     assert "csrf-secret" not in text
+
+
+def test_token_subject_is_built_once_per_session_object() -> None:
+    """The token subject says what the session says, is reused while the object lives,
+    and any change (a new object) gets its own subject with the new version."""
+    session = _session(make_employers(3))
+    subject = session.token_subject
+    assert subject is session.token_subject
+    assert subject.identity == session.identity
+    assert subject.allowed == session.allowed
+    assert subject.session_ref == session.ref
+    assert subject.active_employer == session.active_employer
+    assert subject.login_time == session.created_at
+    assert subject.fingerprint == "v7"
+    changed = session.with_changes(active_employer=None)
+    assert changed.token_subject.active_employer is None
+    assert changed.token_subject.fingerprint == "v8"
+    touched = replace(session, last_seen=NOW + dt.timedelta(minutes=1))
+    assert touched.token_subject is not subject
+    assert touched.token_subject.fingerprint == subject.fingerprint  # same token content
+    assert touched == replace(touched)  # the cached subject is not part of equality
