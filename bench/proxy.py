@@ -1,10 +1,14 @@
 """Proxy throughput: direct, a bare aiohttp proxy, the gateway (public and authenticated).
 
 Run: ``./dev bench proxy`` (or ``.venv/bin/python -m bench proxy``).
-Needs ``wrk`` (Debian package). All three targets run side by side in one
+Needs ``wrk`` (Debian package; ``./dev bench`` installs it). All targets run side by side in one
 run against the same upstream, so the ratios are comparable even though
 absolute numbers depend on the machine. Each server is one process, like one
 gateway worker; wrk uses one thread and keep-alive connections.
+
+The bare proxy runs twice: on asyncio's own loop (aiohttp's default) and on
+uvloop, the loop the gateway uses when installed, so the event loop alone
+cannot explain a ratio.
 
 Prints requests/s and p50/p99 latency per target, and the gateway's ratios to
 the bare proxy (targets: >= 0.85 on a public route; >= 0.8 on an authenticated
