@@ -87,7 +87,7 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "gateway_upstream_errors",
-            "Upstream failures by route and kind (connect, timeout, reset).",
+            "Upstream failures by route and kind (connect, timeout, reset, invalid).",
             ["route", "kind"],
             registry=reg,
         )

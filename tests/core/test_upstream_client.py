@@ -460,6 +460,8 @@ async def test_gateway_answers_502_for_an_invalid_upstream_answer(
     resp = await gw.get("/page", headers={"Accept": "application/json"})
     assert resp.status == 502
     assert (await resp.json())["error"] == "upstream_unavailable"
+    metrics = await (await gw.get("/_gateway/metrics")).text()
+    assert 'gateway_upstream_errors_total{kind="invalid",route="all"} 1.0' in metrics
 
 
 async def test_tls_upstream_is_verified(
