@@ -10,7 +10,6 @@ against an aiohttp application.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,11 +18,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from gateway.devkeys import rsa_keypair
 from gateway.upstream_client import (
     Origin,
     RequestBodyError,
@@ -470,7 +466,8 @@ async def test_tls_upstream_is_verified(
     aiohttp_server: Callable[..., Awaitable[TestServer]],
 ) -> None:
     """https upstreams: the certificate must chain to a trusted root and name the host."""
-    cert, key = _self_signed(tmp_path, "127.0.0.1")
+    cert, key = tmp_path / "upstream.crt", tmp_path / "upstream.key"
+    rsa_keypair("localhost").write(key, cert)  # names localhost and 127.0.0.1
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
 
@@ -497,38 +494,6 @@ async def test_tls_upstream_is_verified(
         assert (resp.status, body) == (200, b"over tls")
     finally:
         await trusting.close()
-
-
-def _self_signed(tmp_path: Path, ip: str) -> tuple[Path, Path]:
-    import ipaddress
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test upstream")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "upstream.crt", tmp_path / "upstream.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 class socket_on_free_port:  # noqa: N801 - used as a context manager
