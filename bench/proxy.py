@@ -156,7 +156,9 @@ def run_wrk(
     return Result(name, rps, p50, p99, errors, total, per_request)
 
 
-def prepare_authenticated(tmp: Path, port: int, up_port: int, redis_url: str) -> tuple[Path, str]:
+def prepare_authenticated(
+    tmp: Path, port: int, up_port: int, redis_url: str, cache_seconds: float = 2.0
+) -> tuple[Path, str]:
     """Write a login-enabled gateway config on Redis and create one session in Redis."""
     import asyncio
 
@@ -180,7 +182,7 @@ def prepare_authenticated(tmp: Path, port: int, up_port: int, redis_url: str) ->
         str(metadata),
         mandates,
         store={"url": redis_url},
-        sessions={"cache_seconds": 2, "mandate_recheck_interval": 600},
+        sessions={"cache_seconds": cache_seconds, "mandate_recheck_interval": 600},
         logging={"format": "json", "access_log": True},
     )
     data["saml"]["verify_pool"] = "thread"
@@ -215,6 +217,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; best kept")
+    parser.add_argument(
+        "--session-cache",
+        type=float,
+        default=2.0,
+        help="sessions.cache_seconds of the authenticated gateway (default 2, as in "
+        "production; 0: every request reads its session from Redis)",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -242,7 +251,9 @@ routes:
     redis = RedisServer()
     try:
         redis.start()
-        auth_config, cookie = prepare_authenticated(tmp, auth_port, up_port, redis.url)
+        auth_config, cookie = prepare_authenticated(
+            tmp, auth_port, up_port, redis.url, args.session_cache
+        )
         # Order matters: the pids are read back in this order
         # (upstream, bare, bare on uvloop, gateway, auth).
         procs.append(subprocess.Popen([sys.executable, str(tmp / "upstream.py"), str(up_port)]))
@@ -345,7 +356,8 @@ routes:
 
     print(
         f"\nproxy benchmark: wrk -t1 -c{args.connections} -d{args.seconds}s, best of "
-        f"{args.rounds} rounds, {os.cpu_count()} cores, access log on (JSON)\n"
+        f"{args.rounds} rounds, {os.cpu_count()} cores, access log on (JSON), "
+        f"session cache {args.session_cache:g} s\n"
     )
     print(f"{'target':<24}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'CPU us/req':>12}")
     for r in best.values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as ec
@@ -32,6 +33,12 @@ def _wait(driver: Driver, css: str, seconds: float = 15) -> WebElement:
 
 
 def _text(driver: Driver) -> str:
+    """The page's text; a page replaced between finding its body and reading it is read again."""
+    for _ in range(20):
+        try:
+            return driver.find_element(By.TAG_NAME, "body").text
+        except StaleElementReferenceException:
+            time.sleep(0.05)  # a navigation (a form submit, a redirect) was under way
     return driver.find_element(By.TAG_NAME, "body").text
 
 
