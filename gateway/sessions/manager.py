@@ -182,8 +182,9 @@ class SessionManager:
         return item.session, item.blob
 
     def _cache_put(self, session_hash: str, session: Session, blob: bytes) -> None:
-        if self._settings.cache_seconds <= 0:
-            return
+        # With ``cache_seconds: 0`` the entry is born aged out: every load still
+        # reads the store, and only the decoding is skipped while the stored bytes
+        # stay the same (see ``_decode``).
         expires = self._monotonic() + self._settings.cache_seconds
         entry = _CacheEntry(session, expires, blob, self._quiet_until(session))
         self._cache[session_hash] = entry

@@ -447,6 +447,27 @@ async def test_load_quiet_is_off_without_a_cache(store: Store, clock: Clock) -> 
         await m.aclose()
 
 
+async def test_without_a_cache_every_load_reads_the_store(store: Store, clock: Clock) -> None:
+    """``cache_seconds: 0``: each load sees the store's current bytes; unchanged ones
+    are not decoded again (the decoded object is reused), changed ones are."""
+    a = _manager(store, clock, cache_seconds=0)
+    b = _manager(store, clock, cache_seconds=0)
+    try:
+        session = await a.create(make_identity(), make_employers(50))
+        first = await a.load(session.id)
+        assert first is not None
+        assert await a.load(session.id) is first  # same bytes: decoded once
+        await b.update(session, active_employer="10000002")  # no pub/sub wait needed
+        changed = await a.load(session.id)
+        assert changed is not None
+        assert changed.active_employer == "10000002"
+        await b.destroy(changed)
+        assert await a.load(session.id) is None
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
 async def test_id_hash_memo_holds_exactly_the_cached_sessions(store: Store, clock: Clock) -> None:
     """The ID -> hash memo follows the cache: eviction, logout and rotation remove IDs."""
     m = _manager(store, clock, cache_max_entries=3)
