@@ -109,12 +109,34 @@ def answer(body: bytes = b"hello", extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (len(body), extra, body)
 
 
-async def keep_answering(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
-) -> None:
-    while await up.read_request(reader):
-        writer.write(answer())
+def answering(reply: Callable[[bytes], bytes]) -> Script:
+    """An upstream that answers each request on a connection with ``reply(request)``."""
+
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+    ) -> None:
+        while request := await up.read_request(reader):
+            writer.write(reply(request))
+            await writer.drain()
+
+    return script
+
+
+def answer_once(raw: bytes, linger: float = 1.0) -> Script:
+    """An upstream that reads one request head, writes ``raw``, and keeps the line open."""
+
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(raw)
         await writer.drain()
+        await asyncio.sleep(linger)
+
+    return script
+
+
+keep_answering = answering(lambda _: answer())
 
 
 async def test_keep_alive_connection_is_reused(
@@ -189,15 +211,8 @@ async def test_post_on_a_dead_connection_is_not_sent_again(
 async def test_interim_answers_are_skipped(
     scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
 ) -> None:
-    async def early_hints(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
-    ) -> None:
-        while await up.read_request(reader):
-            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
-            writer.write(answer(b"final", b"X-Final: yes\r\n"))
-            await writer.drain()
-
-    up = await scripted(early_hints)
+    hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    up = await scripted(answering(lambda _: hints + answer(b"final", b"X-Final: yes\r\n")))
     for _ in range(2):
         resp, body = await get(client, up.origin)
         assert (resp.status, body, resp.headers["X-Final"]) == (200, b"final", "yes")
@@ -208,17 +223,12 @@ async def test_interim_answers_are_skipped(
 async def test_head_answer_has_no_body_and_the_connection_stays_usable(
     scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
 ) -> None:
-    async def head_then_get(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
-    ) -> None:
-        while request := await up.read_request(reader):
-            if request.startswith(b"HEAD"):
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n")
-            else:
-                writer.write(answer(b"after head"))
-            await writer.drain()
+    def head_then_get(request: bytes) -> bytes:
+        if request.startswith(b"HEAD"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n"
+        return answer(b"after head")
 
-    up = await scripted(head_then_get)
+    up = await scripted(answering(head_then_get))
     resp, body = await get(client, up.origin, method="HEAD")
     assert (resp.status, body, resp.headers["Content-Length"]) == (200, b"", "12345")
     resp, body = await get(client, up.origin)
@@ -229,19 +239,14 @@ async def test_head_answer_has_no_body_and_the_connection_stays_usable(
 async def test_no_content_and_not_modified_have_no_body(
     scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
 ) -> None:
-    async def empty(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
-    ) -> None:
-        statuses = iter([b"204 No Content", b"304 Not Modified", b"200 OK"])
-        while await up.read_request(reader):
-            status = next(statuses)
-            if status == b"200 OK":
-                writer.write(answer(b"then a body"))
-            else:
-                writer.write(b'HTTP/1.1 %b\r\nETag: "1"\r\n\r\n' % status)
-            await writer.drain()
-
-    up = await scripted(empty)
+    answers = iter(
+        [
+            b'HTTP/1.1 204 No Content\r\nETag: "1"\r\n\r\n',
+            b'HTTP/1.1 304 Not Modified\r\nETag: "1"\r\n\r\n',
+            answer(b"then a body"),
+        ]
+    )
+    up = await scripted(answering(lambda _: next(answers)))
     assert [(r.status, b) for r, b in [await get(client, up.origin) for _ in range(3)]] == [
         (204, b""),
         (304, b""),
@@ -278,15 +283,9 @@ async def test_chunked_and_read_until_close_answers(
 async def test_invalid_answer_is_an_upstream_error(
     scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
 ) -> None:
-    async def garbage(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
-    ) -> None:
-        await up.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello")
-        await writer.drain()
-        await asyncio.sleep(1)
-
-    up = await scripted(garbage)
+    up = await scripted(
+        answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello")
+    )
     with pytest.raises(UpstreamError) as err:
         await get(client, up.origin)
     assert err.value.kind == "invalid"
@@ -405,14 +404,6 @@ async def test_short_streamed_body_is_not_sent_as_complete(
 async def test_early_answer_while_the_body_still_streams(
     scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
 ) -> None:
-    async def refuses_early(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
-    ) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig")
-        await writer.drain()
-        await asyncio.sleep(1)
-
     never_ends = asyncio.Event()
 
     async def slow_body() -> AsyncIterator[bytes]:
@@ -420,7 +411,9 @@ async def test_early_answer_while_the_body_still_streams(
         await never_ends.wait()
         yield b"never"
 
-    up = await scripted(refuses_early)
+    up = await scripted(
+        answer_once(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig")
+    )
     resp, body = await get(client, up.origin, method="POST", body=slow_body())
     assert (resp.status, body) == (413, b"big")
     assert client.open_connections == 0  # half-sent request: the connection is not reused
@@ -441,14 +434,7 @@ async def test_header_values_cannot_smuggle_lines(
 async def test_gateway_answers_502_for_an_invalid_upstream_answer(
     scripted: Callable[[Script], Awaitable[Scripted]], gateway: GatewayFactory
 ) -> None:
-    async def garbage(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
-    ) -> None:
-        await up.read_request(reader)
-        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
-        await writer.drain()
-
-    up = await scripted(garbage)
+    up = await scripted(answer_once(b"NOT HTTP AT ALL\r\n\r\n"))
     url = f"http://127.0.0.1:{up.origin.port}"
     gw = await gateway(
         [{"name": "all", "match": {"path": "/"}, "upstream": url, "policy": "public"}]
