@@ -24,18 +24,24 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-RUN python -m venv /opt/venv
 
-# Only what the wheel needs (.dockerignore keeps keys, tests and .venv out).
+# Everything installed comes from the lock files in requirements/ (exact
+# versions with hashes, the ones the test suite ran): the build backend in a
+# throw-away venv, the gateway's dependencies in /opt/venv, binary wheels only.
+# lxml 6.1 and python-xmlsec 1.3.17 ship manylinux wheels that bundle
+# libxml2/libxmlsec1, so the image needs no compiler and no -dev packages. A
+# dependency without a wheel fails the build here instead of compiling
+# something unreviewed. (.dockerignore keeps keys, tests and .venv out.)
+COPY requirements/runtime.txt requirements/build.txt ./requirements/
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-
-# Build our wheel, then install it with binary wheels only: lxml 6.1 and
-# python-xmlsec 1.3.17 ship manylinux wheels that bundle libxml2/libxmlsec1,
-# so the image needs no compiler and no -dev packages. A dependency without a
-# wheel fails the build here instead of compiling something unreviewed.
-RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install --only-binary=:all: "$(ls /wheels/eherkenning_gateway-*.whl)[speed]" \
+RUN python -m venv /opt/build \
+ && /opt/build/bin/pip install --require-hashes --no-deps --only-binary=:all: -r requirements/build.txt \
+ && /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+ && python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --require-hashes --no-deps --only-binary=:all: -r requirements/runtime.txt \
+ && /opt/venv/bin/pip install --no-deps /wheels/eherkenning_gateway-*.whl \
+ && /opt/venv/bin/pip check \
  && /opt/venv/bin/python -c "import xmlsec, lxml.etree, gateway.cli"
 
 # ---------------------------------------------------------------- runtime
@@ -48,14 +54,14 @@ LABEL org.opencontainers.image.title="eherkenning-gateway" \
       org.opencontainers.image.licenses="Proprietary" \
       org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 
-# xmlsec1: our XML crypto runs in-process (python-xmlsec bundles libxmlsec1),
-# but pysaml2 insists on the path of an xmlsec1 binary in its configuration,
-# so the Debian binary is installed for it. ca-certificates: TLS to the broker,
-# the mandate registry and Redis (rediss://). Versions are not pinned: the
-# slim tag's Debian release fixes them, and pins break on security updates.
+# ca-certificates: TLS to the broker, the mandate registry and Redis
+# (rediss://). No xmlsec1: the XML crypto runs in-process (python-xmlsec
+# bundles libxmlsec1) and pysaml2 is not part of the image. Versions are not
+# pinned: the slim tag's Debian release fixes them, and pins break on
+# security updates.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends xmlsec1 ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 # A fixed, unprivileged UID/GID (10001), the same as runAsUser/fsGroup in

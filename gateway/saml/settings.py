@@ -201,7 +201,7 @@ class SamlSettings(BaseModel):
     """``process`` (default) keeps the event loop free of GIL contention; ``thread``
     starts instantly (tests, tiny deployments) but stalls the loop more under bursts."""
     xmlsec_binary: Path | None = None
-    """Unused by our in-process crypto; kept for pysaml2-based tooling (benchmarks)."""
+    """Unused by the gateway (its crypto runs in-process); accepted so older configs still load."""
 
     @field_validator("minimum_loa", "requested_authn_context", mode="before")
     @classmethod

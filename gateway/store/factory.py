@@ -240,9 +240,7 @@ def create_store(settings: StoreSettings, environ: Mapping[str, str] | None = No
             # Sentinels and data nodes share one TLS setup in this URL form.
             sentinel_kwargs.update({k: v for k, v in kwargs.items() if k.startswith("ssl")})
         kwargs.pop("max_connections")
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(target.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs
-        )
+        sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
         also_close = list(sentinel.sentinels)
         client = sentinel.master_for(
             target.service_name, db=target.db, max_connections=settings.max_connections

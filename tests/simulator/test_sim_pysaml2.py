@@ -103,7 +103,7 @@ async def test_pysaml2_sp_logs_in_by_redirect_and_artifact(
             params = acs_params(resp.headers["Location"])
         assert params["RelayState"] == "/portal"
 
-        # pysaml2's own artifact path is broken (shared/docs/pysaml2-notes.md):
+        # pysaml2's own artifact path is broken (docs/dependencies.md, "pysaml2 as a peer"):
         # build and sign the ArtifactResolve with pysaml2, send it ourselves.
         _, signed = client.create_artifact_resolve(
             params["SAMLart"],
