@@ -19,8 +19,9 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 import structlog
-from aiohttp import web
+from aiohttp import web, web_urldispatcher
 
+from gateway.audit import audit
 from gateway.backend_api import backend_routes
 from gateway.config import GatewayConfig, RouteSettings, load_config
 from gateway.context import ERROR_EXTRA, FORM_FIELDS, REQUEST_ID, ROUTE_NAME, TIMING, Handler
@@ -45,8 +46,9 @@ from gateway.metrics import Metrics
 from gateway.overview import overview_routes
 from gateway.pages import error_response
 from gateway.proxy import ClientView, Forwarder, client_view
-from gateway.routing import NoMatch, Router, unsafe_path
+from gateway.routing import NoMatch, Router
 from gateway.services import SERVICES, services_ctx
+from gateway.target import BadTarget, Target, check_message, parse_target
 
 log = structlog.get_logger("gateway.app")
 
@@ -253,8 +255,18 @@ def edged(handler: Handler) -> Handler:
 
 
 ForwardPlan = tuple[
-    RouteSettings, ClientView, str, dict[str, str], dict[str, float], frozenset[str], bytes | None
+    Target,
+    RouteSettings,
+    ClientView,
+    str,
+    dict[str, str],
+    dict[str, float],
+    frozenset[str],
+    bytes | None,
 ]
+
+# What ``OPTIONS *`` (a request about the server, not a resource) is told.
+_SERVER_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
 async def _plan(request: web.Request) -> web.StreamResponse | ForwardPlan:
@@ -265,11 +277,32 @@ async def _plan(request: web.Request) -> web.StreamResponse | ForwardPlan:
     """
     generation = request.app[RUNTIME].current  # in-flight requests keep this generation
     config = generation.config
-    path = request.path
+    raw = request.raw_path
+    try:
+        check_message(request)
+        if raw == "*" and request.method == "OPTIONS":
+            return web.Response(
+                status=200, headers={"Allow": _SERVER_METHODS, "Content-Length": "0"}
+            )
+        try:
+            target = parse_target(raw)
+        except BadTarget as exc:
+            raise BadRequest(str(exc)) from None
+    except GatewayError as err:
+        # A refused shape is what probing looks like: each one is on the audit
+        # trail with its reason (never the target itself: it may carry secrets).
+        audit(
+            "request_refused",
+            reason=err.detail,
+            status=err.status,
+            method=request.method[:16],
+            request_id=request[REQUEST_ID],
+            client=request.remote,
+        )
+        raise
+    path = target.path
     if path.startswith(config.server.reserved_prefix):
         raise NotFound(f"no gateway endpoint {path}")
-    if unsafe_path(path, request.raw_path.split("?", 1)[0]):
-        raise BadRequest("unsafe path")
     match = generation.router.resolve(request.host, path, request.method)
     if isinstance(match, NoMatch):
         raise MethodNotAllowed() if match.path_matched else NotFound(f"no route for {path}")
@@ -281,7 +314,7 @@ async def _plan(request: web.Request) -> web.StreamResponse | ForwardPlan:
         if any(s.location == "form" for s in route.employer_scope):
             body = await _small_form(request, route.max_body_bytes)
         decision = await authorize(
-            request, route, match.params, request.app[SERVICES], request[REQUEST_ID]
+            request, target, route, match.params, request.app[SERVICES], request[REQUEST_ID]
         )
         if isinstance(decision, Respond):
             return decision.response
@@ -292,6 +325,7 @@ async def _plan(request: web.Request) -> web.StreamResponse | ForwardPlan:
         str(config.server.public_url).rstrip("/") if config.server.public_url else None,
     )
     return (
+        target,
         route,
         client,
         request[REQUEST_ID],
@@ -438,7 +472,32 @@ def build_app(
     app.router.add_get(prefix + "readyz", edged(readyz))
     app.router.add_get(prefix + "metrics", edged(metrics_handler))
     app.router.add_route("*", "/{tail:.*}", edge)
+    every_target = _EveryTarget()
+    every_target.add_route("*", edge)
+    app.router.register_resource(every_target)
     return app
+
+
+class _EveryTarget(web_urldispatcher.PlainResource):
+    """Takes every request target that the catch-all path route cannot.
+
+    aiohttp's router only matches paths: the asterisk form ``*`` (RFC 9112
+    3.2.4), the authority form of CONNECT and a path whose decoded form holds a
+    line break would get aiohttp's own bare 404 before the edge saw them. This
+    resource sits last under "/" in the router's index, where every such lookup
+    ends, and hands them to the edge, which answers ``OPTIONS *`` itself and
+    refuses the rest with the 400 page (``gateway.target``).
+    """
+
+    def __init__(self) -> None:
+        web_urldispatcher.Resource.__init__(self)
+        self._path = "/"
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        return {}
+
+    def raw_match(self, path: str) -> bool:
+        return False
 
 
 async def _login_readiness(app: web.Application) -> tuple[str, bool, str]:

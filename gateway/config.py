@@ -113,8 +113,15 @@ class ServerSettings(Model):
     )
     deny_headers: list[str] = Field(
         default_factory=lambda: list(DEFAULT_DENY_HEADERS),
-        description="Client-sent headers removed before routing. Identity headers of every "
-        "route are always added to this list.",
+        description="Client-sent headers never forwarded upstream (in any spelling: case, "
+        "and _ for -). Identity headers of every route are always added to this list.",
+    )
+    underscores_in_headers: bool = Field(
+        False,
+        description="Forward client headers whose names contain an underscore (like nginx's "
+        "underscores_in_headers). Off: they are dropped, since CGI/WSGI-style stacks read "
+        "X_Remote_User and X-Remote-User as one variable. Even when on, a name that equals a "
+        "denied or gateway-set header once _ is read as - is dropped.",
     )
     request_id_header: str = "X-Request-ID"
     upstream_pool_size: int = Field(

@@ -17,6 +17,8 @@ The tree::
     │   └── CsrfFailed                a state-changing gateway form without a valid token
     ├── BadRequest            400     malformed input the gateway itself parses
     ├── BodyTooLarge          413     request body over the route's limit
+    ├── NotImplementedHere    501     a transfer coding the gateway does not apply (RFC 9112 6.1)
+    ├── VersionNotSupported   505     an HTTP version other than 1.x on the request line
     ├── LoginFailed           4xx     the eHerkenning login could not complete
     │   ├── SamlInvalid       400     a SAML message failed a check (audited with the reason)
     │   ├── LoginCancelled    400     the user cancelled at the broker
@@ -139,6 +141,24 @@ class BodyTooLarge(GatewayError):
     title_en = "Upload too large"
     text_nl = "Wat u verstuurt is groter dan hier is toegestaan."
     text_en = "What you are sending is larger than allowed here."
+
+
+class NotImplementedHere(GatewayError):
+    status = 501
+    code = "not_implemented"
+    title_nl = "Niet ondersteund"
+    title_en = "Not supported"
+    text_nl = "Dit soort verzoek wordt hier niet ondersteund."
+    text_en = "This kind of request is not supported here."
+
+
+class VersionNotSupported(GatewayError):
+    status = 505
+    code = "http_version_not_supported"
+    title_nl = "HTTP-versie niet ondersteund"
+    title_en = "HTTP version not supported"
+    text_nl = "Uw programma gebruikt een HTTP-versie die hier niet wordt ondersteund."
+    text_en = "Your software uses an HTTP version that is not supported here."
 
 
 class LoginFailed(GatewayError):

@@ -41,6 +41,7 @@ from gateway.errors import (
 from gateway.services import Services
 from gateway.sessions import Session
 from gateway.sessions.cookies import read_session_cookie
+from gateway.target import Target, query_pairs
 from gateway.tokens import TokenSubject
 
 log = structlog.get_logger("gateway.gate")
@@ -78,7 +79,7 @@ def _redirect(location: str) -> web.Response:
 
 
 async def current_session(
-    request: web.Request, services: Services, request_id: str
+    request: web.Request, services: Services, request_id: str, return_to: str
 ) -> Session | Respond:
     """The request's live session with fresh mandates, or how to answer instead.
 
@@ -99,7 +100,7 @@ async def current_session(
     if session is None:
         session = await manager.load(session_id)
         if session is None:
-            target = login_url(services, request.path_qs)
+            target = login_url(services, return_to)
             if _browser_navigation(request):
                 return Respond(_redirect(target))
             request[ERROR_EXTRA] = {
@@ -127,24 +128,27 @@ async def current_session(
 
 async def authorize(
     request: web.Request,
+    target: Target,
     route: RouteSettings,
     params: Mapping[str, str],
     services: Services,
     request_id: str,
 ) -> Forward | Respond:
     """Decide whether this request may go upstream, and with which identity headers."""
-    found = await current_session(request, services, request_id)
+    found = await current_session(request, services, request_id, target.raw)
     if isinstance(found, Respond):
         return found
     session = found
 
     if route.min_loa is not None and session.identity.loa < route.min_loa:
         if _browser_navigation(request):
-            return Respond(_redirect(login_url(services, request.path_qs, route.min_loa.short)))
+            return Respond(_redirect(login_url(services, target.raw, route.min_loa.short)))
         raise LevelTooLow(f"route {route.name} needs {route.min_loa.short}")
 
     employers = (
-        _employers_in_request(request, route.employer_scope, params) if route.employer_scope else []
+        _employers_in_request(request, target, route.employer_scope, params)
+        if route.employer_scope
+        else []
     )
     for identifier, value in employers:
         if not _allowed(session, identifier, value):
@@ -187,7 +191,7 @@ def token_subject(session: Session) -> TokenSubject:
 
 
 def _employers_in_request(
-    request: web.Request, scopes: list[EmployerScope], params: Mapping[str, str]
+    request: web.Request, target: Target, scopes: list[EmployerScope], params: Mapping[str, str]
 ) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for scope in scopes:
@@ -198,8 +202,9 @@ def _employers_in_request(
         elif scope.location == "query":
             # Names compare case-insensitively: many portal frameworks (ASP.NET,
             # for one) read ?Werkgever= and ?werkgever= alike.
+            # Read from the raw query that is forwarded, decoded as the portal decodes it.
             wanted = scope.name.casefold()
-            values.extend(v for k, v in request.query.items() if k.casefold() == wanted)
+            values.extend(v for k, v in query_pairs(target.raw_query) if k.casefold() == wanted)
         elif scope.location == "header":
             values.extend(request.headers.getall(scope.name, []))
         else:

@@ -125,7 +125,7 @@ def _matches(session: Session, query: str) -> list[Any]:
 async def employers_page(request: web.Request) -> web.StreamResponse:
     """The overview, as HTML or JSON."""
     services = request.app[SERVICES]
-    found = await current_session(request, services, request[REQUEST_ID])
+    found = await current_session(request, services, request[REQUEST_ID], request.path_qs)
     if isinstance(found, Respond):
         return found.response
     session = found
@@ -189,7 +189,7 @@ async def select_employer(request: web.Request) -> web.StreamResponse:
     """Set the active employer (CSRF-protected), rotate the session ID, go back."""
     services = request.app[SERVICES]
     settings = services.config.sessions
-    found = await current_session(request, services, request[REQUEST_ID])
+    found = await current_session(request, services, request[REQUEST_ID], request.path_qs)
     if isinstance(found, Respond):
         raise NotAuthenticated("no session for employer selection")
     session = found

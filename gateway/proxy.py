@@ -5,11 +5,15 @@ What crosses the gateway, and what does not:
 - Hop-by-hop headers (Connection and the headers it names, Keep-Alive, TE,
   Trailer, Transfer-Encoding, Upgrade unless a websocket is passed through,
   Proxy-*, Expect) never cross in either direction.
-- Client-sent identity headers and every header on the deny-list were already
-  removed before routing (``gateway.app``); the gateway's own cookies are
-  removed from ``Cookie`` here, and an upstream may not set them either.
-- ``X-Forwarded-For/-Proto/-Host`` and ``Forwarded`` are rebuilt: incoming
-  values are believed only from configured trusted proxies.
+- Client-sent identity headers, every header on the deny-list (any case),
+  headers with ``_`` in the name (unless allowed, and never one that reads
+  as a protected name) and the "real URL / client / method" headers of
+  ``_CLIENT_FORBIDDEN`` are removed here; so are the gateway's own cookies
+  from ``Cookie``, and an upstream may not set them either.
+- ``X-Forwarded-For/-Proto/-Host``, ``Forwarded`` and ``X-Real-IP`` are
+  rebuilt: incoming values are believed only from configured trusted proxies.
+- The request target goes upstream as the client's raw bytes
+  (``gateway.target``), after the route's strip-prefix and base path.
 - Bodies stream in both directions in chunks; nothing is buffered whole.
 - Upstream redirects to the upstream's own address are rewritten to the public
   address.
@@ -33,6 +37,8 @@ from yarl import URL
 from gateway.config import RouteSettings, ServerSettings
 from gateway.errors import BadRequest, BodyTooLarge, UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import Metrics
+from gateway.routing import has_prefix
+from gateway.target import Target, strip_segments
 from gateway.upstream_client import (
     Origin,
     RequestBodyError,
@@ -60,7 +66,42 @@ HOP_BY_HOP = frozenset(
 )
 # Recomputed by us for every request; client copies are never passed on as-is.
 _FORWARDING = frozenset(
-    {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"}
+    {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
+)
+# Headers that front proxies and frameworks read as "the real client", "the real
+# URL" or "the real method". A client may not choose them: some upstream stacks
+# route by X-Original-URL/X-Rewrite-URL (IIS URL Rewrite, Symfony), log or rate
+# limit by X-Real-IP/True-Client-IP, or turn a GET into a DELETE by
+# X-HTTP-Method-Override. Never forwarded from a client; X-Real-IP is rebuilt.
+_CLIENT_FORBIDDEN = frozenset(
+    {
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-uri",
+        "x-original-method",
+        "x-original-host",
+        "x-forwarded-uri",
+        "x-forwarded-path",
+        "x-forwarded-prefix",
+        "x-forwarded-port",
+        "x-forwarded-server",
+        "x-forwarded-method",
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "x-url-scheme",
+        "x-scheme",
+        "front-end-https",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-proxyuser-ip",
+        "x-host",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    }
 )
 _WS_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
@@ -94,18 +135,31 @@ class Upstream:
         assert url.port is not None
         return Origin(url.scheme, url.raw_host, url.port)
 
-    def target_path(self, raw_path: str, raw_query: str) -> str:
-        """The request target upstream: base path + the client's path (minus strip-prefix)."""
-        strip = self.settings.strip_prefix
-        if strip and (raw_path == strip or raw_path.startswith(strip + "/")):
-            raw_path = raw_path[len(strip) :] or "/"
-        target = self.base_path + raw_path
-        if raw_query:
-            target += "?" + raw_query
-        return target
+    @cached_property
+    def strip_segments(self) -> int:
+        strip = (self.settings.strip_prefix or "").rstrip("/")
+        return strip.count("/")
 
-    def target(self, raw_path: str, raw_query: str) -> URL:
-        return URL(self.origin + self.target_path(raw_path, raw_query), encoded=True)
+    def target_path(self, target: Target) -> str:
+        """The request target upstream: base path + the client's raw path and query.
+
+        The strip-prefix is matched on the canonical path (in the route's case
+        rule) and removed from the raw path by whole segments, so the bytes the
+        client sent pass unchanged after it.
+        """
+        raw_path = target.raw_path
+        strip = self.settings.strip_prefix
+        if strip and has_prefix(
+            target.path, strip, ignore_case=self.settings.policy == "authenticated"
+        ):
+            raw_path = strip_segments(raw_path, self.strip_segments)
+        out = self.base_path + raw_path
+        if target.raw_query is not None:
+            out += "?" + target.raw_query
+        return out
+
+    def target(self, target: Target) -> URL:
+        return URL(self.origin + self.target_path(target), encoded=True)
 
     def public_location(self, location: str, public_origin: str) -> str:
         """Rewrite ``location`` if it points at the upstream's own address."""
@@ -216,6 +270,9 @@ class Forwarder:
         self.server = server
         self.metrics = metrics
         self.cookie_prefixes = tuple(server.gateway_cookie_prefixes)
+        # Names the gateway itself sets on every request: a client's look-alike
+        # (X_Request_ID) must not arrive next to ours.
+        self._set_by_gateway = frozenset({server.request_id_header.lower()})
         self._session: aiohttp.ClientSession | None = None
         self._client: UpstreamClient | None = None
         self._upstreams: dict[int, Upstream] = {}
@@ -275,13 +332,21 @@ class Forwarder:
         ``deny`` (lower-case names) holds the client-sent headers nobody behind
         the gateway may see: identity headers and the configured deny-list.
         """
-        drop = HOP_BY_HOP | _FORWARDING | deny | connection_tokens(request.headers)
+        drop = (
+            HOP_BY_HOP | _FORWARDING | _CLIENT_FORBIDDEN | deny | connection_tokens(request.headers)
+        )
         if websocket:
             drop |= _WS_HANDSHAKE | {"sec-websocket-protocol"}
+        protected = _FORWARDING | _CLIENT_FORBIDDEN | deny | self._set_by_gateway
+        underscores = self.server.underscores_in_headers
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in request.headers.items():
             low = name.lower()
             if low in drop:
+                continue
+            if "_" in low and (not underscores or low.replace("_", "-") in protected):
+                # X_Remote_User reaches a CGI/WSGI-style app as HTTP_X_REMOTE_USER,
+                # the very variable X-Remote-User fills (nginx drops them too).
                 continue
             if low == "cookie":
                 value = strip_gateway_cookies(value, self.cookie_prefixes)
@@ -291,6 +356,7 @@ class Forwarder:
         if route.preserve_host:
             out["Host"] = request.host
         out["X-Forwarded-For"] = client.xff
+        out["X-Real-IP"] = client.address
         out["X-Forwarded-Proto"] = client.proto
         out["X-Forwarded-Host"] = client.host
         out["Forwarded"] = client.forwarded
@@ -307,6 +373,7 @@ class Forwarder:
     async def forward(
         self,
         request: web.Request,
+        target: Target,
         route: RouteSettings,
         client: ClientView,
         request_id: str,
@@ -317,7 +384,6 @@ class Forwarder:
     ) -> web.StreamResponse:
         """Proxy one HTTP request and stream the answer back."""
         up = self.upstream(route)
-        raw_path = request.raw_path.split("?", 1)[0]
         if (
             route.websocket
             and request.headers.get("Upgrade", "").lower() == "websocket"
@@ -326,7 +392,7 @@ class Forwarder:
             headers = self.request_headers(
                 request, route, client, request_id, extra_headers, deny, websocket=True
             )
-            url = up.target(raw_path, request.query_string)
+            url = up.target(target)
             return await self._websocket(request, route, url, headers)
 
         headers = self.request_headers(request, route, client, request_id, extra_headers, deny)
@@ -353,7 +419,7 @@ class Forwarder:
             upstream = await self.client.request(
                 up.origin_key,
                 request.method,
-                up.target_path(raw_path, request.query_string),
+                up.target_path(target),
                 headers.items(),
                 host=host,
                 body=data,

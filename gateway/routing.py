@@ -5,6 +5,14 @@ file order and the **first match wins**: put specific routes before general
 ones. A route whose path matches but whose methods do not is skipped (a later
 route may take the method); if no route takes the request but some route's
 path matched, the answer is 405, otherwise 404.
+
+The path is the canonical (decoded, checked) path of ``gateway.target``.
+**Authenticated routes match it case-insensitively, public routes only in the
+exact spelling.** Many portal stacks (IIS, ASP.NET, servlet containers with
+case-insensitive mappings) serve ``/Werkgevers/1/`` and ``/werkgevers/1/``
+alike, so a case-variant must meet the stricter route: an employer-scoped
+pattern catches every spelling, while a case-variant of a *public* path falls
+through to whatever authenticated route follows instead of being let through.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ class PatternError(ValueError):
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::((?:[^{}]|\{[^{}]*\})+))?\}")
 
 
-def compile_pattern(pattern: str) -> re.Pattern[str]:
+def compile_pattern(pattern: str, *, ignore_case: bool = False) -> re.Pattern[str]:
     """Compile ``/werkgevers/{kvk}/{rest:.*}`` to an anchored regex with named groups."""
     out = ""
     pos = 0
@@ -49,7 +57,7 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     if "{" in tail or "}" in tail:
         raise PatternError(f"unbalanced braces in pattern {pattern!r}")
     out += re.escape(tail)
-    return re.compile(out)
+    return re.compile(out, re.IGNORECASE if ignore_case else 0)
 
 
 @dataclass(frozen=True)
@@ -64,15 +72,19 @@ class Route:
     def name(self) -> str:
         return self.settings.name
 
+    @property
+    def ignore_case(self) -> bool:
+        """Authenticated routes take every spelling of their path (module docstring)."""
+        return self.settings.policy == "authenticated"
+
     def match_path(self, path: str) -> dict[str, str] | None:
         rule = self.settings.match
         if rule.type == "exact":
+            if self.ignore_case:
+                return {} if path.lower() == rule.path.lower() else None
             return {} if path == rule.path else None
         if rule.type == "prefix":
-            prefix = rule.path.rstrip("/")
-            if not prefix or path == prefix or path.startswith(prefix + "/"):
-                return {}
-            return None
+            return {} if has_prefix(path, rule.path, ignore_case=self.ignore_case) else None
         assert self._regex is not None
         m = self._regex.fullmatch(path)
         return m.groupdict() if m else None
@@ -109,7 +121,13 @@ class Router:
 
     def __init__(self, routes: Sequence[RouteSettings]):
         self.routes = tuple(
-            Route(r, i, compile_pattern(r.match.path) if r.match.type == "pattern" else None)
+            Route(
+                r,
+                i,
+                compile_pattern(r.match.path, ignore_case=r.policy == "authenticated")
+                if r.match.type == "pattern"
+                else None,
+            )
             for i, r in enumerate(routes)
         )
 
@@ -137,17 +155,9 @@ def _bare_host(host: str) -> str:
     return host.rsplit(":", 1)[0] if ":" in host else host
 
 
-_BAD_PATH = re.compile(r"(^|/)\.\.?(/|$)|//|\\|\x00")
-
-
-def unsafe_path(decoded_path: str, raw_path: str) -> bool:
-    """True for paths that routing and the upstream might read differently.
-
-    Dot segments, doubled slashes, backslashes and percent-encoded slashes let a
-    client reach an upstream path that another route (or no route) was meant to
-    guard; such requests are refused instead of normalised.
-    """
-    if _BAD_PATH.search(decoded_path):
-        return True
-    lowered = raw_path.lower()
-    return "%2f" in lowered or "%5c" in lowered or "%00" in lowered
+def has_prefix(path: str, prefix: str, *, ignore_case: bool = False) -> bool:
+    """Whether ``path`` has ``prefix`` on a segment boundary: /a takes /a/b, not /ab."""
+    prefix = prefix.rstrip("/")
+    if ignore_case:
+        path, prefix = path.lower(), prefix.lower()
+    return not prefix or path == prefix or path.startswith(prefix + "/")

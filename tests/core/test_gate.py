@@ -27,6 +27,7 @@ from gateway.mandates.rules import Decision
 from gateway.services import Services
 from gateway.sessions import Session, SessionManager, SessionSettings
 from gateway.store.memory import MemoryStore
+from gateway.target import parse_target
 from gateway.tokens import KeySet, TokenKeyFiles, TokenMinter, TokenSettings, init_keys_dir
 from tests.sessions.conftest import Clock, make_employers, make_identity
 
@@ -70,10 +71,14 @@ class World:
         return make_mocked_request("GET", "/portaal/start", headers=headers)
 
     async def current(self, session: Session | None) -> Session | gate.Respond:
-        return await gate.current_session(self.request(session), self.services, "req-1")
+        return await gate.current_session(
+            self.request(session), self.services, "req-1", "/portaal/start"
+        )
 
     async def token(self, session: Session) -> str:
-        decision = await gate.authorize(self.request(session), ROUTE, {}, self.services, "req-1")
+        decision = await gate.authorize(
+            self.request(session), parse_target("/portaal/start"), ROUTE, {}, self.services, "req-1"
+        )
         assert isinstance(decision, gate.Forward)
         return decision.headers["X-Gateway-Identity"]
 
@@ -115,7 +120,7 @@ async def test_no_session_still_sends_the_browser_to_the_login(world: World) -> 
     assert found.response.headers["Location"].startswith("/_gateway/login?next=")
     api = make_mocked_request("GET", "/portaal/x", headers={"Accept": "application/json"})
     with pytest.raises(NotAuthenticated):
-        await gate.current_session(api, world.services, "req-1")
+        await gate.current_session(api, world.services, "req-1", "/portaal/x")
 
 
 async def test_a_push_reaches_a_cached_session_on_its_next_request(world: World) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from tests.conftest import GatewayFactory
 from tests.support.upstream import UpstreamLog
@@ -379,6 +380,21 @@ async def test_websocket_passes_through_on_enabled_route(gateway: GatewayFactory
         assert (await ws.receive_str()) == "echo:hallo"
         await ws.send_bytes(b"abc")
         assert (await ws.receive_bytes()) == b"cba"
+
+
+async def test_websocket_target_is_forwarded_byte_for_byte(
+    gateway: GatewayFactory, upstream_log: UpstreamLog
+) -> None:
+    """The websocket handshake reaches the upstream with the raw query (+, %23, %25 kept)."""
+    client = await gateway(
+        [{"name": "ws", "match": {"path": "/"}, "policy": "public", "websocket": True}]
+    )
+    target = "/ws?q=foo+bar&x=%23&y=100%25&z=caf%C3%A9"
+    async with client.ws_connect(URL(target, encoded=True), protocols=("chat",)) as ws:
+        await ws.send_str("hallo")
+        assert (await ws.receive_str()) == "echo:hallo"
+    assert upstream_log.requests[-1]["method"] == "WEBSOCKET"
+    assert upstream_log.requests[-1]["path"] == target
 
 
 async def test_websocket_refused_on_route_without_it(gateway: GatewayFactory) -> None:

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.routing import NoMatch, PatternError, RouteMatch, Router, compile_pattern, unsafe_path
+from gateway.config import RouteSettings
+from gateway.routing import NoMatch, PatternError, RouteMatch, Router, compile_pattern
 from tests.conftest import make_config
 
 
@@ -94,18 +95,22 @@ def test_bad_patterns_rejected(pattern: str) -> None:
         compile_pattern(pattern)
 
 
-@pytest.mark.parametrize(
-    ("decoded", "raw", "unsafe"),
-    [
-        ("/a/b", "/a/b", False),
-        ("/a/../b", "/a/../b", True),
-        ("/a/./b", "/a/./b", True),
-        ("/a//b", "/a//b", True),
-        ("/a/b", "/a%2Fb", True),
-        ("/a\\b", "/a%5Cb", True),
-        ("/caf\u00e9", "/caf%C3%A9", False),
-    ],
-)
-def test_unsafe_paths(decoded: str, raw: str, unsafe: bool) -> None:
-    """Paths that routing and an upstream could read differently are flagged."""
-    assert unsafe_path(decoded, raw) is unsafe
+def test_authenticated_routes_match_every_spelling_public_routes_one() -> None:
+    """/Werkgevers/1 meets the employer route; /STATIC/x falls through to the stricter route."""
+    routes = [
+        {"name": "static", "match": {"path": "/static"}, "policy": "public"},
+        {
+            "name": "employer",
+            "match": {"path": "/werkgevers/{kvk}{rest:(?:/.*)?}", "type": "pattern"},
+            "policy": "authenticated",
+        },
+        {"name": "rest", "match": {"path": "/"}, "policy": "authenticated"},
+    ]
+    router = Router([RouteSettings.model_validate({"upstream": "http://u", **r}) for r in routes])
+    for spelling in ("/werkgevers/1/x", "/Werkgevers/1/x", "/WERKGEVERS/1", "/werkgevers/1"):
+        found = router.resolve("h", spelling, "GET")
+        assert isinstance(found, RouteMatch) and found.route.name == "employer", spelling
+        assert found.params["kvk"] == "1"
+    assert _name(router.resolve("h", "/static/app.css", "GET")) == "static"
+    assert _name(router.resolve("h", "/STATIC/app.css", "GET")) == "rest"
+    assert _name(router.resolve("h", "/werkgevers", "GET")) == "rest"

@@ -330,7 +330,7 @@ def gateway_config(
         "routes": [
             {
                 "name": "employer-pages",
-                "match": {"path": "/werkgevers/{kvk}/{rest:.*}", "type": "pattern"},
+                "match": {"path": "/werkgevers/{kvk}{rest:(?:/.*)?}", "type": "pattern"},
                 "upstream": upstream_url,
                 "employer_scope": [{"location": "path", "name": "kvk"}],
             },

@@ -119,6 +119,9 @@ async def hop_headers(request: web.Request) -> web.Response:
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
+    request.app[UPSTREAM_LOG].requests.append(
+        {"method": "WEBSOCKET", "path": request.raw_path, "headers": list(request.headers.items())}
+    )
     ws = web.WebSocketResponse(protocols=("chat",))
     await ws.prepare(request)
     async for msg in ws:
