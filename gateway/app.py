@@ -32,6 +32,7 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
 )
+from gateway.forward_auth import forward_auth_routes
 from gateway.gate import Respond, authorize
 from gateway.login import login_routes
 from gateway.logs import (
@@ -468,6 +469,10 @@ def build_app(
                 app.router.add_get(path, edged(handler))  # HEAD too
             else:
                 app.router.add_route(method, path, edged(handler))
+    if config.forward_auth.enabled:
+        current = lambda: (runtime.current.config, runtime.current.router)  # noqa: E731
+        for method, path, handler in forward_auth_routes(prefix, current):
+            app.router.add_route(method, path, edged(handler))
     app.router.add_get(prefix + "healthz", edged(healthz))
     app.router.add_get(prefix + "readyz", edged(readyz))
     app.router.add_get(prefix + "metrics", edged(metrics_handler))

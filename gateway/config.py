@@ -287,6 +287,30 @@ class AdminSettings(Model):
     )
 
 
+class ForwardAuthSettings(Model):
+    """The auth-subrequest endpoint for a proxy that carries the bytes (docs/forward-auth.md)."""
+
+    enabled: bool = Field(
+        False,
+        description="Serve {reserved_prefix}auth for nginx auth_request, ingress-nginx auth-url, "
+        "Traefik forwardAuth and Envoy ext_authz. Only peers in server.trusted_proxies may ask.",
+    )
+    cache_seconds: int = Field(
+        5,
+        ge=0,
+        le=30,
+        description="How long the proxy may cache an allowing answer (X-Accel-Expires and "
+        "Cache-Control max-age). A revocation takes effect within the mandate re-check "
+        "interval plus this.",
+    )
+    browser_status: Literal[401, 303] = Field(
+        401,
+        description="A browser without a session: 401 with the login URL in Location and "
+        "X-Auth-Redirect (nginx: error_page 401), or 303 straight to the login (Traefik, Envoy, "
+        "which pass the answer to the client).",
+    )
+
+
 class GatewayConfig(Model):
     """The whole configuration file."""
 
@@ -302,6 +326,7 @@ class GatewayConfig(Model):
         None, description="The signed identity token for backends (docs/backends.md)."
     )
     admin: AdminSettings | None = None
+    forward_auth: ForwardAuthSettings = Field(default_factory=ForwardAuthSettings)
     routes: Annotated[list[RouteSettings], Field(min_length=1)]
 
     @property

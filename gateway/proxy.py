@@ -235,6 +235,11 @@ def _quote_host(host: str) -> str:
     return f'"{host}"' if ":" in host else host
 
 
+def is_trusted_peer(remote: str | None, trusted: Iterable[Network]) -> bool:
+    """Is the TCP peer one of the configured trusted proxies?"""
+    return remote is not None and _is_trusted(remote, tuple(trusted))
+
+
 def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)

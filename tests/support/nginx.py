@@ -13,7 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,7 @@ class Nginx:
         return path.read_text() if path.exists() else ""
 
 
-def _config(folder: Path, port: int, server_body: str) -> str:
+def _config(folder: Path, http_body: str) -> str:
     temp = "\n".join(
         f"    {kind}_temp_path {folder / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -52,10 +52,7 @@ events {{ worker_connections 512; }}
 http {{
     access_log off;
 {temp}
-    server {{
-        listen 127.0.0.1:{port};
-{server_body}
-    }}
+{http_body}
 }}
 """
 
@@ -69,16 +66,21 @@ def _start(binary: str, folder: Path) -> subprocess.Popen[bytes]:
 
 
 @contextlib.asynccontextmanager
-async def run_nginx(server_body: str, *, http_extra: str = "") -> AsyncIterator[Nginx]:
+async def run_nginx(server_body: str) -> AsyncIterator[Nginx]:
     """Start nginx with one ``server`` whose body is ``server_body``; stop it afterwards."""
+    port = free_port()
+    http_body = f"server {{\n    listen 127.0.0.1:{port};\n{server_body}\n}}"
+    async with run_nginx_http(lambda folder: http_body, port) as nginx:
+        yield nginx
+
+
+@contextlib.asynccontextmanager
+async def run_nginx_http(http_body: Callable[[Path], str], port: int) -> AsyncIterator[Nginx]:
+    """Start nginx with ``http_body(folder)`` inside ``http {}`` (a conf.d file), on ``port``."""
     binary = shutil.which("nginx") or NGINX
     assert Path(binary).exists(), "nginx is not installed (./dev test installs it)"
     folder = Path(tempfile.mkdtemp(prefix="nginx-"))
-    port = free_port()
-    config = _config(folder, port, server_body)
-    if http_extra:
-        config = config.replace("http {\n", "http {\n" + http_extra + "\n", 1)
-    (folder / "nginx.conf").write_text(config)
+    (folder / "nginx.conf").write_text(_config(folder, http_body(folder)))
     process = _start(binary, folder)
     try:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,211 @@
+"""Forward-auth: the gateway's decision for a proxy that carries the bytes itself.
+
+nginx ``auth_request``, ingress-nginx ``auth-url``, Traefik ``forwardAuth`` and
+Envoy's HTTP ``ext_authz`` ask an auth service, per request (or per cached
+interval), "may this request pass, and with which identity header?". This
+module answers at ``{reserved_prefix}auth`` from the **same** route table,
+target parsing (``gateway.target``) and policy (``gateway.gate.authorize``) as
+proxy mode: there is no second implementation of any rule.
+
+The original request comes from the headers these proxies send, believed only
+from ``server.trusted_proxies`` (anyone else gets 403):
+
+- target: ``X-Original-URI`` (nginx), ``X-Forwarded-Uri`` (Traefik),
+  ``X-Original-URL`` (ingress-nginx, a full URL), or the path after
+  ``{reserved_prefix}auth`` (Envoy's ``path_prefix``);
+- method: ``X-Original-Method``, ``X-Forwarded-Method``, else the method of the
+  auth request itself;
+- host: ``X-Forwarded-Host``, else ``Host``; cookies and every other header
+  as they are.
+
+Answers:
+
+- **200**: allowed. The route's identity header (or ``Authorization: Bearer``)
+  carries the signed token; ``X-Gateway-Route`` names the route. A public
+  route is allowed with no identity header. ``X-Accel-Expires`` and
+  ``Cache-Control: max-age`` let the proxy cache it for
+  ``forward_auth.cache_seconds``.
+- **401**: no session (or a step-up login is needed): ``Location`` and
+  ``X-Auth-Redirect`` hold the login URL (nginx: ``error_page 401``); with
+  ``forward_auth.browser_status: 303`` browsers get the redirect itself.
+- **403**: the employer is not in the allowed set, no route takes the
+  request, or the target is a shape proxy mode refuses; and every request
+  from a peer that is not a trusted proxy.
+
+A route with a ``form`` employer scope cannot be checked without the body,
+which no auth subrequest carries: such requests are refused unless their
+method has no body (GET, HEAD).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.audit import audit
+from gateway.config import GatewayConfig
+from gateway.context import ERROR_EXTRA, REQUEST_ID, ROUTE_NAME, Handler, Route
+from gateway.errors import Forbidden, GatewayError, NotAuthenticated
+from gateway.gate import Respond, authorize, login_url
+from gateway.pages import error_response
+from gateway.proxy import is_trusted_peer
+from gateway.routing import NoMatch, Router
+from gateway.services import SERVICES
+from gateway.target import BadTarget, parse_target
+
+log = structlog.get_logger("gateway.forward_auth")
+
+# Headers that describe the original request to us; never passed on as its own.
+_ORIGINAL = frozenset(
+    {
+        "x-original-uri",
+        "x-original-url",
+        "x-original-method",
+        "x-forwarded-uri",
+        "x-forwarded-method",
+        "x-auth-request-redirect",
+        "x-sent-from",
+        "content-length",
+        "transfer-encoding",
+    }
+)
+_BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class ForwardAuthDenied(Forbidden):
+    """A forward-auth question the gateway will not answer with "allowed"."""
+
+    code = "forward_auth_denied"
+
+
+@dataclass(frozen=True)
+class Original:
+    """The request the proxy is asking about."""
+
+    method: str
+    target: str
+    host: str
+
+
+def original_request(
+    headers: Mapping[str, str], method: str, host: str, tail: str | None
+) -> Original:
+    """Read the original request from the headers the known proxies send."""
+    target = headers.get("X-Original-URI") or headers.get("X-Forwarded-Uri")
+    if not target and headers.get("X-Original-URL"):
+        parts = urlsplit(headers["X-Original-URL"])
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+    if not target and tail is not None:
+        target = tail
+    if not target:
+        raise ForwardAuthDenied("forward-auth request without the original target")
+    original_method = (
+        headers.get("X-Original-Method") or headers.get("X-Forwarded-Method") or method
+    ).upper()
+    return Original(original_method, target, headers.get("X-Forwarded-Host") or host)
+
+
+def _original_headers(headers: CIMultiDictProxy[str], host: str) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict(
+        (k, v) for k, v in headers.items() if k.lower() not in _ORIGINAL
+    )
+    out["Host"] = host
+    return out
+
+
+Current = Callable[[], tuple[GatewayConfig, Router]]
+"""The configuration and router in force (a reload replaces both)."""
+
+
+def forward_auth_routes(prefix: str, current: Current) -> list[Route]:
+    """The endpoint, for every method (a subrequest may keep the original one)."""
+    handler = _handler(current)
+    return [("*", prefix + "auth", handler), ("*", prefix + "auth/{tail:.*}", handler)]
+
+
+def _handler(current: Current) -> Handler:
+    async def forward_auth(request: web.Request) -> web.StreamResponse:
+        config, router = current()
+        request_id = request[REQUEST_ID]
+        if not is_trusted_peer(request.remote, config.server.trusted_proxies):
+            audit(
+                "forward_auth_refused",
+                reason="untrusted_peer",
+                request_id=request_id,
+                client=request.remote,
+            )
+            raise ForwardAuthDenied("forward-auth request from a peer that is not trusted")
+        tail = request.match_info.get("tail")
+        original = original_request(
+            request.headers, request.method, request.host, "/" + tail if tail else None
+        )
+        try:
+            target = parse_target(original.target)
+        except BadTarget as exc:
+            audit("request_refused", reason=str(exc), request_id=request_id, forward_auth=True)
+            raise ForwardAuthDenied(f"refused target: {exc}") from None
+        if target.path.startswith(config.server.reserved_prefix):
+            raise ForwardAuthDenied("the gateway's own paths are not for forward-auth")
+        match = router.resolve(original.host, target.path, original.method)
+        if isinstance(match, NoMatch):
+            raise ForwardAuthDenied(f"no route for {target.path}")
+        route = match.route.settings
+        request[ROUTE_NAME] = route.name
+        settings = config.forward_auth
+        allowed = {
+            "X-Gateway-Route": route.name,
+            "Cache-Control": f"private, max-age={settings.cache_seconds}",
+            "X-Accel-Expires": str(settings.cache_seconds),
+        }
+        if route.policy == "public":
+            return web.Response(status=200, headers=allowed)
+        if (
+            any(s.location == "form" for s in route.employer_scope)
+            and original.method not in _BODYLESS
+        ):
+            raise ForwardAuthDenied(f"route {route.name}: a form employer scope needs the body")
+        services = request.app[SERVICES]
+        view = request.clone(
+            method=original.method,
+            rel_url=target.raw,
+            headers=_original_headers(request.headers, original.host),
+        )
+        try:
+            decision = await authorize(view, target, route, match.params, services, request_id)
+        except NotAuthenticated as err:
+            return _login_needed(request, err, login_url(services, target.raw), request_id)
+        except GatewayError:
+            request[ERROR_EXTRA] = view.get(ERROR_EXTRA, {})
+            raise
+        if isinstance(decision, Respond):
+            location = decision.response.headers.get("Location", "")
+            if settings.browser_status == 303:
+                return decision.response
+            return _login_needed(request, NotAuthenticated("no session"), location, request_id)
+        return web.Response(status=200, headers={**allowed, **decision.headers})
+
+    return forward_auth
+
+
+def _login_needed(
+    request: web.Request, err: GatewayError, location: str, request_id: str
+) -> web.Response:
+    """401 with where to go: the page for clients that show it, headers for proxies."""
+    resp = error_response(
+        request,
+        err,
+        request_id,
+        login_url=location,
+        action_url=location,
+        action_nl="Inloggen met eHerkenning",
+        action_en="Log in with eHerkenning",
+    )
+    resp.headers["Location"] = location
+    resp.headers["X-Auth-Redirect"] = location
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
