@@ -182,7 +182,9 @@ class MandateService:
         try:
             result = await self._shared_fetch(administrator_kvk, entry, not_before=not_before)
         except RegistryUnavailable as exc:
-            # Only a chain login gets here with a fresh answer in hand (it asked anyway).
+            # A chain login asked although a fresh answer was cached: that answer may
+            # stand in, unless a push dropped it meanwhile (read it again).
+            entry = await self._read(administrator_kvk, "cache") if fresh else None
             now = self._clock()
             if entry is not None and self.freshness.is_fresh(
                 entry.fetched_at, now, not_before=not_before
