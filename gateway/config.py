@@ -509,12 +509,6 @@ def _section_problems(
             "required with a shared store: every replica must derive the same session "
             "references (token sid)",
         )
-    if config.mandates is not None and "max_staleness" in config.mandates.model_fields_set:
-        add(
-            ("mandates", "max_staleness"),
-            "set sessions.mandate_max_staleness instead (one limit for sessions and the "
-            "mandate cache)",
-        )
     if config.tokens is not None:
         prefix = config.server.reserved_prefix
         if not config.tokens.employers_path.startswith(prefix):

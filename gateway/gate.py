@@ -4,10 +4,11 @@ Runs after routing and before forwarding (design.md steps 2-5):
 
 1. load the session from the cookie (no session: send browsers to the login,
    answer API clients 401 with the login URL);
-2. re-check mandates when the last check is older than the interval, or a
-   revocation was pushed for this administrator (once per session across
-   requests and replicas, thanks to a short lock in the store); fail closed
-   when the registry has been unreachable for longer than the staleness limit;
+2. re-check mandates when ``gateway.mandates.freshness`` says so: the
+   session's registry answer is no longer fresh, or a revocation was pushed for
+   this administrator (one request per session saves the result, thanks to a
+   short lock in the store); fail closed when the registry has been unreachable
+   for longer than the staleness limit;
 3. enforce the route's employer scope, minimum level and required scope;
 4. mint (or reuse) the signed token for this session and the route's audience.
 
@@ -111,9 +112,9 @@ async def current_session(
             }
             raise NotAuthenticated("no session")
         active_before = session.active_employer
-        forced, due = _mandates_due(services, session)
-        if due:
-            session = await _recheck_mandates(services, session, request_id, forced=forced)
+        check = services.sessions.mandate_check(session, _pushed_at(services, session))
+        if check.due:
+            session = await _recheck_mandates(services, session, request_id, check.not_before)
     if session.identity.mode == "chain" and not session.allowed:
         # The one employer of a chain login withdrew its mandate at the fund.
         await services.sessions.destroy(session)
@@ -251,67 +252,59 @@ def _deny(
     )
 
 
+def _pushed_at(services: Services, session: Session) -> dt.datetime | None:
+    """When the latest revocation push for this session's administrator reached this replica."""
+    if not services.invalidated:
+        return None  # no push on this replica yet: skip the administrator lookup
+    return services.invalidated.get(session.identity.administrator_kvk or "")
+
+
 def _push_pending(services: Services, session: Session) -> bool:
     """Has a revocation push for this session's administrator arrived since its last check?"""
-    if not services.invalidated:
-        return False  # no push on this replica yet: skip the administrator lookup
-    pushed = services.invalidated.get(session.identity.administrator_kvk or "")
-    # Only a push newer than this session's last check forces a fresh registry
-    # answer; an old push must not make every later re-check bypass the cache.
-    return pushed is not None and pushed > session.last_mandate_check
-
-
-def _mandates_due(services: Services, session: Session) -> tuple[bool, bool]:
-    """``(forced, due)``: must this request re-check the session's mandates, and bypass caches?
-
-    Plain (not a coroutine) so the usual answer, "not due", costs no coroutine.
-    """
-    forced = _push_pending(services, session)
-    # A session whose set is past the staleness limit tries again on every request
-    # and is denied until that succeeds (not only on the request that is "due").
-    check_due, stale = services.sessions.mandate_status(session)
-    return forced, check_due or forced or stale
+    return services.sessions.freshness.push_pending(
+        _pushed_at(services, session),
+        fetched_at=session.mandate_check_ok_at,
+        last_attempt=session.last_mandate_check,
+    )
 
 
 async def _recheck_mandates(
-    services: Services, session: Session, request_id: str, *, forced: bool
+    services: Services, session: Session, request_id: str, not_before: dt.datetime | None
 ) -> Session:
-    """Re-check a session's mandates that ``_mandates_due`` found due."""
+    """Re-check a session's mandates that ``Freshness.check`` found due.
+
+    Every request that finds them due asks (the mandate service shares one lookup
+    between them), so none goes on with an answer that is no longer fresh while
+    another request is busy with the re-check; the one holding the refresh lock
+    saves the outcome, the others save only a change (the same answer).
+    """
     manager = services.sessions
-    if not await manager.try_refresh_lock(session):
-        # Another request (maybe on another replica) is refreshing right now:
-        # carry on with what we have, unless that is already too old.
-        if manager.mandates_stale(session):
-            raise RegistryUnavailable("mandates stale and a refresh is in progress")
-        return session
+    locked = await manager.try_refresh_lock(session)
     try:
-        interval = services.config.sessions.mandate_recheck_interval.total_seconds()
         try:
             decision, mset = await services.mandates.decide(
                 session.identity,
-                now=dt.datetime.now(dt.UTC),
-                max_age=0 if forced else interval,
-                allow_stale=True,
+                purpose="recheck",
+                not_before=not_before,
                 audit_context={
                     "request_id": request_id,
                     "session_ref": session.ref,
                     "acting_subject": session.identity.acting_subject,
                 },
             )
-            if mset is not None and mset.stale:
-                # The registry is down and this is the mandate cache's last known set:
-                # it confirms nothing, so the session's staleness keeps counting from
-                # its last real answer (else the cache's longer max_staleness would
-                # silently replace sessions.mandate_max_staleness).
-                raise RegistryUnavailable("registry down; only a stale mandate set")
         except RegistryUnavailable:
-            session = await manager.record_mandate_check(session, None)
+            if locked:
+                session = await manager.record_mandate_check(session, None)
             if manager.mandates_stale(session):
                 raise
             log.warning("mandate_recheck_failed_using_last_known", session_ref=session.ref)
             return session
+        if not locked and decision.allowed == session.allowed:
+            return session  # nothing changed; the lock holder saves the new date
         before = session.allowed_kvks
-        session = await manager.record_mandate_check(session, decision.allowed)
+        session = await manager.record_mandate_check(
+            session, decision.allowed, fetched_at=mset.fetched_at if mset else None
+        )
         removed = before - session.allowed_kvks
         if removed:
             audit(
@@ -325,5 +318,6 @@ async def _recheck_mandates(
             )
         return session
     finally:
-        with contextlib.suppress(GatewayError):  # the lock expires by itself
-            await manager.release_refresh_lock(session)
+        if locked:
+            with contextlib.suppress(GatewayError):  # the lock expires by itself
+                await manager.release_refresh_lock(session)

@@ -15,7 +15,6 @@ LogoutResponse comes back to ``saml/slo``.
 
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 from typing import Any
 
@@ -156,9 +155,8 @@ async def acs(request: web.Request) -> web.StreamResponse:
             verified.assertion_id, verified.not_on_or_after, issuer=verified.issuer
         ):
             raise SamlInvalid("assertion_replayed")
-        decision, _ = await services.mandates.decide(
+        decision, mandates = await services.mandates.decide(
             identity,
-            now=dt.datetime.now(dt.UTC),
             audit_context={"request_id": request_id, "acting_subject": identity.acting_subject},
         )
         error = decision.error()
@@ -187,7 +185,14 @@ async def acs(request: web.Request) -> web.StreamResponse:
     active = identity.legal_subject_kvk if identity.mode == "chain" else None
     if active is None and len(decision.allowed) == 1:
         active = decision.allowed[0].kvk
-    session = await services.sessions.create(identity, decision.allowed, active_employer=active)
+    session = await services.sessions.create(
+        identity,
+        decision.allowed,
+        active_employer=active,
+        # The session's answer keeps its registry date: it is re-checked when that
+        # answer stops being fresh, not a whole interval after this login.
+        mandates_fetched_at=mandates.fetched_at if mandates else None,
+    )
     audit(
         "login_succeeded",
         request_id=request_id,

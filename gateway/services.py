@@ -73,15 +73,11 @@ async def services_ctx(app: web.Application, config: GatewayConfig) -> AsyncIter
     store = create_store(config.store)
     keys = KeySet.from_settings(config.tokens)
     sp = ServiceProvider(config.saml)
-    # One staleness limit: the mandate cache keeps a set exactly as long as a
-    # session may use it (sessions.mandate_max_staleness).
-    mandate_settings = config.mandates.model_copy(
-        update={"max_staleness": config.sessions.mandate_max_staleness.total_seconds()}
-    )
-    mandates = MandateService.from_settings(store, mandate_settings)
+    sessions = SessionManager(store, config.sessions, ref_secret=config.sessions.load_ref_secret())
+    # One freshness rule for sessions, logins and the mandate cache.
+    mandates = MandateService.from_settings(store, config.mandates, sessions.freshness)
     if isinstance(mandates.source, FileMandateSource):
         mandates.source.load()  # a broken registry file stops startup, with its problems
-    sessions = SessionManager(store, config.sessions, ref_secret=config.sessions.load_ref_secret())
     services = Services(
         config=config,
         store=store,

@@ -3,10 +3,12 @@
 * ``model``: the ``Mandate`` value and the record format sources share;
 * ``rules``: the pure rules (``allowed_employers`` → ``Decision``);
 * ``source``, ``file_source``, ``http_source``, ``breaker``: the registry;
-* ``service``: cached, single-flight lookups, staleness and revocation push;
+* ``freshness``: the one rule for how old an answer may be (``Freshness``);
+* ``service``: cached, single-flight lookups and revocation push;
 * ``settings``: ``MandateSettings``.
 """
 
+from gateway.mandates.freshness import Freshness, MandateCheck
 from gateway.mandates.model import Mandate, MandateRecord, MandateStatus, is_kvk
 from gateway.mandates.rules import Decision, RefusalReason, allowed_employers, fund_today
 from gateway.mandates.service import (
@@ -22,9 +24,11 @@ __all__ = [
     "INVALIDATION_CHANNEL",
     "Decision",
     "FileSourceSettings",
+    "Freshness",
     "HttpSourceSettings",
     "InvalidateRequest",
     "Mandate",
+    "MandateCheck",
     "MandateRecord",
     "MandateService",
     "MandateSet",

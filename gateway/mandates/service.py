@@ -1,19 +1,21 @@
-"""Mandate lookups for logins and sessions: store cache, single flight, staleness, revocation.
+"""Mandate lookups for logins and sessions: store cache, single flight, revocation push.
 
 ``MandateService.lookup`` answers "which mandates does the registry hold for
 this administrator?" from one store entry per administrator, asking the
-registry only when the entry is older than ``cache_ttl`` (or the caller's
-``max_age``). Concurrent lookups for one administrator cause one registry
-call: within a process they share one task; across replicas the first takes a
-short store lock (``store.add``) and the others poll the cache until the new
-entry appears, the holder reports a failure, or ``lock_wait`` runs out (then
-they fail closed with ``RegistryUnavailable``).
+registry only when the entry is no longer fresh. How old an answer may be is
+not decided here: ``gateway.mandates.freshness`` owns that rule (an answer is
+dated when the registry was asked, and used only while younger than the
+re-check interval R). Concurrent lookups for one administrator cause one
+registry call: within a process they share one task; across replicas the
+first takes a short store lock (``store.add``) and the others poll the cache
+until the new entry appears, the holder reports a failure, or ``lock_wait``
+runs out (then they fail closed with ``RegistryUnavailable``).
 
-Staleness: the entry outlives its freshness (it is kept for ``max_staleness``)
-so that a *session* re-check (``allow_stale=True``) can keep using the last
-known good set while the registry is down, until that set is ``max_staleness``
-old. A *login* (``allow_stale=False``) never gets a stale set: registry down
-means ``RegistryUnavailable`` (fail closed).
+Registry unreachable: a direct login or a session re-check fails with
+``RegistryUnavailable`` unless a fresh answer is cached (a running session then
+keeps its own last answer within the staleness limit; see the gate). A chain
+login asks the registry even when a fresh answer is cached, and uses that answer
+only when the registry cannot be reached.
 
 Revocation push: ``invalidate`` drops the entry, leaves a marker that makes
 an in-flight lookup fetch again, and publishes the administrator's KvK on
@@ -22,10 +24,10 @@ an in-flight lookup fetch again, and publishes the administrator's KvK on
 
 Keys (hash-tagged on the KvK, so they share a Redis Cluster slot; all with TTLs)::
 
-    mandates:{<kvk>}:set     the cached set            max(cache_ttl, max_staleness)
+    mandates:{<kvk>}:set     the cached answer         R (never used when older)
     mandates:{<kvk>}:lock    single-flight lock        lock_ttl
     mandates:{<kvk>}:failed  last lookup failed        failure_hold
-    mandates:{<kvk>}:inv     invalidation marker       max(cache_ttl, lock_ttl) * 2
+    mandates:{<kvk>}:inv     invalidation marker       max(R, lock_ttl) * 2
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from gateway.audit import audit
 from gateway.errors import RegistryUnavailable
 from gateway.identity import Identity
 from gateway.mandates.codec import decode_set, encode_set
+from gateway.mandates.freshness import Freshness
 from gateway.mandates.model import KVK_PATTERN, Mandate, is_kvk
 from gateway.mandates.rules import Decision, allowed_employers, fund_today
 from gateway.mandates.settings import MandateSettings
@@ -56,11 +59,21 @@ from gateway.store.base import Store
 log = structlog.get_logger("gateway.mandates")
 
 INVALIDATION_CHANNEL = "mandates:invalidate"
-Origin = Literal["registry", "cache", "stale"]
+Origin = Literal["registry", "cache"]
+Purpose = Literal["login", "recheck"]
 
-
-def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+# Shown when a chain login cannot be checked at the fund (the generic registry page
+# speaks of "your mandates"; this one says what is missing and what still works).
+_CHAIN_UNCHECKED_NL = (
+    "Met een ketenmachtiging kunt u alleen inloggen als wij bij het pensioenfonds kunnen "
+    "nagaan of deze klant u daar ook heeft gemachtigd. Dat lukt op dit moment niet. Probeer "
+    "het over enkele minuten opnieuw."
+)
+_CHAIN_UNCHECKED_EN = (
+    "You can only log in with a chain authorisation when we can check at the pension fund "
+    "that this client has also authorised you there. That is not possible right now. "
+    "Please try again in a few minutes."
+)
 
 
 @dataclass(frozen=True)
@@ -70,14 +83,10 @@ class MandateSet:
     administrator_kvk: str
     mandates: tuple[Mandate, ...]
     fetched_at: dt.datetime
-    """When the registry answered (UTC). Store it as the session's "last mandate check"."""
+    """When the registry was asked for this answer (UTC): a session using it keeps this
+    date, so its freshness is counted from the registry, not from the moment of use."""
     origin: Origin
-    """``registry``: fetched for this call; ``cache``: a fresh cached entry;
-    ``stale``: the registry is down and this is the last known good set."""
-
-    @property
-    def stale(self) -> bool:
-        return self.origin == "stale"
+    """``registry``: fetched for this call; ``cache``: a fresh cached entry."""
 
     def age(self, now: dt.datetime) -> float:
         return max(0.0, (now - self.fetched_at).total_seconds())
@@ -106,15 +115,17 @@ class MandateService:
         source: MandateSource,
         settings: MandateSettings,
         *,
-        clock: Callable[[], dt.datetime] = _utc_now,
+        freshness: Freshness,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.store = store
         self.source = source
         self.settings = settings
-        self._clock = clock
+        self.freshness = freshness
+        self._clock = freshness.clock
         self._sleep = sleep
         self._flights: dict[str, asyncio.Task[MandateSet]] = {}
+        self._flight_started: dict[str, dt.datetime] = {}
         # Decoding 10,000 mandates costs tens of milliseconds; a replica that reads
         # the same entry again (every re-check of every session of a big office)
         # reuses the decoded tuple when the stored bytes are unchanged.
@@ -124,15 +135,18 @@ class MandateService:
         self._decoded_budget = 200_000
 
     @classmethod
-    def from_settings(cls, store: Store, settings: MandateSettings) -> MandateService:
+    def from_settings(
+        cls, store: Store, settings: MandateSettings, freshness: Freshness
+    ) -> MandateService:
         """A service with the source the settings name (call ``close()`` on shutdown)."""
-        return cls(store, build_source(settings.source), settings)
+        return cls(store, build_source(settings.source), settings, freshness=freshness)
 
     async def close(self) -> None:
         """Cancel lookups in flight and close the source."""
         for task in list(self._flights.values()):
             task.cancel()
         self._flights.clear()
+        self._flight_started.clear()
         await self.source.close()
 
     # -- lookups -------------------------------------------------------------------
@@ -141,47 +155,51 @@ class MandateService:
         self,
         administrator_kvk: str,
         *,
-        max_age: float | None = None,
-        allow_stale: bool = False,
+        not_before: dt.datetime | None = None,
+        ask_registry: bool = False,
         audit_context: Mapping[str, Any] | None = None,
     ) -> MandateSet:
-        """The administrator's mandates, at most ``min(cache_ttl, max_age)`` seconds old.
+        """The administrator's mandates in an answer that ``freshness`` calls fresh.
 
-        ``allow_stale=False`` (login): registry down raises ``RegistryUnavailable``.
-        ``allow_stale=True`` (session re-check): registry down returns the last
-        known good set (``origin="stale"``) if it is at most ``max_staleness``
-        old, else raises. ``StoreUnavailable`` propagates either way.
+        ``not_before``: the answer must have been asked for at or after this moment
+        (the latest revocation push). ``ask_registry``: ask even when a fresh answer
+        is cached, and use that answer only if the registry cannot be reached (a
+        chain login). Nothing fresh and the registry unreachable: ``RegistryUnavailable``.
+        ``StoreUnavailable`` propagates.
         """
         if not is_kvk(administrator_kvk):
             raise ValueError("administrator_kvk must be 8 digits")
         context = dict(audit_context or {})
-        limit = (
-            self.settings.cache_ttl if max_age is None else min(max_age, self.settings.cache_ttl)
-        )
         entry = await self._read(administrator_kvk, "cache")
         now = self._clock()
-        if entry is not None and entry.age(now) <= limit:
+        fresh = entry is not None and self.freshness.is_fresh(
+            entry.fetched_at, now, not_before=not_before
+        )
+        if fresh and not ask_registry:
+            assert entry is not None
             self._audit_ok(entry, now, context)
             return entry
         try:
-            result = await self._shared_fetch(administrator_kvk, entry)
+            result = await self._shared_fetch(administrator_kvk, entry, not_before=not_before)
         except RegistryUnavailable as exc:
-            if allow_stale:
-                last = await self._read(administrator_kvk, "stale")
-                now = self._clock()
-                if last is not None and last.age(now) <= self.settings.max_staleness:
-                    log.warning(
-                        "mandate_stale_set_used",
-                        administrator_kvk=administrator_kvk,
-                        age_seconds=round(last.age(now)),
-                    )
-                    self._audit_ok(last, now, context)
-                    return last
+            # A chain login asked although a fresh answer was cached: that answer may
+            # stand in, unless a push dropped it meanwhile (read it again).
+            entry = await self._read(administrator_kvk, "cache") if fresh else None
+            now = self._clock()
+            if entry is not None and self.freshness.is_fresh(
+                entry.fetched_at, now, not_before=not_before
+            ):
+                log.warning(
+                    "mandate_registry_unreachable_fresh_answer_used",
+                    administrator_kvk=administrator_kvk,
+                    age_seconds=round(entry.age(now), 1),
+                )
+                self._audit_ok(entry, now, context)
+                return entry
             audit(
                 "mandate_lookup_failed",
                 administrator_kvk=administrator_kvk,
                 reason=exc.detail,
-                allow_stale=allow_stale,
                 **context,
             )
             raise
@@ -193,19 +211,34 @@ class MandateService:
         identity: Identity,
         *,
         now: dt.datetime | None = None,
-        max_age: float | None = None,
-        allow_stale: bool = False,
+        purpose: Purpose = "login",
+        not_before: dt.datetime | None = None,
         audit_context: Mapping[str, Any] | None = None,
     ) -> tuple[Decision, MandateSet | None]:
-        """Look up and apply the rules; the set is ``None`` when the identity has no usable KvK."""
+        """Look up and apply the rules; the set is ``None`` when the identity has no usable KvK.
+
+        ``purpose="login"`` follows the login rule of ``freshness`` (a chain login
+        asks the registry); ``"recheck"`` is a running session's re-check.
+        """
         now = now or self._clock()
         kvk = identity.administrator_kvk
         if not is_kvk(kvk):
             return allowed_employers(identity, (), fund_today(now)), None
         assert kvk is not None
-        mset = await self.lookup(
-            kvk, max_age=max_age, allow_stale=allow_stale, audit_context=audit_context
-        )
+        chain_login = purpose == "login" and self.freshness.login_asks_registry(identity.mode)
+        try:
+            mset = await self.lookup(
+                kvk,
+                not_before=not_before,
+                ask_registry=chain_login,
+                audit_context=audit_context,
+            )
+        except RegistryUnavailable as exc:
+            if not chain_login:
+                raise
+            raise RegistryUnavailable(
+                exc.detail, text_nl=_CHAIN_UNCHECKED_NL, text_en=_CHAIN_UNCHECKED_EN
+            ) from exc
         return allowed_employers(identity, mset.mandates, fund_today(now)), mset
 
     def _audit_ok(self, mset: MandateSet, now: dt.datetime, context: dict[str, Any]) -> None:
@@ -243,28 +276,50 @@ class MandateService:
             _, (_, dropped, _) = self._decoded.popitem(last=False)
             total -= len(dropped) + 1
 
-    async def _shared_fetch(self, kvk: str, seen: MandateSet | None) -> MandateSet:
+    async def _shared_fetch(
+        self, kvk: str, seen: MandateSet | None, *, not_before: dt.datetime | None = None
+    ) -> MandateSet:
         # One task per administrator per process; callers are shielded from each
         # other's cancellation (a closed browser must not abort everyone's lookup).
+        # A caller that needs an answer asked for after a push does not join a
+        # flight that asked before the push.
         task = self._flights.get(kvk)
+        if (
+            task is not None
+            and not_before is not None
+            and self._flight_started.get(kvk, not_before) < not_before
+        ):
+            task = None
         if task is None:
-            task = asyncio.create_task(self._fetch_across_replicas(kvk, seen))
+            started = self._clock()
+            task = asyncio.create_task(self._fetch_across_replicas(kvk, seen, not_before))
             self._flights[kvk] = task
+            self._flight_started[kvk] = started
 
             def _done(t: asyncio.Task[MandateSet]) -> None:
                 if self._flights.get(kvk) is t:
                     del self._flights[kvk]
+                    self._flight_started.pop(kvk, None)
                 if not t.cancelled():
                     t.exception()  # retrieved, so an unobserved failure is not logged as lost
 
             task.add_done_callback(_done)
         return await asyncio.shield(task)
 
-    async def _fetch_across_replicas(self, kvk: str, seen: MandateSet | None) -> MandateSet:
+    async def _fetch_across_replicas(
+        self, kvk: str, seen: MandateSet | None, not_before: dt.datetime | None
+    ) -> MandateSet:
         s = self.settings
         token = secrets.token_hex(8).encode()
         lock_key, failed_key = _key(kvk, "lock"), _key(kvk, "failed")
         deadline = time.monotonic() + s.lock_wait
+
+        def newer(entry: MandateSet | None) -> bool:
+            # Another caller's answer, asked for after the one we found (and after the push).
+            if entry is None or (seen is not None and entry.fetched_at <= seen.fetched_at):
+                return False
+            return not_before is None or entry.fetched_at >= not_before
+
         # A failure marker that changes while we wait means the lock holder's
         # lookup failed: we fail with it instead of queueing for the registry.
         failure_seen = await self.store.get(failed_key)
@@ -278,7 +333,8 @@ class MandateService:
                     if failure is not None and failure != failure_seen:
                         raise RegistryUnavailable("another replica's registry lookup just failed")
                     entry = await self._read(kvk, "cache")
-                    if entry is not None and (seen is None or entry.fetched_at != seen.fetched_at):
+                    if newer(entry):
+                        assert entry is not None
                         return entry
                     try:
                         return await self._fetch_and_store(kvk)
@@ -293,7 +349,8 @@ class MandateService:
                     if await self.store.get(lock_key) == token:
                         await self.store.delete(lock_key)
             entry = await self._read(kvk, "cache")
-            if entry is not None and (seen is None or entry.fetched_at != seen.fetched_at):
+            if newer(entry):
+                assert entry is not None
                 return entry
             failure = await self.store.get(failed_key)
             if failure is not None and failure != failure_seen:
@@ -303,10 +360,11 @@ class MandateService:
             await self._sleep(s.lock_poll_interval)
 
     async def _fetch_and_store(self, kvk: str) -> MandateSet:
-        s = self.settings
         inv_key = _key(kvk, "inv")
         for _ in range(3):
             marker = await self.store.get(inv_key)
+            # The answer is dated when we ask: the registry's state in it is no older.
+            fetched_at = self._clock()
             try:
                 mandates = tuple(await self.source.mandates_for(kvk))
             except RegistryUnavailable:
@@ -316,9 +374,8 @@ class MandateService:
                 # (a 503 page and an audit event), not as an unexplained 500.
                 log.exception("mandate_source_crashed", administrator_kvk=kvk)
                 raise RegistryUnavailable(f"source error: {type(exc).__name__}") from exc
-            fetched_at = self._clock()
             data = encode_set(kvk, mandates, fetched_at)
-            await self.store.set(_key(kvk, "set"), data, max(s.cache_ttl, s.max_staleness))
+            await self.store.set(_key(kvk, "set"), data, self.freshness.keep_seconds)
             self._remember(kvk, data, mandates, fetched_at)
             # Written first, checked second: an invalidation that lands after this
             # check deletes what we wrote; one that landed before it makes us fetch
@@ -346,7 +403,7 @@ class MandateService:
         await self.store.set(
             _key(administrator_kvk, "inv"),
             secrets.token_hex(8).encode(),
-            max(s.cache_ttl, s.lock_ttl) * 2,
+            max(self.freshness.keep_seconds, s.lock_ttl) * 2,
         )
         await self.store.delete(_key(administrator_kvk, "set"))
         message = {"administrator_kvk": administrator_kvk}
@@ -368,7 +425,7 @@ class MandateService:
         """Administrator KvKs whose mandates changed, from any replica, until cancelled.
 
         Messages can be lost while the store is unreachable; sessions still
-        re-check every ``recheck_interval``, so a lost message only delays.
+        re-check when their answer stops being fresh, so a lost message only delays.
         """
         async for raw in self.store.subscribe(INVALIDATION_CHANNEL):
             try:

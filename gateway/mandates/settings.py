@@ -1,4 +1,4 @@
-"""Settings for mandates: which registry source, how long to cache, how stale is too stale.
+"""Settings for mandates: which registry source, and how lookups share and fail.
 
 The lead plugs ``MandateSettings`` into the root configuration; every field has
 a production-safe default except the source, which must be chosen explicitly.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class FileSourceSettings(BaseModel):
@@ -72,17 +72,22 @@ class HttpSourceSettings(BaseModel):
 
 
 class MandateSettings(BaseModel):
-    """Mandate source, cache and staleness policy."""
+    """Mandate source, single flight and failure handling.
+
+    How old an answer may be is not set here: ``sessions.mandate_recheck_interval``
+    and ``sessions.mandate_max_staleness`` are the one rule for logins, sessions
+    and the cache (``gateway.mandates.freshness``).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: Annotated[FileSourceSettings | HttpSourceSettings, Field(discriminator="kind")]
-    cache_ttl: Annotated[float, Field(gt=0, le=3600)] = 60.0
-    """Seconds a fetched set is served from the store without asking the registry."""
-    max_staleness: Annotated[float, Field(ge=0, le=86400)] = 900.0
-    """How old a set a *running session* may keep using while the registry is down.
-    Logins never use a stale set. In the gateway's configuration this follows
-    ``sessions.mandate_max_staleness`` (one setting, not two)."""
+    cache_ttl: None = Field(
+        None, description="Removed: set sessions.mandate_recheck_interval.", exclude=True
+    )
+    max_staleness: None = Field(
+        None, description="Removed: set sessions.mandate_max_staleness.", exclude=True
+    )
     lock_ttl: Annotated[float, Field(gt=0, le=600)] = 15.0
     """Lifetime of the single-flight lock; longer than one lookup can take."""
     lock_wait: Annotated[float, Field(gt=0, le=600)] = 12.0
@@ -90,6 +95,24 @@ class MandateSettings(BaseModel):
     lock_poll_interval: Annotated[float, Field(gt=0, le=5)] = 0.05
     failure_hold: Annotated[float, Field(ge=0, le=60)] = 2.0
     """Seconds a failed lookup is remembered so waiting replicas fail fast together."""
+
+    @field_validator("cache_ttl", mode="before")
+    @classmethod
+    def _cache_ttl_removed(cls, value: object) -> None:
+        # A second limit next to the sessions' is how answers came to be used for
+        # twice the re-check interval; an old configuration says so at startup.
+        raise ValueError(
+            "no longer a mandate setting: a registry answer is used for at most "
+            "sessions.mandate_recheck_interval (set that instead)"
+        )
+
+    @field_validator("max_staleness", mode="before")
+    @classmethod
+    def _max_staleness_removed(cls, value: object) -> None:
+        raise ValueError(
+            "set sessions.mandate_max_staleness instead (one limit for sessions and the "
+            "mandate cache)"
+        )
 
     @model_validator(mode="after")
     def _check(self) -> MandateSettings:

@@ -13,7 +13,13 @@ made by another replica. Content changes themselves are last-writer-wins (the
 store protocol has no compare-and-set); mandate changes are serialised per
 session by the refresh lock, so the only writers that can race are rare user
 actions (selecting an employer) against a re-check, and the next re-check
-(``mandate_recheck_interval``) repairs either outcome.
+repairs either outcome.
+
+Mandate freshness: a session carries the date of the registry answer its
+allowed set comes from (``mandate_check_ok_at``: when the registry was asked)
+and of its last re-check attempt (``last_mandate_check``). Whether a re-check is
+due, and whether the answer is too stale to use, is decided by
+``gateway.mandates.freshness`` (``self.freshness``), nothing here.
 
 Cache: a replica keeps decoded sessions for ``cache_seconds`` (LRU-bounded),
 because one Redis GET costs 150-180 µs of proxy CPU. Every save, rotation and
@@ -50,6 +56,7 @@ import structlog
 from gateway.audit import audit
 from gateway.errors import StoreUnavailable
 from gateway.identity import Employer, Identity
+from gateway.mandates.freshness import Freshness, MandateCheck
 from gateway.sessions.keys import (
     INVALIDATE_CHANNEL,
     digest,
@@ -66,10 +73,6 @@ _log = structlog.get_logger("gateway.sessions")
 # secrets.token_urlsafe(32): 32 random bytes (256 bits) as 43 base64url characters.
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _REF_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
-
-
-# Datetimes count in whole microseconds: ``now > t`` is ``now >= t + _TICK``.
-_TICK = dt.timedelta(microseconds=1)
 
 
 class _CacheEntry(NamedTuple):
@@ -111,6 +114,9 @@ class SessionManager:
         self._ref_secret = ref_secret
         self._clock = clock
         self._monotonic = monotonic
+        self._freshness = Freshness(
+            settings.mandate_recheck_interval, settings.mandate_max_staleness, clock=clock
+        )
         self._cache: OrderedDict[str, _CacheEntry] = OrderedDict()
         # Session ID -> its hash, for the well-formed IDs of the sessions in ``_cache``
         # (kept in step by ``_cache_put`` and ``_cache_drop``): a cache hit then costs a
@@ -124,6 +130,11 @@ class SessionManager:
     @property
     def settings(self) -> SessionSettings:
         return self._settings
+
+    @property
+    def freshness(self) -> Freshness:
+        """The mandate freshness rule (the sessions' interval and staleness, this clock)."""
+        return self._freshness
 
     # -- references and keys -----------------------------------------------------
 
@@ -219,17 +230,17 @@ class SessionManager:
     def _quiet_until(self, session: Session) -> dt.datetime:
         """The first moment at which ``load`` or the mandate checks would do more than
         return the session: the earliest of the expiry (``_expired_reason``), touch
-        (``load``), re-check (``needs_mandate_check``) and staleness
-        (``mandates_stale``, which is strict: one tick later) conditions, each written
+        (``load``) and mandate (``Freshness.quiet_until``) conditions, each written
         as ``now >= start + limit`` instead of ``now - start >= limit`` (the same for
-        the fixed-offset, UTC, datetimes sessions hold)."""
+        the fixed-offset, UTC, datetimes sessions hold). A push is checked apart."""
         s = self._settings
         return min(
             session.created_at + s.absolute_lifetime,
             session.last_seen + s.idle_timeout,
             session.last_seen + s.touch_interval,
-            session.last_mandate_check + s.mandate_recheck_interval,
-            session.mandate_check_ok_at + s.mandate_max_staleness + _TICK,
+            self._freshness.quiet_until(
+                fetched_at=session.mandate_check_ok_at, last_attempt=session.last_mandate_check
+            ),
         )
 
     def _expired_reason(self, session: Session, now: dt.datetime) -> str | None:
@@ -258,9 +269,16 @@ class SessionManager:
         allowed: Iterable[Employer] = (),
         *,
         active_employer: str | None = None,
+        mandates_fetched_at: dt.datetime | None = None,
     ) -> Session:
-        """A new session with a fresh ID; never takes an ID from the caller (no fixation)."""
+        """A new session with a fresh ID; never takes an ID from the caller (no fixation).
+
+        ``mandates_fetched_at``: when the registry was asked for the answer ``allowed``
+        comes from (``MandateSet.fetched_at``); the session re-checks when that answer
+        stops being fresh, not a whole interval after the login. ``None``: now.
+        """
         now = self._clock()
+        fetched_at = now if mandates_fetched_at is None else min(now, mandates_fetched_at)
         session_id = new_session_id()
         session = Session(
             id=session_id,
@@ -269,8 +287,8 @@ class SessionManager:
             active_employer=active_employer,
             created_at=now,
             last_seen=now,
-            last_mandate_check=now,
-            mandate_check_ok_at=now,
+            last_mandate_check=fetched_at,
+            mandate_check_ok_at=fetched_at,
             csrf_secret=secrets.token_urlsafe(32),
             version=1,
             ref=self.session_ref(session_id),
@@ -412,26 +430,26 @@ class SessionManager:
 
     # -- mandate re-check support --------------------------------------------------
 
+    def mandate_check(self, session: Session, pushed_at: dt.datetime | None = None) -> MandateCheck:
+        """What this request must do about the session's mandates (one clock reading).
+
+        ``pushed_at``: when the latest revocation push for the session's administrator
+        reached this replica, if any.
+        """
+        return self._freshness.check(
+            fetched_at=session.mandate_check_ok_at,
+            last_attempt=session.last_mandate_check,
+            pushed_at=pushed_at,
+            now=self._clock(),
+        )
+
     def needs_mandate_check(self, session: Session) -> bool:
-        """True when the last mandate check is older than ``mandate_recheck_interval``."""
-        return self._clock() - session.last_mandate_check >= self._settings.mandate_recheck_interval
+        """True when the session's answer is no longer fresh (and no attempt is pending)."""
+        return self.mandate_check(session).due
 
     def mandates_stale(self, session: Session) -> bool:
-        """True when mandates were not confirmed within ``mandate_max_staleness``: deny."""
-        return self._clock() - session.mandate_check_ok_at > self._settings.mandate_max_staleness
-
-    def mandate_status(self, session: Session) -> tuple[bool, bool]:
-        """``(needs_mandate_check, mandates_stale)`` at one reading of the clock.
-
-        The authenticated path asks both on every request; one clock call (a
-        ``datetime.now``) instead of two.
-        """
-        now = self._clock()
-        s = self._settings
-        return (
-            now - session.last_mandate_check >= s.mandate_recheck_interval,
-            now - session.mandate_check_ok_at > s.mandate_max_staleness,
-        )
+        """True when the session's answer is past ``mandate_max_staleness``: deny."""
+        return self._freshness.is_stale(session.mandate_check_ok_at, self._clock())
 
     async def try_refresh_lock(self, session: Session) -> bool:
         """Take the per-session re-check lock (one holder across requests and replicas)."""
@@ -445,25 +463,42 @@ class SessionManager:
         await self._store.delete(refresh_lock_key(self._hash(session.id)))
 
     async def record_mandate_check(
-        self, session: Session, allowed: Iterable[Employer] | None
+        self,
+        session: Session,
+        allowed: Iterable[Employer] | None,
+        *,
+        fetched_at: dt.datetime | None = None,
     ) -> Session:
         """Save the result of a re-check: the new allowed set, or ``None`` if the registry failed.
 
-        On success an active employer that is no longer allowed is cleared (the
-        caller sends the user to the overview). On failure only the attempt time
-        moves, so staleness keeps growing from the last success.
+        On success the session takes the answer's date (``fetched_at``, when the
+        registry was asked; ``None``: now) and an active employer that is no longer
+        allowed is cleared (the caller sends the user to the overview). On failure
+        only the attempt time moves, so staleness keeps growing from the last answer.
         """
+        session = self.with_mandates(session, allowed, fetched_at=fetched_at)
+        return await self.update(session)
+
+    def with_mandates(
+        self,
+        session: Session,
+        allowed: Iterable[Employer] | None,
+        *,
+        fetched_at: dt.datetime | None = None,
+    ) -> Session:
+        """``session`` after a re-check, as ``record_mandate_check`` would save it (not saved)."""
         now = self._clock()
         if allowed is None:
-            return await self.update(session, last_mandate_check=now)
+            return replace(session, last_mandate_check=now)
+        answered = now if fetched_at is None else min(now, fetched_at)
         new_allowed = tuple(allowed)
         active = session.active_employer
         if active is not None and active not in {e.kvk for e in new_allowed}:
             active = None
-        return await self.update(
+        return replace(
             session,
             allowed=new_allowed,
             active_employer=active,
-            last_mandate_check=now,
-            mandate_check_ok_at=now,
+            last_mandate_check=answered,
+            mandate_check_ok_at=answered,
         )

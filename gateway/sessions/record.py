@@ -44,9 +44,10 @@ class Session:
     created_at: dt.datetime
     last_seen: dt.datetime
     last_mandate_check: dt.datetime
-    """When mandates were last checked (successfully or not)."""
+    """The last mandate re-check attempt: a failed one's time, else ``mandate_check_ok_at``."""
     mandate_check_ok_at: dt.datetime
-    """When mandates were last confirmed by the registry (staleness is measured from here)."""
+    """When the registry was asked for the answer ``allowed`` comes from (freshness and
+    staleness are measured from here; see ``gateway.mandates.freshness``)."""
     csrf_secret: str = field(repr=False)
     version: int = 1
     """Incremented by every content change (not by touches)."""

@@ -40,9 +40,11 @@ class SessionSettings(BaseModel):
     cache_max_entries: int = Field(default=10_000, ge=1)
     """Bound on the in-process session cache (least recently used entries are dropped)."""
     mandate_recheck_interval: dt.timedelta = dt.timedelta(seconds=60)
-    """Re-check a session's mandates when its last check is older than this."""
+    """R: a registry answer about mandates is used (by logins and sessions) for at most this
+    long after the registry was asked, so a revocation reaches every session within R."""
     mandate_max_staleness: dt.timedelta = dt.timedelta(minutes=15)
-    """With the registry down, a session may use its last known mandates this long; then deny."""
+    """With the registry down, a session may use its last known mandates this long after
+    they were asked for; then deny."""
     refresh_lock_seconds: float = Field(default=10.0, gt=0, le=120)
     """Lifetime of the per-session lock that lets one request (on one replica) re-check."""
     prelogin_ttl: dt.timedelta = dt.timedelta(minutes=10)

@@ -23,6 +23,7 @@ from gateway import gate
 from gateway.config import RouteSettings
 from gateway.errors import MandateMissing, NotAuthenticated
 from gateway.identity import Employer, Identity
+from gateway.mandates.freshness import Freshness
 from gateway.mandates.rules import Decision
 from gateway.services import Services
 from gateway.sessions import Session, SessionManager, SessionSettings
@@ -38,15 +39,16 @@ ROUTE = RouteSettings.model_validate(
 
 @dataclass
 class FakeMandates:
-    """The registry as the re-check sees it: the current allowed set, and who asked."""
+    """The registry as the re-check sees it: the current allowed set, and the push
+    moment each re-check asked its answer to be newer than (``None``: no push)."""
 
     allowed: tuple[Employer, ...]
-    calls: list[float | None] = field(default_factory=list)
+    calls: list[dt.datetime | None] = field(default_factory=list)
 
     async def decide(
-        self, identity: Identity, *, max_age: float | None = None, **_: Any
+        self, identity: Identity, *, not_before: dt.datetime | None = None, **_: Any
     ) -> tuple[Decision, None]:
-        self.calls.append(max_age)
+        self.calls.append(not_before)
         decision = Decision(
             mode=identity.mode,
             administrator_kvk=identity.administrator_kvk,
@@ -134,14 +136,15 @@ async def test_a_push_reaches_a_cached_session_on_its_next_request(world: World)
     assert world.mandates.calls == []
     world.clock.advance(seconds=1)
     world.mandates.allowed = employers[:2]
-    world.services.invalidated["12345678"] = world.clock.now
+    pushed = world.clock.now
+    world.services.invalidated["12345678"] = pushed
     rechecked = await world.current(session)
     assert isinstance(rechecked, Session)
     assert rechecked.allowed == employers[:2]
-    assert world.mandates.calls == [0]
+    assert world.mandates.calls == [pushed]  # an answer from after the push
     world.clock.advance(seconds=1)
     assert await world.current(session) is rechecked  # the push is older than the check
-    assert world.mandates.calls == [0]
+    assert world.mandates.calls == [pushed]
 
 
 async def test_a_due_recheck_happens_on_a_cached_session(world: World) -> None:
@@ -151,7 +154,7 @@ async def test_a_due_recheck_happens_on_a_cached_session(world: World) -> None:
     world.clock.advance(seconds=60)
     found = await world.current(session)
     assert isinstance(found, Session)
-    assert world.mandates.calls == [60.0]
+    assert world.mandates.calls == [None]
     assert found.last_mandate_check == world.clock.now
 
 
@@ -194,8 +197,13 @@ def test_push_pending_compares_with_the_last_check() -> None:
         csrf_secret="c",
     )
 
+    freshness = Freshness(dt.timedelta(seconds=60), dt.timedelta(minutes=15))
+
     def pending(invalidated: dict[str, dt.datetime]) -> bool:
-        return gate._push_pending(cast(Services, SimpleNamespace(invalidated=invalidated)), session)
+        services = SimpleNamespace(
+            invalidated=invalidated, sessions=SimpleNamespace(freshness=freshness)
+        )
+        return gate._push_pending(cast(Services, services), session)
 
     assert not pending({})
     assert not pending({"12345678": now})

@@ -55,8 +55,8 @@ async def world(
     async with login_world(
         tmp_path_factory.mktemp("registry"),
         sessions={"mandate_recheck_interval": INTERVAL, "mandate_max_staleness": STALENESS},
-        # One staleness limit: the mandate cache follows the session's (1 s here).
-        mandate_settings={"source": source, "cache_ttl": 0.2, "failure_hold": 0, "lock_ttl": 3},
+        # One freshness rule: answers are used for INTERVAL, sessions go on for STALENESS.
+        mandate_settings={"source": source, "failure_hold": 0, "lock_ttl": 3},
     ) as w:
         yield w
 

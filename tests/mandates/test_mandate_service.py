@@ -1,4 +1,4 @@
-"""MandateService: store cache, single flight across callers and replicas, staleness, revocation."""
+"""MandateService: store cache, single flight across callers and replicas, freshness, revocation."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from gateway.mandates import (
     MandateSettings,
     MandateStatus,
 )
+from gateway.mandates.freshness import Freshness
 from gateway.mandates.http_source import HttpMandateSource
+from gateway.mandates.service import Purpose
 from gateway.store.base import Store
 from gateway.store.memory import MemoryStore
 from tests.support.registry import RegistryServer
@@ -27,6 +29,7 @@ from tests.support.registry import RegistryServer
 ADMIN = "11111111"
 EMP = "30000001"
 T0 = dt.datetime(2025, 6, 15, 10, 0, tzinfo=dt.UTC)
+R = 60  # seconds: the re-check interval, how long an answer is fresh
 
 
 def m(employer: str = EMP, status: MandateStatus = MandateStatus.ACTIVE) -> Mandate:
@@ -70,8 +73,6 @@ class FakeRegistry:
 def settings(**overrides: Any) -> MandateSettings:
     values: dict[str, Any] = {
         "source": FileSourceSettings(path="unused.yaml"),
-        "cache_ttl": 60,
-        "max_staleness": 900,
         "lock_ttl": 5,
         "lock_wait": 3,
         "lock_poll_interval": 0.01,
@@ -83,11 +84,14 @@ def settings(**overrides: Any) -> MandateSettings:
 def service(
     store: Store, source: Any, clock: Clock | None = None, **overrides: Any
 ) -> MandateService:
-    return MandateService(store, source, settings(**overrides), clock=clock or Clock())
+    freshness = Freshness(
+        dt.timedelta(seconds=R), dt.timedelta(seconds=900), clock=clock or Clock()
+    )
+    return MandateService(store, source, settings(**overrides), freshness=freshness)
 
 
 async def test_first_lookup_asks_the_registry_then_the_cache_answers(store: Store) -> None:
-    """Within cache_ttl the second lookup is served from the store without a registry call."""
+    """Within R the second lookup is served from the store without a registry call."""
     clock, reg = Clock(), FakeRegistry()
     svc = service(store, reg, clock)
     first = await svc.lookup(ADMIN)
@@ -99,18 +103,49 @@ async def test_first_lookup_asks_the_registry_then_the_cache_answers(store: Stor
     assert reg.calls == 1
 
 
-async def test_expired_entries_and_max_age_cause_a_new_fetch(store: Store) -> None:
-    """After cache_ttl, or beyond a caller's max_age, the registry is asked again."""
+async def test_answers_r_old_or_from_before_a_push_cause_a_new_fetch(store: Store) -> None:
+    """An answer R old, or asked for before a push (``not_before``), is not used again."""
     clock, reg = Clock(), FakeRegistry()
     svc = service(store, reg, clock)
     await svc.lookup(ADMIN)
     clock.advance(10)
-    assert (await svc.lookup(ADMIN, max_age=5)).origin == "registry"
-    clock.advance(61)
+    assert (await svc.lookup(ADMIN, not_before=T0)).origin == "cache"
+    pushed = await svc.lookup(ADMIN, not_before=T0 + dt.timedelta(seconds=5))
+    assert pushed.origin == "registry"
+    assert pushed.fetched_at == T0 + dt.timedelta(seconds=10)
+    clock.advance(R - 1)
+    assert (await svc.lookup(ADMIN)).origin == "cache"
+    clock.advance(1)
     again = await svc.lookup(ADMIN)
     assert again.origin == "registry"
-    assert again.fetched_at == T0 + dt.timedelta(seconds=71)
+    assert again.fetched_at == T0 + dt.timedelta(seconds=10 + R)
     assert reg.calls == 3
+
+
+class SlowRegistry(FakeRegistry):
+    """A registry whose answer takes ``latency`` seconds of the fake clock to arrive."""
+
+    def __init__(self, clock: Clock, latency: float) -> None:
+        super().__init__()
+        self.clock, self.latency = clock, latency
+
+    async def mandates_for(self, administrator_kvk: str) -> list[Mandate]:
+        answer = await super().mandates_for(administrator_kvk)
+        self.clock.advance(self.latency)
+        return answer
+
+
+async def test_an_answer_is_dated_when_the_registry_was_asked(store: Store) -> None:
+    """fetched_at is the moment the request left, not the answer's arrival: the registry's
+    state in it is no older, so R counts from there."""
+    clock = Clock()
+    svc = service(store, SlowRegistry(clock, latency=3), clock)
+    first = await svc.lookup(ADMIN)
+    assert first.fetched_at == T0
+    clock.advance(R - 3 - 1)
+    assert (await svc.lookup(ADMIN)).origin == "cache"
+    clock.advance(1)
+    assert (await svc.lookup(ADMIN)).origin == "registry"
 
 
 async def test_zero_mandates_are_cached_as_an_answer(store: Store) -> None:
@@ -206,7 +241,7 @@ async def test_registry_down_at_login_fails_closed(store: Store) -> None:
     clock, reg = Clock(), FakeRegistry()
     svc = service(store, reg, clock)
     await svc.lookup(ADMIN)
-    clock.advance(61)
+    clock.advance(R)
     reg.down = True
     with capture_logs() as logs, pytest.raises(RegistryUnavailable):
         await svc.lookup(ADMIN, audit_context={"request_id": "r-1"})
@@ -217,31 +252,75 @@ async def test_registry_down_at_login_fails_closed(store: Store) -> None:
             "audit": True,
             "administrator_kvk": ADMIN,
             "reason": "registry down",
-            "allow_stale": False,
             "request_id": "r-1",
             "log_level": "info",
         }
     ]
 
 
-async def test_registry_down_in_a_session_uses_the_last_set_until_max_staleness(
-    store: Store,
-) -> None:
-    """A re-check keeps the last known set while it is at most max_staleness old, then fails."""
+def _ident(legal: str | None, intermediary: str | None = None) -> Identity:
+    return Identity("p", legal, Loa.EH3, "svc", T0, intermediary_kvk=intermediary)
+
+
+async def test_registry_down_a_fresh_answer_serves_and_nothing_older(store: Store) -> None:
+    """Registry unreachable: a direct login or a re-check uses an answer younger than R,
+    never one R or more old (the session's own staleness allowance is the gate's)."""
     clock, reg = Clock(), FakeRegistry()
     svc = service(store, reg, clock, failure_hold=0)
     await svc.lookup(ADMIN)
     reg.down = True
-    clock.advance(900)
-    stale = await svc.lookup(ADMIN, allow_stale=True)
-    assert stale.origin == "stale"
-    assert stale.stale
-    assert stale.fetched_at == T0
+    clock.advance(R - 1)
+    purposes: tuple[Purpose, ...] = ("login", "recheck")
+    for purpose in purposes:
+        decision, mset = await svc.decide(_ident(ADMIN), purpose=purpose)
+        assert [e.kvk for e in decision.allowed] == [EMP]
+        assert mset is not None and mset.origin == "cache"
     clock.advance(1)
-    with pytest.raises(RegistryUnavailable):
-        await svc.lookup(ADMIN, allow_stale=True)
-    reg.down = False
-    assert (await svc.lookup(ADMIN, allow_stale=True)).origin == "registry"
+    for purpose in purposes:
+        with pytest.raises(RegistryUnavailable):
+            await svc.decide(_ident(ADMIN), purpose=purpose)
+
+
+async def test_a_chain_login_asks_the_registry_even_with_a_fresh_answer(store: Store) -> None:
+    """A chain login asks the registry: a mandate revoked a second after a cached answer is
+    already missing; a chain session's re-check may use the cached answer."""
+    clock, reg = Clock(), FakeRegistry([m(EMP), m("30000002")])
+    svc = service(store, reg, clock)
+    await svc.lookup(ADMIN)
+    reg.mandates[ADMIN] = [m("30000002")]
+    clock.advance(1)
+    recheck, _ = await svc.decide(_ident(EMP, ADMIN), purpose="recheck")
+    assert [e.kvk for e in recheck.allowed] == [EMP]
+    assert reg.calls == 1
+    login, mset = await svc.decide(_ident(EMP, ADMIN))
+    assert login.refusal == "chain_without_mandate"
+    assert mset is not None and (mset.origin, mset.fetched_at) == ("registry", clock.now)
+    assert reg.calls == 2
+
+
+@pytest.mark.parametrize(("age", "accepted"), [(0, True), (R - 1, True), (R, False)])
+async def test_a_chain_login_with_the_registry_down_uses_only_a_fresh_answer(
+    store: Store, age: int, accepted: bool
+) -> None:
+    """Registry unreachable at a chain login: an answer younger than R stands in (logged);
+    an older one refuses the login with a page saying why a chain login needs the fund."""
+    clock, reg = Clock(), FakeRegistry()
+    svc = service(store, reg, clock, failure_hold=0)
+    await svc.lookup(ADMIN)
+    reg.down = True
+    clock.advance(age)
+    if accepted:
+        with capture_logs() as logs:
+            decision, _ = await svc.decide(_ident(EMP, ADMIN))
+        assert [e.kvk for e in decision.allowed] == [EMP]
+        used = [e for e in logs if e["event"] == "mandate_registry_unreachable_fresh_answer_used"]
+        assert [e["age_seconds"] for e in used] == [age]
+        return
+    with pytest.raises(RegistryUnavailable) as refused:
+        await svc.decide(_ident(EMP, ADMIN))
+    assert "ketenmachtiging" in refused.value.text_nl
+    assert "chain authorisation" in refused.value.text_en
+    assert refused.value.status == 503
 
 
 async def test_invalidate_drops_the_cache_and_notifies_every_replica(store: Store) -> None:
@@ -294,7 +373,7 @@ async def test_keys_share_a_hash_tag_and_all_expire(store: Store) -> None:
     await svc.lookup(ADMIN)
     set_ttl = await store.ttl("mandates:{11111111}:set")
     assert set_ttl is not None
-    assert 800 < set_ttl <= 900  # kept for max_staleness
+    assert R - 5 < set_ttl <= R  # kept only while it may be used
     assert await store.get("mandates:{11111111}:lock") is None
     await svc.invalidate(ADMIN)
     assert await store.ttl("mandates:{11111111}:inv") is not None
@@ -322,18 +401,15 @@ async def test_decide_applies_the_rules_for_both_modes(store: Store) -> None:
     reg = FakeRegistry([m(EMP), m("30000002")])
     svc = service(store, reg)
 
-    def ident(legal: str | None, intermediary: str | None = None) -> Identity:
-        return Identity("p", legal, Loa.EH3, "svc", T0, intermediary_kvk=intermediary)
-
-    direct, mset = await svc.decide(ident(ADMIN), now=T0)
+    direct, mset = await svc.decide(_ident(ADMIN), now=T0)
     assert [e.kvk for e in direct.allowed] == [EMP, "30000002"]
     assert mset is not None
     assert mset.administrator_kvk == ADMIN
-    chain, _ = await svc.decide(ident("30000002", ADMIN), now=T0)
+    chain, _ = await svc.decide(_ident("30000002", ADMIN), now=T0, purpose="recheck")
     assert [e.kvk for e in chain.allowed] == ["30000002"]
-    refused, _ = await svc.decide(ident("30000009", ADMIN), now=T0)
+    refused, _ = await svc.decide(_ident("30000009", ADMIN), now=T0, purpose="recheck")
     assert refused.refusal == "chain_without_mandate"
-    no_kvk, none = await svc.decide(ident(None), now=T0)
+    no_kvk, none = await svc.decide(_ident(None), now=T0)
     assert no_kvk.refusal == "administrator_kvk_missing"
     assert none is None
     assert reg.calls == 1

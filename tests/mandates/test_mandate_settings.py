@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from gateway.mandates import (
     build_source,
 )
 from gateway.mandates.file_source import FileMandateSource
+from gateway.mandates.freshness import Freshness
 from gateway.mandates.http_source import HttpMandateSource
 from gateway.store.memory import MemoryStore
 
@@ -24,11 +26,29 @@ URL = "https://registry.example/api/administrators/{kvk}/mandates"
 
 
 def test_defaults_match_the_documented_policy() -> None:
-    """Defaults: 60 s cache and re-check, 15 min staleness, 3 attempts, breaker after 5."""
+    """Defaults: 3 attempts, breaker after 5, a 15 s lock; no freshness limit of its own."""
     s = MandateSettings.model_validate({"source": {"kind": "http", "url_template": URL}})
-    assert (s.cache_ttl, s.max_staleness) == (60, 900)
     assert isinstance(s.source, HttpSourceSettings)
     assert (s.source.max_attempts, s.source.breaker_failure_threshold) == (3, 5)
+    assert s.lock_ttl == 15
+
+
+@pytest.mark.parametrize(
+    ("key", "pointer"),
+    [
+        ("cache_ttl", "sessions.mandate_recheck_interval"),
+        ("max_staleness", "sessions.mandate_max_staleness"),
+    ],
+)
+def test_a_second_freshness_limit_is_refused_with_the_setting_to_use(
+    key: str, pointer: str
+) -> None:
+    """cache_ttl and max_staleness are refused at their path, naming the session setting."""
+    with pytest.raises(ValidationError) as err:
+        MandateSettings.model_validate({"source": {"kind": "file", "path": "m.yaml"}, key: 60})
+    (problem,) = err.value.errors()
+    assert problem["loc"] == (key,)
+    assert pointer in problem["msg"]
 
 
 @pytest.mark.parametrize(
@@ -78,7 +98,8 @@ async def test_each_kind_builds_its_source() -> None:
 async def test_service_from_settings_serves_the_example_file() -> None:
     """The demo wiring: a service over the example file answers from the store."""
     settings = MandateSettings(source=FileSourceSettings(path=EXAMPLE))
-    svc = MandateService.from_settings(MemoryStore(), settings)
+    freshness = Freshness(dt.timedelta(seconds=60), dt.timedelta(seconds=900))
+    svc = MandateService.from_settings(MemoryStore(), settings, freshness)
     try:
         assert len((await svc.lookup("11111111")).mandates) == 4
     finally:

@@ -269,6 +269,46 @@ async def test_mandate_recheck_timing(clock: Clock, manager: SessionManager) -> 
     assert not manager.mandates_stale(ok)
 
 
+async def test_a_session_is_dated_by_its_registry_answer(
+    clock: Clock, manager: SessionManager
+) -> None:
+    """A session created (or re-checked) with an answer asked for earlier re-checks when that
+    answer turns R old, not R after it started using it."""
+    asked = clock.now
+    clock.advance(seconds=45)
+    session = await manager.create(make_identity(), make_employers(2), mandates_fetched_at=asked)
+    assert (session.mandate_check_ok_at, session.last_mandate_check) == (asked, asked)
+    clock.advance(seconds=14)
+    assert not manager.needs_mandate_check(session)
+    clock.advance(seconds=1)  # the answer is 60 s old now
+    assert manager.needs_mandate_check(session)
+    other = clock.now - dt.timedelta(seconds=50)  # another session's answer, 50 s old
+    rechecked = await manager.record_mandate_check(session, make_employers(1), fetched_at=other)
+    assert rechecked.mandate_check_ok_at == other
+    clock.advance(seconds=9)
+    assert not manager.needs_mandate_check(rechecked)
+    clock.advance(seconds=1)
+    assert manager.needs_mandate_check(rechecked)
+
+
+async def test_a_push_makes_the_check_due_until_an_answer_after_it(
+    clock: Clock, manager: SessionManager
+) -> None:
+    """A push newer than the session's answer makes a re-check due and asks for an answer
+    from after the push; a failed attempt after the push is not forced again."""
+    session = await manager.create(make_identity(), make_employers(2))
+    clock.advance(seconds=5)
+    pushed = clock.now
+    assert not manager.mandate_check(session, pushed_at=pushed - dt.timedelta(seconds=10)).due
+    check = manager.mandate_check(session, pushed_at=pushed)
+    assert (check.due, check.not_before, check.stale) == (True, pushed, False)
+    clock.advance(seconds=1)
+    failed = await manager.record_mandate_check(session, None)
+    assert not manager.mandate_check(failed, pushed_at=pushed).due
+    ok = await manager.record_mandate_check(failed, make_employers(1), fetched_at=clock.now)
+    assert not manager.mandate_check(ok, pushed_at=pushed).due
+
+
 async def test_revoked_active_employer_is_cleared(manager: SessionManager) -> None:
     """When the active employer disappears from the allowed set it is deselected."""
     employers = make_employers(3)
@@ -348,7 +388,7 @@ async def test_view_by_ref_finds_live_session_only(store: Store) -> None:
     assert await manager.view_by_ref(rotated.ref) is None
 
 
-# -- the authenticated fast path: load_quiet, mandate_status, the ID -> hash memo --
+# -- the authenticated fast path: load_quiet, mandate_check, the ID -> hash memo --
 
 _US = dt.timedelta(microseconds=1)
 _AGES = {
@@ -397,10 +437,13 @@ async def test_load_quiet_answers_exactly_when_nothing_is_due(store: Store, cloc
             )
             await m.save(session)
             quiet = m.load_quiet(session_id)
-            needs, stale = m.needs_mandate_check(session), m.mandates_stale(session)
-            assert m.mandate_status(session) == (needs, stale)
+            check = m.mandate_check(session)
+            assert (check.due, check.stale) == (
+                m.needs_mandate_check(session),
+                m.mandates_stale(session),
+            )
             loaded = await m.load(session_id)
-            expected = loaded is session and not needs and not stale
+            expected = loaded is session and not check.due
             assert (quiet is session) is expected, (created, seen, checked, confirmed)
             assert quiet is None or quiet is session
             outcomes.append(expected)
