@@ -141,7 +141,7 @@ async def _request(replica: Replica, session: Session) -> Session | None:
         "/portaal",
         headers={"Accept": "application/json", "Cookie": f"gw_session={session.id}"},
     )
-    found = await gate.current_session(request, replica.services, "req")
+    found = await gate.current_session(request, replica.services, "req", "/portaal")
     return found if isinstance(found, Session) else None
 
 
