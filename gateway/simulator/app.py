@@ -235,7 +235,7 @@ def deliver(
     else:
         assert scenario is not None
         login = Login(settings=s, sp=sp, request=authn, scenario=scenario, now=now)
-        resp = response(login, sim.keys, sign_response=post)
+        resp = response(login, sim.keys, sign_response=post, rewrite=sim.take_rewrite())
         sim.sessions[login.session_index] = BrokerSession(
             sp_entity_id=sp.entity_id,
             name_id=login.subject_id,

@@ -28,7 +28,7 @@ from gateway.devkeys import rsa_keypair
 from gateway.simulator.artifacts import ArtifactStore
 from gateway.simulator.authnrequest import AuthnRequest
 from gateway.simulator.idpmetadata import ARS_PATH, METADATA_PATH, SLO_PATH, SSO_PATH
-from gateway.simulator.messages import Keys
+from gateway.simulator.messages import Keys, Rewrite
 from gateway.simulator.scenarios import Scenario
 from gateway.simulator.settings import SimulatorSettings, all_scenarios
 from gateway.simulator.spmetadata import SpMetadata, SpMetadataSource
@@ -123,6 +123,7 @@ class Simulator:
         self._next: deque[str] = deque()
         self._by_request: dict[str, str] = {}
         self._pending: dict[str, PendingLogin] = {}
+        self._rewrites: deque[Rewrite] = deque()
 
     # -- driving logins -------------------------------------------------------
 
@@ -147,9 +148,10 @@ class Simulator:
         return scenario.id
 
     def clear_queue(self) -> None:
-        """Forget scenarios queued with :meth:`use_scenario`."""
+        """Forget scenarios queued with :meth:`use_scenario` and queued rewrites."""
         self._next.clear()
         self._by_request.clear()
+        self._rewrites.clear()
 
     def take_scenario(self, request_id: str) -> Scenario | None:
         """The queued scenario for this request, if any (used once)."""
@@ -157,6 +159,19 @@ class Simulator:
         if sid is None and self._next:
             sid = self._next.popleft()
         return self.scenarios[sid] if sid is not None else None
+
+    def rewrite_next_response(self, rewrite: Rewrite) -> None:
+        """Edit the next successful Response with ``rewrite`` before it is signed and sent.
+
+        For tests of what a broker holding the real keys could send (stray
+        assertions, extra elements): the assertion is already signed, the
+        Response (POST) and the ArtifactResponse are signed afterwards.
+        """
+        self._rewrites.append(rewrite)
+
+    def take_rewrite(self) -> Rewrite | None:
+        """The queued rewrite for the next successful Response, if any (used once)."""
+        return self._rewrites.popleft() if self._rewrites else None
 
     def add_pending(self, request: AuthnRequest, relay_state: str | None, sp: str) -> str:
         now = self.clock()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
@@ -84,12 +85,25 @@ def service_uuid(settings: SimulatorSettings, sid: str) -> str:
     return settings.service_uuids.get(sid) or str(uuid.uuid5(uuid.NAMESPACE_URL, sid))
 
 
-def response(login: Login, keys: Keys, *, sign_response: bool = False) -> etree._Element:
-    """A Success Response with the scenario's signed assertion."""
+Rewrite = Callable[[etree._Element], None]
+"""Edits a Response in place after its assertion is signed (tests of hostile brokers)."""
+
+
+def response(
+    login: Login, keys: Keys, *, sign_response: bool = False, rewrite: Rewrite | None = None
+) -> etree._Element:
+    """A Success Response with the scenario's signed assertion.
+
+    ``rewrite`` runs after the assertion is signed and before the Response
+    itself is signed (POST binding) or stored for resolution (Artifact), so
+    the result is what a broker holding the real keys would send.
+    """
     s = login.settings
     root = _response_shell(s.entity_id, login.request.id, login.request.acs.location, login.now)
     _status(root, SUCCESS)
     root.append(_assertion(login, keys))
+    if rewrite is not None:
+        rewrite(root)
     if sign_response:
         keys.broker.sign(root, after=root[0])
     return root
