@@ -65,7 +65,9 @@ async def _flow(world: SamlWorld, **overrides: object) -> AsyncIterator[Flow]:
         sp_metadata=sp_metadata_xml(base, load_sp_keys(base)),
         service_uuids={SERVICE_ID: SERVICE_UUID},
     ) as sim:
-        settings = world.settings(broker_metadata=sim.metadata_url, **overrides)
+        settings = world.settings(
+            broker_metadata=sim.metadata_url, broker_entity_id=sim.settings.entity_id, **overrides
+        )
         sp = ServiceProvider(settings)
         await sp.start()
         try:

@@ -321,6 +321,9 @@ def gateway_config(
                 },
             ],
             "broker_metadata": metadata_url,
+            # The simulator's default entityID is urn:etoegang:HM:<this OIN>:entities:9999.
+            "broker_oin": "00000009999999999000",
+            "insecure_dev_http": True,  # the simulator and fake brokers on loopback: plain http
             "verify_pool": "thread",
             "verify_workers": 2,
         },

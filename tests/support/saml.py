@@ -240,6 +240,8 @@ class SamlWorld:
                 ),
             ),
             "broker_metadata": str(md),
+            "broker_entity_id": BROKER_ID,
+            "insecure_dev_http": True,  # fake brokers on loopback speak plain http
         }
         base.update(overrides)
         return SamlSettings.model_validate(base)
