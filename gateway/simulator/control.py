@@ -27,11 +27,12 @@ from cryptography.hazmat.primitives import serialization
 from gateway.devkeys import rsa_keypair
 from gateway.simulator.artifacts import ArtifactStore
 from gateway.simulator.authnrequest import AuthnRequest
+from gateway.simulator.catalogue import ServiceCatalogue, parse_service_catalogue
 from gateway.simulator.idpmetadata import ARS_PATH, METADATA_PATH, SLO_PATH, SSO_PATH
 from gateway.simulator.messages import Keys, Rewrite
 from gateway.simulator.scenarios import Scenario
 from gateway.simulator.settings import SimulatorSettings, all_scenarios
-from gateway.simulator.spmetadata import SpMetadata, SpMetadataSource
+from gateway.simulator.spmetadata import DocumentSource, SpMetadata, SpMetadataSource
 from gateway.simulator.xmlcrypto import Signer
 
 
@@ -105,6 +106,12 @@ class Simulator:
         self.artifacts = ArtifactStore(settings.artifact_lifetime_seconds, clock)
         self.metadata = SpMetadataSource(
             settings.sp_metadata, refresh_seconds=settings.sp_metadata_refresh_seconds
+        )
+        self.catalogue: DocumentSource[ServiceCatalogue] = DocumentSource(
+            settings.service_catalogue,
+            refresh_seconds=settings.sp_metadata_refresh_seconds,
+            parse=parse_service_catalogue,
+            what="service catalogue",
         )
         self.issued: list[IssuedLogin] = []
         self.sessions: dict[str, BrokerSession] = {}
@@ -255,6 +262,16 @@ class Simulator:
         sp = await self.metadata.get(session)
         self._trust(sp.all_certs)
         return sp
+
+    def set_service_catalogue(self, xml: bytes) -> ServiceCatalogue:
+        """Use this dienstcatalogus from now on (instead of the configured source)."""
+        return self.catalogue.set_xml(xml)
+
+    async def service_catalogue(self, session: aiohttp.ClientSession) -> ServiceCatalogue | None:
+        """The SP's catalogue; ``None`` when none is configured (legacy behaviour)."""
+        if not self.catalogue.configured:
+            return None
+        return await self.catalogue.get(session)
 
     def client_cert_matches(self, peer_der: bytes | None, sp: SpMetadata) -> bool:
         """The TLS client presented a certificate whose key is in the SP metadata."""

@@ -25,9 +25,9 @@ from gateway.errors import (
 from gateway.identity import Loa
 from gateway.saml import ServiceProvider
 from gateway.saml.keys import load_sp_keys
-from gateway.saml.sp_metadata import sp_metadata_xml
+from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
 from gateway.simulator import Simulator
-from tests.support.saml import SERVICE_ID, SERVICE_UUID, SamlWorld
+from tests.support.saml import SERVICE_ID, SamlWorld
 from tests.support.simulator import acs_params, start_simulator
 
 
@@ -61,9 +61,9 @@ class Flow:
 
 async def _flow(world: SamlWorld, **overrides: object) -> AsyncIterator[Flow]:
     base = world.settings()
+    keys = load_sp_keys(base)
     async with start_simulator(
-        sp_metadata=sp_metadata_xml(base, load_sp_keys(base)),
-        service_uuids={SERVICE_ID: SERVICE_UUID},
+        sp_metadata=sp_metadata_xml(base, keys), catalogue=service_catalogue_xml(base, keys)
     ) as sim:
         settings = world.settings(
             broker_metadata=sim.metadata_url, broker_entity_id=sim.settings.entity_id, **overrides
