@@ -208,6 +208,7 @@ class BrokerMetadataSource:
         expiry_warning_seconds: float = 7 * 86400.0,
         require_https: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._source = source
         self._fetch_url = fetch_url
@@ -218,6 +219,7 @@ class BrokerMetadataSource:
         self._expiry_warning = dt.timedelta(seconds=expiry_warning_seconds)
         self._require_https = require_https
         self._clock = clock
+        self._now = wall_clock
         self._current: BrokerMetadata | None = None
         self._task: asyncio.Task[None] | None = None
         self._forced_lock = asyncio.Lock()
@@ -230,7 +232,7 @@ class BrokerMetadataSource:
         if self._current is None:
             raise BrokerUnavailable("broker_metadata_unavailable")
         valid_until = self._current.valid_until
-        if valid_until is not None and valid_until <= dt.datetime.now(dt.UTC):
+        if valid_until is not None and valid_until <= self._now():
             raise BrokerUnavailable("broker_metadata_expired")
         return self._current
 
@@ -243,7 +245,7 @@ class BrokerMetadataSource:
         if self._current.cache_duration is not None:
             delay = min(delay, self._current.cache_duration.total_seconds())
         if self._current.valid_until is not None:
-            left = (self._current.valid_until - (now or dt.datetime.now(dt.UTC))).total_seconds()
+            left = (self._current.valid_until - (now or self._now())).total_seconds()
             delay = min(delay, left / 2)
         return max(delay, 10.0)
 
@@ -294,6 +296,7 @@ class BrokerMetadataSource:
                 entity_id=self._entity_id,
                 signing_cert_pem=self._signing_cert_pem,
                 require_https=self._require_https,
+                now=self._now(),
             )
         except (OSError, GatewayError, ValueError) as exc:
             reason = exc.detail if isinstance(exc, GatewayError) else type(exc).__name__
@@ -308,7 +311,7 @@ class BrokerMetadataSource:
             log.info("broker_metadata_loaded", entity_id=metadata.entity_id)
         self._current = metadata
         if metadata.valid_until is not None:
-            left = metadata.valid_until - dt.datetime.now(dt.UTC)
+            left = metadata.valid_until - self._now()
             if left < self._expiry_warning:
                 # Error level on purpose: ops must chase the broker for fresh metadata.
                 log.error(
