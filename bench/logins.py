@@ -95,6 +95,8 @@ def settings_for(tmp: Path, broker_metadata: str) -> SamlSettings:
             ),
         ),
         broker_metadata=broker_metadata,
+        broker_oin="00000009999999999000",  # the simulator's default entityID
+        insecure_dev_http=True,  # the simulator on loopback speaks plain http
         verify_workers=2,
         verify_pool=os.environ.get("BENCH_POOL", "process"),  # type: ignore[arg-type]
     )

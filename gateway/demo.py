@@ -42,7 +42,7 @@ from gateway.logs import configure_logging
 from gateway.portal import PortalSettings, build_portal_app
 from gateway.portal.demo_data import write_demo_mandates
 from gateway.saml.keys import load_sp_keys
-from gateway.saml.sp_metadata import sp_metadata_xml
+from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
 from gateway.simulator import Simulator, SimulatorSettings, running_simulator
 
 # What each demo scenario shows; printed at start and listed on /demo.
@@ -237,7 +237,6 @@ async def _run(opts: DemoOptions) -> None:
     sim_settings = SimulatorSettings(
         scenarios_file=config_dir / "demo-scenarios.yaml",
         title="eHerkenning-simulator (demo)",
-        service_uuids={s["service_id"]: s["service_uuid"] for s in base["saml"]["services"]},
     )
     async with running_simulator(sim_settings, "127.0.0.1", opts.simulator_port) as sim:
         sim_port = int(sim.base_url().rsplit(":", 1)[1])
@@ -245,7 +244,10 @@ async def _run(opts: DemoOptions) -> None:
         cfg = demo_config(base, opts, files, f"http://localhost:{sim_port}/saml/metadata")
         config = _parse(cfg, files.root / "gateway.yaml")
         assert config.saml is not None  # config/demo.yaml has a saml section
-        sim.set_sp_metadata(sp_metadata_xml(config.saml, load_sp_keys(config.saml)))
+        keys = load_sp_keys(config.saml)
+        sim.set_sp_metadata(sp_metadata_xml(config.saml, keys))
+        # The broker learns ServiceUUIDs and requested attributes from our catalogue.
+        sim.set_service_catalogue(service_catalogue_xml(config.saml, keys))
         public = f"http://localhost:{opts.port}"
         portal_settings = PortalSettings(
             jwks_url=f"{public}/.well-known/jwks.json",

@@ -354,6 +354,15 @@ async def sp_metadata(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def service_catalogue(request: web.Request) -> web.StreamResponse:
+    """Our signed dienstcatalogus (what the broker registers; the simulator reads it)."""
+    body = _services(request).sp.service_catalogue_xml()
+    return web.Response(
+        body=body,
+        headers={"Content-Type": "application/xml", "Cache-Control": "max-age=300"},
+    )
+
+
 def login_routes(prefix: str) -> list[Route]:
     """(method, path, handler) of the login flow; app.py registers them behind the edge."""
     return [
@@ -361,6 +370,7 @@ def login_routes(prefix: str) -> list[Route]:
         ("GET", prefix + "saml/acs", acs),
         ("POST", prefix + "saml/acs", acs),
         ("GET", prefix + "saml/metadata", sp_metadata),
+        ("GET", prefix + "saml/catalogue", service_catalogue),
         ("POST", prefix + "logout", logout),
         ("GET", prefix + "saml/slo", single_logout_return),
         ("GET", prefix + "logged-out", logged_out),

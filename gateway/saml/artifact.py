@@ -201,11 +201,18 @@ class ArtifactResolver:
     async def post(self, url: str, envelope: bytes) -> bytes:
         """POST the SOAP envelope; network trouble, timeouts and 5xx are ``BrokerUnavailable``."""
         limit = self._settings.max_message_bytes
+        if self._settings.artifact_resolve_content_type == "application/soap+xml":
+            # SOAP 1.2 style: the action travels as a media-type parameter.
+            headers = {
+                "Content-Type": f'application/soap+xml; charset=utf-8; action="{SOAP_ACTION}"'
+            }
+        else:
+            headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": SOAP_ACTION}
         try:
             async with self.session.post(
                 url,
                 data=envelope,
-                headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": SOAP_ACTION},
+                headers=headers,
                 ssl=self._ssl or True,
                 allow_redirects=False,
             ) as resp:

@@ -54,6 +54,9 @@ class ServiceProvider:
             entity_id=settings.broker_entity_id,
             signing_cert_pem=cert,
             refresh_seconds=settings.broker_metadata_refresh_seconds,
+            min_refresh_seconds=settings.broker_metadata_min_refresh_seconds,
+            expiry_warning_seconds=settings.broker_metadata_expiry_warning_seconds,
+            require_https=not settings.insecure_dev_http,
         )
         self._pool: Executor | None = None
 
@@ -120,7 +123,17 @@ class ServiceProvider:
             worker.resolve_envelope, parsed, url, resolve_id, dt.datetime.now(dt.UTC)
         )
         answer = await self._resolver.post(url, envelope)
-        return await self._run(worker.verify_artifact, answer, resolve_id, expectation, metadata)
+        try:
+            return await self._run(
+                worker.verify_artifact, answer, resolve_id, expectation, metadata
+            )
+        except SamlInvalid as exc:
+            # The artifact is spent, but the answer is in hand: when the broker's keys
+            # changed (a restart, a rollover), verify the same bytes with the new ones.
+            newer = await self._after_signature_failure(exc, metadata)
+            if newer is None:
+                raise
+            return await self._run(worker.verify_artifact, answer, resolve_id, expectation, newer)
 
     async def consume_post_response(
         self, saml_response_b64: str, expectation: Expectation
@@ -134,7 +147,22 @@ class ServiceProvider:
             data = base64.b64decode("".join(saml_response_b64.split()), validate=True)
         except (binascii.Error, ValueError):
             raise SamlInvalid("base64_malformed") from None
-        return await self._run(worker.verify_post, data, expectation, self.metadata)
+        metadata = self.metadata
+        try:
+            return await self._run(worker.verify_post, data, expectation, metadata)
+        except SamlInvalid as exc:
+            newer = await self._after_signature_failure(exc, metadata)
+            if newer is None:
+                raise
+            return await self._run(worker.verify_post, data, expectation, newer)
+
+    async def _after_signature_failure(
+        self, exc: SamlInvalid, used: BrokerMetadata
+    ) -> BrokerMetadata | None:
+        """New broker metadata when a broker signature failed and the keys have changed."""
+        if not str(exc.detail).endswith("_signature_invalid"):
+            return None
+        return await self.broker.refresh_after_signature_failure(used)
 
     def single_logout_skip_reason(self, identity: Identity) -> str | None:
         """Why logout stays local for this login (``None``: a LogoutRequest can be sent)."""

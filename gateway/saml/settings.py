@@ -63,6 +63,10 @@ KNOWN_BLOCK_ALGORITHMS = frozenset(
 
 IdentifierType = Literal["KvKnr", "RSIN"]
 
+ATTR_REPRESENTED_NAME = "urn:etoegang:1.11:attribute-represented:CompanyName"
+ATTR_INTERMEDIATE_NAME = "urn:etoegang:1.13:attribute-intermediate:CompanyName"
+RESTRICTION_BRANCH = "urn:etoegang:1.9:ServiceRestriction:Vestigingsnr"
+
 _SERVICE_ID = re.compile(r"^urn:etoegang:DV:\d{20}:services:\d+$")
 _ENTITY_ID = re.compile(r"^urn:etoegang:DV:\d{20}:entities:\d+$")
 
@@ -80,6 +84,51 @@ class KeyPairFiles(BaseModel):
     """PEM X.509 certificate published in our metadata."""
 
 
+class Localised(BaseModel):
+    """A text in Dutch and English (the catalogue carries both, ``xml:lang`` nl and en)."""
+
+    model_config = _FROZEN
+
+    nl: str = Field(min_length=1, max_length=1024)
+    en: str = Field(min_length=1, max_length=1024)
+
+
+class RequestedAttribute(BaseModel):
+    """An attribute the service asks the broker for (catalogue ``RequestedAttribute``).
+
+    Brokers send optional attributes, such as company names, only when the
+    catalogue requests them.
+    """
+
+    model_config = _FROZEN
+
+    name: str = Field(pattern=r"^urn:etoegang:\S+$")
+    """The attribute URI, e.g. ``urn:etoegang:1.11:attribute-represented:CompanyName``."""
+    required: bool = False
+    """``isRequired``: the login fails at the broker when it cannot supply it."""
+    purpose: Localised
+    """Why the service needs it (``PurposeStatement``), shown to the user by the broker."""
+
+
+DEFAULT_REQUESTED_ATTRIBUTES = (
+    RequestedAttribute(
+        name=ATTR_REPRESENTED_NAME,
+        purpose=Localised(
+            nl="De naam van de werkgever tonen in het portaal en aan de pensioenadministratie.",
+            en="To show the employer's name in the portal and to the pension administration.",
+        ),
+    ),
+    RequestedAttribute(
+        name=ATTR_INTERMEDIATE_NAME,
+        purpose=Localised(
+            nl="De naam van het administratiekantoor tonen dat namens de werkgever handelt.",
+            en="To show the name of the payroll office acting for the employer.",
+        ),
+    ),
+)
+"""What the gateway uses (token ``org``/employer names, the overview page)."""
+
+
 class ServiceSettings(BaseModel):
     """One service registered in the dienstcatalogus (one AttributeConsumingService)."""
 
@@ -93,10 +142,19 @@ class ServiceSettings(BaseModel):
     """ServiceUUID from the dienstcatalogus (ServiceDefinition)."""
     instance_uuid: uuid.UUID
     """UUID of the ServiceInstance in the dienstcatalogus."""
-    name: str
-    """Service name shown by the broker (Dutch)."""
-    description: str
+    name: str = Field(min_length=1, max_length=64)
+    """Service name shown by the broker (Dutch; the catalogue allows 64 characters)."""
+    description: str = Field(min_length=1, max_length=1024)
     """Service description (Dutch)."""
+    name_en: str | None = Field(default=None, min_length=1, max_length=64)
+    """Service name in English (``xml:lang="en"`` in the catalogue)."""
+    description_en: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Service description in English."""
+    requested_attributes: tuple[RequestedAttribute, ...] = DEFAULT_REQUESTED_ATTRIBUTES
+    """Attributes requested in the catalogue; default: the two company names (optional)."""
+    service_restrictions_allowed: tuple[str, ...] = (RESTRICTION_BRANCH,)
+    """``ServiceRestrictionsAllowed``: restrictions a user's authorisation may carry for
+    this service; default: a branch (Vestigingsnummer), which the mandate check handles."""
     loa: Loa = Loa.EH3
     """Level of assurance registered for the service."""
     identifier_types: tuple[IdentifierType, ...] = ("KvKnr", "RSIN")
@@ -163,15 +221,31 @@ class SamlSettings(BaseModel):
     broker_entity_id: str | None = None
     """Broker entityID to pick from an EntitiesDescriptor (and to insist on)."""
     broker_oin: str | None = None
-    """The broker's OIN (HerkenningsmakelaarId in the catalogue); from its entityID if omitted."""
+    """The broker's OIN (20 digits): ``HerkenningsmakelaarId`` in the catalogue. Required
+    unless ``broker_entity_id`` is an ``urn:etoegang:HM:<OIN>:entities:<n>`` entityID."""
     broker_metadata_cert: Path | None = None
     """When set, the metadata must carry a valid signature by this certificate."""
     broker_metadata_refresh_seconds: float = Field(default=3600.0, gt=0)
-    """How often the metadata is reloaded; failures keep the last good copy."""
+    """How often the metadata is reloaded at most; a shorter ``cacheDuration`` in the
+    metadata, or a ``validUntil`` coming up, makes it sooner. Failures keep the last
+    good copy (until its ``validUntil``)."""
+    broker_metadata_expiry_warning_seconds: float = Field(default=7 * 86400.0, ge=0)
+    """Log ``broker_metadata_expiring`` (error level, for alerting) on every load when the
+    metadata's ``validUntil`` is closer than this."""
+    broker_metadata_min_refresh_seconds: float = Field(default=30.0, ge=1)
+    """A broker signature that does not verify with the current metadata keys (a broker
+    restart or key change) triggers a metadata reload, at most once per this interval."""
+    insecure_dev_http: bool = False
+    """DEVELOPMENT ONLY: allow plain-``http://`` broker metadata and ArtifactResolution
+    URLs (the simulator on localhost). Outside development both must be ``https://``."""
     artifact_connect_timeout_seconds: float = Field(default=3.0, gt=0)
     """Connect timeout of the SOAP ArtifactResolve call."""
     artifact_read_timeout_seconds: float = Field(default=10.0, gt=0)
     """Total read timeout of the SOAP ArtifactResolve call."""
+    artifact_resolve_content_type: Literal["text/xml", "application/soap+xml"] = "text/xml"
+    """Content-Type of the ArtifactResolve POST: ``text/xml`` (SOAP 1.1, with a
+    ``SOAPAction`` header) or ``application/soap+xml`` for brokers that want it (the
+    SOAPAction then travels as the media type's ``action`` parameter)."""
     tls_client: KeyPairFiles | None = None
     """Client certificate for mutual TLS to the broker's ArtifactResolutionService."""
     tls_ca_file: Path | None = None
@@ -248,6 +322,23 @@ class SamlSettings(BaseModel):
             problems.append("attribute_consuming_service_index: no service has this index")
         if self.oin is not None and not re.fullmatch(r"\d{20}", self.oin):
             problems.append("oin: must be 20 digits")
+        if self.broker_oin is not None and not re.fullmatch(r"\d{20}", self.broker_oin):
+            problems.append("broker_oin: must be 20 digits (the broker's OIN)")
+        elif self.herkenningsmakelaar_id is None:
+            problems.append(
+                "broker_oin: required: the service catalogue's HerkenningsmakelaarId cannot be "
+                "derived; set broker_oin to the broker's 20-digit OIN, or broker_entity_id to "
+                "its entityID (urn:etoegang:HM:<OIN>:entities:<n>)"
+            )
+        if self.broker_metadata.startswith("http://") and not self.insecure_dev_http:
+            problems.append(
+                "broker_metadata: plain http is refused outside development: use an https:// "
+                "URL or a file (insecure_dev_http: true only for a local simulator)"
+            )
+        elif "://" in self.broker_metadata and not self.broker_metadata.startswith(
+            ("https://", "http://")
+        ):
+            problems.append("broker_metadata: must be a file path or an https:// URL")
         if not self.acs_url.startswith(("https://", "http://")):
             problems.append("acs_url: must be an absolute http(s) URL")
         if self.slo_url is not None and not self.slo_url.startswith(("https://", "http://")):
@@ -264,6 +355,17 @@ class SamlSettings(BaseModel):
     def our_oin(self) -> str:
         """The OIN from ``oin`` or from the entityID."""
         return self.oin or self.entity_id.split(":")[3]
+
+    @property
+    def herkenningsmakelaar_id(self) -> str | None:
+        """The broker's OIN: ``broker_oin``, else the OIN in ``broker_entity_id``."""
+        if self.broker_oin:
+            return self.broker_oin
+        if self.broker_entity_id:
+            m = re.fullmatch(r"urn:etoegang:HM:(\d{20}):entities:[^:]+", self.broker_entity_id)
+            if m:
+                return m.group(1)
+        return None
 
     @property
     def single_logout_url(self) -> str:

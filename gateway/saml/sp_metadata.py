@@ -100,21 +100,25 @@ def sp_metadata_xml(
     return bytes(etree.tostring(ed, xml_declaration=True, encoding="UTF-8"))
 
 
-def _broker_oin(settings: SamlSettings) -> str | None:
-    if settings.broker_oin:
-        return settings.broker_oin
-    if settings.broker_entity_id:
-        parts = settings.broker_entity_id.split(":")
-        if len(parts) > 3 and re.fullmatch(r"\d{20}", parts[3]):
-            return parts[3]
-    return None
+def _localised(parent: etree._Element, tag: str, nl: str, en: str | None) -> None:
+    etree.SubElement(parent, tag, {XML_LANG: "nl"}).text = nl
+    if en:
+        etree.SubElement(parent, tag, {XML_LANG: "en"}).text = en
 
 
 def service_catalogue_xml(
     settings: SamlSettings, keys: SpKeys, *, now: dt.datetime | None = None
 ) -> bytes:
-    """The signed dienstcatalogus: ServiceDefinition + ServiceInstance per service."""
+    """The signed dienstcatalogus: ServiceDefinition + ServiceInstance per service.
+
+    Element order follows the eHerkenning 1.13 service-catalogue schema
+    (``urn:etoegang:1.13:service-catalog``); the test suite validates the
+    output against it.
+    """
     now = now or dt.datetime.now(dt.UTC)
+    broker_oin = settings.herkenningsmakelaar_id
+    if broker_oin is None:  # the settings validator refuses this already
+        raise ValueError("HerkenningsmakelaarId unknown: set saml.broker_oin")
     esc = NS["esc"]
     nsmap = {"esc": esc, "ds": NS["ds"], "saml": NS["saml"], "md": NS["md"]}
     root = etree.Element(
@@ -131,22 +135,30 @@ def service_catalogue_xml(
     etree.SubElement(
         provider, q("esc", "OrganizationDisplayName"), {XML_LANG: "nl"}
     ).text = settings.organisation_name
-    broker_oin = _broker_oin(settings)
     for service in settings.services:
         sd = etree.SubElement(
             provider, q("esc", "ServiceDefinition"), {f"{{{esc}}}IsPublic": "true"}
         )
         etree.SubElement(sd, q("esc", "ServiceUUID")).text = str(service.service_uuid)
-        etree.SubElement(sd, q("esc", "ServiceName"), {XML_LANG: "nl"}).text = service.name
-        etree.SubElement(
-            sd, q("esc", "ServiceDescription"), {XML_LANG: "nl"}
-        ).text = service.description
+        _localised(sd, q("esc", "ServiceName"), service.name, service.name_en)
+        _localised(sd, q("esc", "ServiceDescription"), service.description, service.description_en)
         etree.SubElement(sd, q("saml", "AuthnContextClassRef")).text = service.loa.value
-        if broker_oin:
-            etree.SubElement(sd, q("esc", "HerkenningsmakelaarId")).text = broker_oin
+        etree.SubElement(sd, q("esc", "HerkenningsmakelaarId")).text = broker_oin
         for kind in service.identifier_types:
             etree.SubElement(sd, q("esc", "EntityConcernedTypesAllowed")).text = (
                 ENTITY_CONCERNED + kind
+            )
+        for restriction in service.service_restrictions_allowed:
+            etree.SubElement(sd, q("esc", "ServiceRestrictionsAllowed")).text = restriction
+        for attribute in service.requested_attributes:
+            requested = etree.SubElement(
+                sd,
+                q("esc", "RequestedAttribute"),
+                Name=attribute.name,
+                isRequired="true" if attribute.required else "false",
+            )
+            _localised(
+                requested, q("esc", "PurposeStatement"), attribute.purpose.nl, attribute.purpose.en
             )
     for service in settings.services:
         si = etree.SubElement(provider, q("esc", "ServiceInstance"), {f"{{{esc}}}IsPublic": "true"})
@@ -161,8 +173,7 @@ def service_catalogue_xml(
             etree.SubElement(
                 si, q("esc", "PrivacyPolicyURL"), {XML_LANG: "nl"}
             ).text = service.privacy_policy_url
-        if broker_oin:
-            etree.SubElement(si, q("esc", "HerkenningsmakelaarId")).text = broker_oin
+        etree.SubElement(si, q("esc", "HerkenningsmakelaarId")).text = broker_oin
         etree.SubElement(si, q("esc", "SSOSupport")).text = "false"
         for pair in (keys.encryption, keys.encryption_next):
             if pair is not None:

@@ -10,7 +10,10 @@ The checks run in a fixed order and each failure has its own reason (kept in
 3. Status: non-Success maps to ``LoginCancelled`` / ``LoginNotAuthorised`` /
    ``LevelTooLow`` / ``SamlInvalid``;
 4. exactly one Assertion as a direct child, signed by a broker key from the
-   metadata, the Reference pointing at that very assertion;
+   metadata, the Reference pointing at that very assertion; and no other
+   Assertion or EncryptedAssertion anywhere in the document (Extensions,
+   StatusDetail, a second sibling, the SOAP/ArtifactResponse around it),
+   except those inside the verified assertion's own, signed, Advice;
 5. from then on only that element is read: Issuer, Subject with a bearer
    SubjectConfirmation (Recipient, InResponseTo, NotBefore/NotOnOrAfter with
    skew), Conditions (times, AudienceRestriction containing our entityID),
@@ -152,6 +155,7 @@ def _verify(
         raise SamlInvalid("encrypted_assertion_unsupported")
     assertion = only_child(root, q("saml", "Assertion"), "assertion")
     verify_enveloped(assertion, metadata.signing_certs, what="assertion", **algs)
+    _refuse_stray_assertions(root.getroottree().getroot(), assertion)
 
     # 5. From here on, read only the verified assertion.
     if assertion.get("Version") != "2.0":
@@ -214,6 +218,28 @@ def _verify(
             parse_instant(session_end, "session_not_on_or_after") if session_end else None
         ),
     )
+
+
+_ASSERTION_TAGS = frozenset({q("saml", "Assertion"), q("saml", "EncryptedAssertion")})
+
+
+def _refuse_stray_assertions(document: etree._Element, verified: etree._Element) -> None:
+    """Refuse any assertion in the document but ``verified`` and those in its own Advice.
+
+    We only ever read the verified assertion, but a message that also carries
+    an unsigned assertion (XSW variant 7 hides one in ``samlp:Extensions``) is
+    an attack on whichever consumer reads the other one: a log pipeline, a
+    later code change, a library that searches by descendant. Refusing the
+    whole message keeps "what we accepted" equal to "what was signed".
+    """
+    advice = verified.find(q("saml", "Advice"))
+    for el in document.iter(*_ASSERTION_TAGS):
+        if el is verified:
+            continue
+        # Assertions in the verified assertion's Advice are covered by its signature.
+        if advice is not None and any(a is advice for a in el.iterancestors(q("saml", "Advice"))):
+            continue
+        raise SamlInvalid("assertion_unexpected")
 
 
 _MAX_LOGOUT_ID = 1024

@@ -27,6 +27,7 @@ from gateway.simulator.authnrequest import (
     peek,
     verify,
 )
+from gateway.simulator.catalogue import ServiceCatalogue
 from gateway.simulator.control import (
     HTTP_SESSION,
     SIMULATOR,
@@ -42,7 +43,7 @@ from gateway.simulator.idpmetadata import (
     SSO_PATH,
     idp_metadata,
 )
-from gateway.simulator.messages import Login, Status, error_response, response
+from gateway.simulator.messages import Login, Shape, Status, error_response, refusal, response
 from gateway.simulator.pages import error_page, index_page, login_page, post_form
 from gateway.simulator.scenarios import STATUS_FOR_OUTCOME, STATUS_REQUESTER, Scenario
 from gateway.simulator.settings import SimulatorSettings
@@ -133,6 +134,7 @@ async def _sso(request: web.Request) -> web.StreamResponse:
         return _html(error_page(title, "Ongeldig inlogverzoek", "Invalid SAML request."), 400)
     try:
         sp = await sim.sp_metadata(request.app[HTTP_SESSION])
+        catalogue = await sim.service_catalogue(request.app[HTTP_SESSION])
     except MetadataUnavailable as exc:
         log.warning("sim_sp_metadata_unavailable", reason=str(exc))
         return _html(error_page(title, "Metadata ontbreekt", "SP metadata unavailable."), 503)
@@ -164,7 +166,7 @@ async def _sso(request: web.Request) -> web.StreamResponse:
 
     scenario = sim.take_scenario(authn.id)
     if scenario is not None:
-        return deliver(request, sp, authn, scenario, relay_state)
+        return deliver(request, sp, authn, scenario, relay_state, catalogue=catalogue)
     token = sim.add_pending(authn, relay_state, sp.entity_id)
     return _html(
         login_page(
@@ -192,6 +194,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
         scenario = sim.scenarios.get(choice) if isinstance(choice, str) else None
     try:
         sp = await sim.sp_metadata(request.app[HTTP_SESSION])
+        catalogue = await sim.service_catalogue(request.app[HTTP_SESSION])
     except MetadataUnavailable:
         return _html(
             error_page(sim.settings.title, "Metadata ontbreekt", "SP metadata unavailable."), 503
@@ -209,7 +212,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
             ),
             400,
         )
-    return deliver(request, sp, pending.request, scenario, pending.relay_state)
+    return deliver(request, sp, pending.request, scenario, pending.relay_state, catalogue=catalogue)
 
 
 def deliver(
@@ -220,22 +223,39 @@ def deliver(
     relay_state: str | None,
     *,
     status: Status | None = None,
+    catalogue: ServiceCatalogue | None = None,
 ) -> web.StreamResponse:
     """Answer ``authn``: build the Response and send the browser to the ACS."""
     sim = request.app[SIMULATOR]
     s = sim.settings
     now = sim.now()
     post = authn.binding == BINDING_POST
+    shape = Shape.of(s, scenario)
     if scenario is not None and scenario.outcome != "success":
         top, second, message = scenario.status() or STATUS_FOR_OUTCOME["authn_failed"]
         status = (top, second, message)
+    login: Login | None = None
+    if status is None and scenario is not None:
+        login = Login(
+            settings=s,
+            sp=sp,
+            request=authn,
+            scenario=scenario,
+            now=now,
+            catalogue=catalogue,
+            shape=shape,
+        )
+        status = refusal(login)
+        if status is not None:
+            log.info("sim_login_refused_by_catalogue", request_id=authn.id, reason=status[2])
+            scenario = scenario.model_copy(update={"outcome": "not_authorised"})
     if status is not None:
         signer = sim.keys.broker if post else None
         resp = error_response(s, authn.id, authn.acs.location, status, now, signer=signer)
     else:
         assert scenario is not None
-        login = Login(settings=s, sp=sp, request=authn, scenario=scenario, now=now)
-        resp = response(login, sim.keys, sign_response=post)
+        assert login is not None
+        resp = response(login, sim.keys, sign_response=post, rewrite=sim.take_rewrite())
         sim.sessions[login.session_index] = BrokerSession(
             sp_entity_id=sp.entity_id,
             name_id=login.subject_id,
@@ -250,7 +270,9 @@ def deliver(
         fields["SAMLResponse"] = base64.b64encode(to_bytes(resp)).decode()
     else:
         artifact = make_artifact(s.entity_id, 0)
-        sim.artifacts.put(artifact, to_bytes(resp), sp.entity_id)
+        sim.artifacts.put(
+            artifact, to_bytes(resp), sp.entity_id, real_broker_shape=shape.real_broker_shape
+        )
         fields["SAMLart"] = artifact
     if relay_state is not None:
         fields["RelayState"] = relay_state

@@ -46,8 +46,17 @@ def _peer_cert(request: web.Request) -> bytes | None:
 
 
 def _reply(
-    sim: Simulator, in_response_to: str | None, inner: etree._Element | None, status: Status
+    sim: Simulator,
+    in_response_to: str | None,
+    inner: etree._Element | None,
+    status: Status,
+    *,
+    real_broker_shape: bool | None = None,
 ) -> web.Response:
+    # A stored Response dictates the shape (its namespaces must match the envelope's);
+    # answers without a message follow the settings.
+    if real_broker_shape is None:
+        real_broker_shape = sim.settings.real_broker_shape
     body = artifact_response_envelope(
         sim.settings.entity_id,
         in_response_to,
@@ -55,6 +64,7 @@ def _reply(
         status,
         sim.keys.broker,
         sim.now(),
+        real_broker_shape=real_broker_shape,
     )
     return web.Response(body=body, content_type=_XML, charset="utf-8")
 
@@ -110,7 +120,13 @@ async def handle(request: web.Request) -> web.Response:
             sim, request_id, None, (STATUS_REQUESTER, STATUS_REQUEST_DENIED, "artifact not yours")
         )
     log.info("sim_artifact_resolved", request_id=request_id)
-    return _reply(sim, request_id, parse_xml(stored.response_xml), SUCCESS)
+    return _reply(
+        sim,
+        request_id,
+        parse_xml(stored.response_xml),
+        SUCCESS,
+        real_broker_shape=stored.real_broker_shape,
+    )
 
 
 def _check(

@@ -59,6 +59,8 @@ class StoredMessage:
     response_xml: bytes
     sp_entity_id: str
     expires_at: float
+    real_broker_shape: bool = False
+    """Sign the ArtifactResponse in the real-broker shape too (KeyName-only, prefix list)."""
 
 
 class ArtifactStore:
@@ -69,10 +71,17 @@ class ArtifactStore:
         self._clock = clock
         self._items: dict[str, StoredMessage] = {}
 
-    def put(self, artifact: str, response_xml: bytes, sp_entity_id: str) -> None:
+    def put(
+        self,
+        artifact: str,
+        response_xml: bytes,
+        sp_entity_id: str,
+        *,
+        real_broker_shape: bool = False,
+    ) -> None:
         self._sweep()
         self._items[artifact] = StoredMessage(
-            response_xml, sp_entity_id, self._clock() + self._lifetime
+            response_xml, sp_entity_id, self._clock() + self._lifetime, real_broker_shape
         )
 
     def take(self, artifact: str) -> StoredMessage | None:

@@ -27,11 +27,12 @@ from cryptography.hazmat.primitives import serialization
 from gateway.devkeys import rsa_keypair
 from gateway.simulator.artifacts import ArtifactStore
 from gateway.simulator.authnrequest import AuthnRequest
+from gateway.simulator.catalogue import ServiceCatalogue, parse_service_catalogue
 from gateway.simulator.idpmetadata import ARS_PATH, METADATA_PATH, SLO_PATH, SSO_PATH
-from gateway.simulator.messages import Keys
+from gateway.simulator.messages import Keys, Rewrite
 from gateway.simulator.scenarios import Scenario
 from gateway.simulator.settings import SimulatorSettings, all_scenarios
-from gateway.simulator.spmetadata import SpMetadata, SpMetadataSource
+from gateway.simulator.spmetadata import DocumentSource, SpMetadata, SpMetadataSource
 from gateway.simulator.xmlcrypto import Signer
 
 
@@ -106,6 +107,12 @@ class Simulator:
         self.metadata = SpMetadataSource(
             settings.sp_metadata, refresh_seconds=settings.sp_metadata_refresh_seconds
         )
+        self.catalogue: DocumentSource[ServiceCatalogue] = DocumentSource(
+            settings.service_catalogue,
+            refresh_seconds=settings.sp_metadata_refresh_seconds,
+            parse=parse_service_catalogue,
+            what="service catalogue",
+        )
         self.issued: list[IssuedLogin] = []
         self.sessions: dict[str, BrokerSession] = {}
         """Live simulated broker sessions by SessionIndex."""
@@ -123,6 +130,7 @@ class Simulator:
         self._next: deque[str] = deque()
         self._by_request: dict[str, str] = {}
         self._pending: dict[str, PendingLogin] = {}
+        self._rewrites: deque[Rewrite] = deque()
 
     # -- driving logins -------------------------------------------------------
 
@@ -147,9 +155,10 @@ class Simulator:
         return scenario.id
 
     def clear_queue(self) -> None:
-        """Forget scenarios queued with :meth:`use_scenario`."""
+        """Forget scenarios queued with :meth:`use_scenario` and queued rewrites."""
         self._next.clear()
         self._by_request.clear()
+        self._rewrites.clear()
 
     def take_scenario(self, request_id: str) -> Scenario | None:
         """The queued scenario for this request, if any (used once)."""
@@ -157,6 +166,19 @@ class Simulator:
         if sid is None and self._next:
             sid = self._next.popleft()
         return self.scenarios[sid] if sid is not None else None
+
+    def rewrite_next_response(self, rewrite: Rewrite) -> None:
+        """Edit the next successful Response with ``rewrite`` before it is signed and sent.
+
+        For tests of what a broker holding the real keys could send (stray
+        assertions, extra elements): the assertion is already signed, the
+        Response (POST) and the ArtifactResponse are signed afterwards.
+        """
+        self._rewrites.append(rewrite)
+
+    def take_rewrite(self) -> Rewrite | None:
+        """The queued rewrite for the next successful Response, if any (used once)."""
+        return self._rewrites.popleft() if self._rewrites else None
 
     def add_pending(self, request: AuthnRequest, relay_state: str | None, sp: str) -> str:
         now = self.clock()
@@ -240,6 +262,16 @@ class Simulator:
         sp = await self.metadata.get(session)
         self._trust(sp.all_certs)
         return sp
+
+    def set_service_catalogue(self, xml: bytes) -> ServiceCatalogue:
+        """Use this dienstcatalogus from now on (instead of the configured source)."""
+        return self.catalogue.set_xml(xml)
+
+    async def service_catalogue(self, session: aiohttp.ClientSession) -> ServiceCatalogue | None:
+        """The SP's catalogue; ``None`` when none is configured (legacy behaviour)."""
+        if not self.catalogue.configured:
+            return None
+        return await self.catalogue.get(session)
 
     def client_cert_matches(self, peer_der: bytes | None, sp: SpMetadata) -> bool:
         """The TLS client presented a certificate whose key is in the SP metadata."""

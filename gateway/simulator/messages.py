@@ -14,15 +14,20 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 
 from gateway.simulator.authnrequest import AuthnRequest
+from gateway.simulator.catalogue import ServiceCatalogue
 from gateway.simulator.scenarios import (
     QUALIFIER_KVK,
     QUALIFIER_PSEUDO,
     QUALIFIER_RSIN,
+    STATUS_REQUEST_DENIED,
+    STATUS_REQUESTER,
+    STATUS_RESPONDER,
     STATUS_SUCCESS,
     Scenario,
 )
@@ -57,6 +62,42 @@ class Keys:
 
 
 @dataclass(frozen=True)
+class Shape:
+    """How a message is shaped: production-like by default, stress options opt-in."""
+
+    extra_encrypted_key: bool = False
+    send_unrequested_attributes: bool = False
+    real_broker_shape: bool = False
+
+    @classmethod
+    def of(cls, settings: SimulatorSettings, scenario: Scenario | None) -> Shape:
+        """The simulator's settings, overridden by the scenario's own options."""
+
+        def pick(own: bool | None, default: bool) -> bool:
+            return default if own is None else own
+
+        sc = scenario
+        return cls(
+            extra_encrypted_key=pick(
+                sc.extra_encrypted_key if sc else None, settings.extra_encrypted_key
+            ),
+            send_unrequested_attributes=pick(
+                sc.send_unrequested_attributes if sc else None,
+                settings.send_unrequested_attributes,
+            ),
+            real_broker_shape=pick(
+                sc.real_broker_shape if sc else None, settings.real_broker_shape
+            ),
+        )
+
+    def instant(self, when: dt.datetime) -> str:
+        """xs:dateTime in UTC; with milliseconds in the real-broker shape."""
+        if self.real_broker_shape:
+            return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        return instant(when)
+
+
+@dataclass(frozen=True)
 class Login:
     """Everything needed to answer one AuthnRequest."""
 
@@ -65,6 +106,9 @@ class Login:
     request: AuthnRequest
     scenario: Scenario
     now: dt.datetime
+    catalogue: ServiceCatalogue | None = None
+    """The SP's dienstcatalogus, when the simulator has one."""
+    shape: Shape = field(default_factory=Shape)
     subject_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     """The outer assertion's transient Subject NameID (what a LogoutRequest names)."""
     session_index: str = field(default_factory=new_id)
@@ -80,18 +124,79 @@ def service_id(sp: SpMetadata, request: AuthnRequest) -> str:
     return f"{derived}:services:{request.service_index or 0}"
 
 
-def service_uuid(settings: SimulatorSettings, sid: str) -> str:
+def service_uuid(
+    settings: SimulatorSettings, sid: str, catalogue: ServiceCatalogue | None = None
+) -> str:
+    """From the catalogue (as brokers do); else ``service_uuids``; else a stable UUIDv5."""
+    entry = catalogue.service(sid) if catalogue is not None else None
+    if entry is not None:
+        return entry.service_uuid
     return settings.service_uuids.get(sid) or str(uuid.uuid5(uuid.NAMESPACE_URL, sid))
 
 
-def response(login: Login, keys: Keys, *, sign_response: bool = False) -> etree._Element:
-    """A Success Response with the scenario's signed assertion."""
+def refusal(login: Login) -> Status | None:
+    """Why a broker would refuse this login for this service, if it would.
+
+    With a catalogue, the ServiceID must be in it; a login restricted to a
+    branch needs the service to allow that restriction (else the user has no
+    authorisation that fits). Without a catalogue nothing is declared.
+    """
+    sid = service_id(login.sp, login.request)
+    entry = login.catalogue.service(sid) if login.catalogue is not None else None
+    if login.catalogue is not None and entry is None:
+        return (STATUS_REQUESTER, STATUS_REQUEST_DENIED, f"service {sid} is not in the catalogue")
+    allowed = entry.restrictions_allowed if entry is not None else frozenset()
+    if (
+        login.scenario.branch
+        and ATTR_BRANCH not in allowed
+        and not login.shape.send_unrequested_attributes
+    ):
+        return (
+            STATUS_RESPONDER,
+            STATUS_REQUEST_DENIED,
+            "authorisation restricted to a branch; the service allows no ServiceRestriction",
+        )
+    return None
+
+
+def _requested(login: Login, attribute: str) -> bool:
+    """Whether an optional attribute goes out: requested in the catalogue (or stress)."""
+    if login.shape.send_unrequested_attributes:
+        return True
+    entry = (
+        login.catalogue.service(service_id(login.sp, login.request)) if login.catalogue else None
+    )
+    return entry is not None and attribute in entry.requested_attributes
+
+
+Rewrite = Callable[[etree._Element], None]
+"""Edits a Response in place after its assertion is signed (tests of hostile brokers)."""
+
+
+def response(
+    login: Login, keys: Keys, *, sign_response: bool = False, rewrite: Rewrite | None = None
+) -> etree._Element:
+    """A Success Response with the scenario's signed assertion.
+
+    ``rewrite`` runs after the assertion is signed and before the Response
+    itself is signed (POST binding) or stored for resolution (Artifact), so
+    the result is what a broker holding the real keys would send.
+    """
     s = login.settings
-    root = _response_shell(s.entity_id, login.request.id, login.request.acs.location, login.now)
+    root = _response_shell(
+        s.entity_id,
+        login.request.id,
+        login.request.acs.location,
+        login.now,
+        stamp=login.shape.instant,
+        default_saml=login.shape.real_broker_shape,
+    )
     _status(root, SUCCESS)
     root.append(_assertion(login, keys))
+    if rewrite is not None:
+        rewrite(root)
     if sign_response:
-        keys.broker.sign(root, after=root[0])
+        keys.broker.sign(root, after=root[0], real_broker_shape=login.shape.real_broker_shape)
     return root
 
 
@@ -119,6 +224,8 @@ def artifact_response_envelope(
     status: Status,
     signer: Signer,
     now: dt.datetime,
+    *,
+    real_broker_shape: bool = False,
 ) -> bytes:
     """A SOAP 1.1 envelope with a signed ArtifactResponse (with or without a message)."""
     env = etree.Element(q(SOAP, "Envelope"), nsmap={"SOAP-ENV": SOAP})
@@ -127,7 +234,9 @@ def artifact_response_envelope(
         body,
         q(SAMLP, "ArtifactResponse"),
         {"ID": new_id(), "Version": "2.0", "IssueInstant": instant(now)},
-        nsmap={"samlp": SAMLP, "saml": SAML},
+        nsmap=(
+            {"samlp": SAMLP, None: SAML} if real_broker_shape else {"samlp": SAMLP, "saml": SAML}
+        ),
     )
     if in_response_to:
         ar.set("InResponseTo", in_response_to)
@@ -136,7 +245,7 @@ def artifact_response_envelope(
     _status(ar, status)
     if inner is not None:
         ar.append(inner)
-    signer.sign(ar, after=issuer)
+    signer.sign(ar, after=issuer, real_broker_shape=real_broker_shape)
     return bytes(etree.tostring(env, xml_declaration=True, encoding="UTF-8"))
 
 
@@ -150,18 +259,27 @@ def soap_fault(message: str) -> bytes:
 
 
 def _response_shell(
-    issuer: str, in_response_to: str, destination: str, now: dt.datetime
+    issuer: str,
+    in_response_to: str,
+    destination: str,
+    now: dt.datetime,
+    *,
+    stamp: Callable[[dt.datetime], str] = instant,
+    default_saml: bool = False,
 ) -> etree._Element:
+    # lxml drops a child's namespace declaration when the parent declares the same
+    # URI under another prefix, re-prefixing signed content (and breaking its
+    # signature): with a default-namespace assertion, the parents use it too.
     root = etree.Element(
         q(SAMLP, "Response"),
         {
             "ID": new_id(),
             "Version": "2.0",
-            "IssueInstant": instant(now),
+            "IssueInstant": stamp(now),
             "Destination": destination,
             "InResponseTo": in_response_to,
         },
-        nsmap={"samlp": SAMLP, "saml": SAML},
+        nsmap={"samlp": SAMLP, None: SAML} if default_saml else {"samlp": SAMLP, "saml": SAML},
     )
     etree.SubElement(root, q(SAML, "Issuer")).text = issuer
     return root
@@ -179,7 +297,10 @@ def _status(parent: etree._Element, status: Status) -> None:
 
 def _assertion(login: Login, keys: Keys) -> etree._Element:
     s, sc, req = login.settings, login.scenario, login.request
-    a, issuer = _assertion_shell(s.entity_id, login.now)
+    shape = login.shape
+    a, issuer = _assertion_shell(
+        s.entity_id, login.now, stamp=shape.instant, default_ns=shape.real_broker_shape
+    )
     _subject(
         a,
         s.authentication_service_id,
@@ -187,8 +308,9 @@ def _assertion(login: Login, keys: Keys) -> etree._Element:
         req,
         login.now,
         s.assertion_lifetime_seconds,
+        stamp=shape.instant,
     )
-    _conditions(a, login.sp.entity_id, login.now, s.assertion_lifetime_seconds)
+    _conditions(a, login.sp.entity_id, login.now, s.assertion_lifetime_seconds, stamp=shape.instant)
     if s.advice:
         advice = etree.SubElement(a, q(SAML, "Advice"))
         # The authentication service names the person by its own transient ID, so
@@ -199,7 +321,7 @@ def _assertion(login: Login, keys: Keys) -> etree._Element:
     authn = etree.SubElement(
         a,
         q(SAML, "AuthnStatement"),
-        {"AuthnInstant": instant(login.now), "SessionIndex": login.session_index},
+        {"AuthnInstant": shape.instant(login.now), "SessionIndex": login.session_index},
     )
     ctx = etree.SubElement(authn, q(SAML, "AuthnContext"))
     etree.SubElement(ctx, q(SAML, "AuthnContextClassRef")).text = sc.level.value
@@ -208,7 +330,7 @@ def _assertion(login: Login, keys: Keys) -> etree._Element:
     stmt = etree.SubElement(a, q(SAML, "AttributeStatement"))
     sid = service_id(login.sp, req)
     _plain(stmt, ATTR_SERVICE_ID, sid)
-    _plain(stmt, ATTR_SERVICE_UUID, service_uuid(s, sid))
+    _plain(stmt, ATTR_SERVICE_UUID, service_uuid(s, sid, login.catalogue))
     legal = sc.legal_subject
     assert legal is not None
     values = []
@@ -228,26 +350,27 @@ def _assertion(login: Login, keys: Keys) -> etree._Element:
             )
         else:
             _plain(stmt, ATTR_INTERMEDIARY, sc.intermediary.kvk)
-        if sc.intermediary.name:
+        # Optional attributes: only when the catalogue requests them (as brokers do).
+        if sc.intermediary.name and _requested(login, ATTR_INTERMEDIATE_NAME):
             _plain(stmt, ATTR_INTERMEDIATE_NAME, sc.intermediary.name)
-    if legal.name:
+    if legal.name and _requested(login, ATTR_REPRESENTED_NAME):
         _plain(stmt, ATTR_REPRESENTED_NAME, legal.name)
-    if sc.branch:
+    if sc.branch:  # refused before building when the service allows no restriction
         _plain(stmt, ATTR_BRANCH, sc.branch)
-    keys.broker.sign(a, after=issuer)
+    keys.broker.sign(a, after=issuer, real_broker_shape=shape.real_broker_shape)
     return a
 
 
 def _advice_authentication(login: Login, keys: Keys, subject_id: str) -> etree._Element:
     """The authentication service's assertion: the person, at its own pseudonym."""
-    s = login.settings
-    a, issuer = _assertion_shell(s.authentication_service_id, login.now)
+    s, stamp = login.settings, login.shape.instant
+    a, issuer = _assertion_shell(s.authentication_service_id, login.now, stamp=stamp)
     subj = etree.SubElement(a, q(SAML, "Subject"))
     etree.SubElement(
         subj, q(SAML, "NameID"), {"Format": TRANSIENT, "NameQualifier": s.authentication_service_id}
     ).text = subject_id
-    _conditions(a, s.entity_id, login.now, s.assertion_lifetime_seconds)
-    authn = etree.SubElement(a, q(SAML, "AuthnStatement"), {"AuthnInstant": instant(login.now)})
+    _conditions(a, s.entity_id, login.now, s.assertion_lifetime_seconds, stamp=stamp)
+    authn = etree.SubElement(a, q(SAML, "AuthnStatement"), {"AuthnInstant": stamp(login.now)})
     ctx = etree.SubElement(authn, q(SAML, "AuthnContext"))
     etree.SubElement(ctx, q(SAML, "AuthnContextClassRef")).text = login.scenario.level.value
     stmt = etree.SubElement(a, q(SAML, "AttributeStatement"))
@@ -259,9 +382,9 @@ def _advice_authentication(login: Login, keys: Keys, subject_id: str) -> etree._
 
 def _advice_mandate(login: Login, keys: Keys) -> etree._Element:
     """The mandate register's assertion, with a different company on purpose."""
-    s, sc = login.settings, login.scenario
-    a, issuer = _assertion_shell(s.mandate_service_id, login.now)
-    _conditions(a, s.entity_id, login.now, s.assertion_lifetime_seconds)
+    s, sc, stamp = login.settings, login.scenario, login.shape.instant
+    a, issuer = _assertion_shell(s.mandate_service_id, login.now, stamp=stamp)
+    _conditions(a, s.entity_id, login.now, s.assertion_lifetime_seconds, stamp=stamp)
     stmt = etree.SubElement(a, q(SAML, "AttributeStatement"))
     _plain(stmt, ATTR_SERVICE_ID, service_id(login.sp, login.request))
     _attribute(stmt, ATTR_LEGAL_SUBJECT, [_encrypted(login, keys, QUALIFIER_KVK, sc.advice_kvk)])
@@ -271,13 +394,22 @@ def _advice_mandate(login: Login, keys: Keys) -> etree._Element:
     return a
 
 
-def _assertion_shell(issuer_id: str, now: dt.datetime) -> tuple[etree._Element, etree._Element]:
+def _assertion_shell(
+    issuer_id: str,
+    now: dt.datetime,
+    *,
+    stamp: Callable[[dt.datetime], str] = instant,
+    default_ns: bool = False,
+) -> tuple[etree._Element, etree._Element]:
     # xs/xsi declared on every assertion so it stays schema-valid when a
-    # consumer lifts it out of the Response or the Advice.
+    # consumer lifts it out of the Response or the Advice. ``default_ns``: the
+    # SAML namespace as the default namespace (no prefix), as some brokers send.
     a = etree.Element(
         q(SAML, "Assertion"),
-        {"ID": new_id(), "Version": "2.0", "IssueInstant": instant(now)},
-        nsmap={"saml": SAML, "xs": XS, "xsi": XSI},
+        {"ID": new_id(), "Version": "2.0", "IssueInstant": stamp(now)},
+        nsmap={None: SAML, "xs": XS, "xsi": XSI}
+        if default_ns
+        else {"saml": SAML, "xs": XS, "xsi": XSI},
     )
     issuer = etree.SubElement(a, q(SAML, "Issuer"))
     issuer.text = issuer_id
@@ -291,6 +423,8 @@ def _subject(
     req: AuthnRequest,
     now: dt.datetime,
     life: int,
+    *,
+    stamp: Callable[[dt.datetime], str] = instant,
 ) -> None:
     subj = etree.SubElement(a, q(SAML, "Subject"))
     etree.SubElement(
@@ -302,17 +436,24 @@ def _subject(
         q(SAML, "SubjectConfirmationData"),
         {
             "InResponseTo": req.id,
-            "NotOnOrAfter": instant(now + dt.timedelta(seconds=life)),
+            "NotOnOrAfter": stamp(now + dt.timedelta(seconds=life)),
             "Recipient": req.acs.location,
         },
     )
 
 
-def _conditions(a: etree._Element, audience: str, now: dt.datetime, life: int) -> None:
+def _conditions(
+    a: etree._Element,
+    audience: str,
+    now: dt.datetime,
+    life: int,
+    *,
+    stamp: Callable[[dt.datetime], str] = instant,
+) -> None:
     cond = etree.SubElement(
         a,
         q(SAML, "Conditions"),
-        {"NotBefore": instant(now), "NotOnOrAfter": instant(now + dt.timedelta(seconds=life))},
+        {"NotBefore": stamp(now), "NotOnOrAfter": stamp(now + dt.timedelta(seconds=life))},
     )
     restriction = etree.SubElement(cond, q(SAML, "AudienceRestriction"))
     etree.SubElement(restriction, q(SAML, "Audience")).text = audience
@@ -334,7 +475,8 @@ def _encrypted(login: Login, keys: Keys, qualifier: str, value: str) -> etree._E
     name_id = etree.Element(q(SAML, "NameID"), {"NameQualifier": qualifier}, nsmap={"saml": SAML})
     name_id.text = value
     recipients = []
-    if login.settings.extra_encrypted_key:
+    if login.shape.extra_encrypted_key:
+        # Stress: a key for the broker itself, listed first (spec-legal, rare in practice).
         recipients.append(Recipient(login.settings.entity_id, cert_der(keys.broker.cert_pem)))
     recipients.append(Recipient(login.sp.entity_id, login.sp.encryption_certs[0]))
     return encrypt_id(
@@ -342,4 +484,5 @@ def _encrypted(login: Login, keys: Keys, qualifier: str, value: str) -> etree._E
         recipients,
         block_cipher=login.settings.block_cipher,
         key_transport=login.settings.key_transport,
+        key_name_digest="sha1" if login.shape.real_broker_shape else "sha256",
     )

@@ -115,6 +115,12 @@ class Scenario(BaseModel):
     """KvK put in the nested Advice assertions: deliberately NOT the outer one."""
     advice_intermediary_kvk: Kvk = "90000002"
     """IntermediateEntityID in the Advice mandate assertion, present even in mode 1."""
+    extra_encrypted_key: bool | None = None
+    """Override the simulator's ``extra_encrypted_key`` for this scenario (stress)."""
+    send_unrequested_attributes: bool | None = None
+    """Override ``send_unrequested_attributes`` for this scenario (stress)."""
+    real_broker_shape: bool | None = None
+    """Override ``real_broker_shape`` for this scenario."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:

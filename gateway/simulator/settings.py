@@ -56,7 +56,14 @@ class SimulatorSettings(BaseModel):
     """SP metadata: a file path or an ``http(s)://`` URL (re-read when it changes).
     ``None``: tests supply it through ``Simulator.set_sp_metadata``."""
     sp_metadata_refresh_seconds: float = Field(default=60.0, gt=0)
-    """How long a metadata URL is cached before it is fetched again."""
+    """How long a metadata (or catalogue) URL is cached before it is fetched again."""
+    service_catalogue: str | None = None
+    """The SP's dienstcatalogus (``gateway service-catalogue``, or the gateway's
+    ``/_gateway/saml/catalogue``): a file path or an ``http(s)://`` URL, re-read like
+    ``sp_metadata``. Gives the ServiceUUID per ServiceID, the requested (optional)
+    attributes and the allowed service restrictions, as a broker knows them.
+    ``None``: tests supply it through ``Simulator.set_service_catalogue``; without one the
+    ServiceUUID comes from ``service_uuids`` (else a UUIDv5) and nothing is requested."""
     scenarios_file: Path | None = None
     """YAML file with ``scenarios: [...]``; merged after the inline ``scenarios``."""
     scenarios: list[Scenario] = Field(default_factory=list)
@@ -75,9 +82,18 @@ class SimulatorSettings(BaseModel):
     key_transport: Literal["rsa-oaep-mgf1p", "rsa-oaep"] = "rsa-oaep-mgf1p"
     """``rsa-oaep-mgf1p``: XML-Enc 1.0 RSA-OAEP (SHA-1 digest/MGF1), what brokers commonly
     send; ``rsa-oaep``: XML-Enc 1.1 with SHA-256 digest and MGF1-SHA-256."""
-    extra_encrypted_key: bool = True
-    """Put a second EncryptedKey (Recipient = the broker itself) before the SP's one,
-    so consumers must pick the key by Recipient as the profile requires."""
+    extra_encrypted_key: bool = False
+    """STRESS, opt-in: put a second EncryptedKey (Recipient = the broker itself) before the
+    SP's one, so consumers must pick the key by Recipient as the profile allows. Most
+    brokers send one key; python3-saml fails on this shape ("failed to decrypt")."""
+    send_unrequested_attributes: bool = False
+    """STRESS, opt-in: send the optional attributes (company names) and a branch
+    restriction even when the catalogue does not request or allow them."""
+    real_broker_shape: bool = False
+    """Send the shapes seen from real brokers: KeyName-only ``KeyInfo`` in signatures,
+    an ``InclusiveNamespaces PrefixList="xacml-saml"`` on the exclusive c14n transform, a
+    default namespace on the assertion, millisecond timestamps, SHA-1 ``KeyName``s on
+    the EncryptedKeys."""
     advice: bool = True
     """Include the nested signed Advice assertions (authentication and mandate service)."""
     require_signed_authn_request: bool = True
@@ -112,9 +128,10 @@ def load_simulator_settings(path: str | Path) -> SimulatorSettings:
     for key in ("signing_key_file", "signing_cert_file", "scenarios_file"):
         if isinstance(raw.get(key), str):
             raw[key] = str(_resolve(base, raw[key]))
-    sp = raw.get("sp_metadata")
-    if isinstance(sp, str) and not sp.startswith(("http://", "https://")):
-        raw["sp_metadata"] = str(_resolve(base, sp))
+    for key in ("sp_metadata", "service_catalogue"):
+        value = raw.get(key)
+        if isinstance(value, str) and not value.startswith(("http://", "https://")):
+            raw[key] = str(_resolve(base, value))
     mtls = raw.get("mtls")
     if isinstance(mtls, dict):
         for key in ("cert_file", "key_file", "client_ca_file"):

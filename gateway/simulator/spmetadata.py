@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import aiohttp
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
@@ -134,43 +136,63 @@ def _endpoints(sp: etree._Element, tag: str) -> tuple[Endpoint, ...]:
     )
 
 
-class SpMetadataSource:
-    """Where the SP metadata comes from, with caching and reload."""
+T = TypeVar("T")
 
-    def __init__(self, source: str | None, *, refresh_seconds: float) -> None:
+
+class DocumentSource(Generic[T]):
+    """Where a document the SP registered comes from (file, URL or bytes), cached.
+
+    Files are re-read when their mtime changes; URLs are fetched again after
+    ``refresh_seconds`` and a failed fetch keeps the last good copy.
+    """
+
+    def __init__(
+        self,
+        source: str | None,
+        *,
+        refresh_seconds: float,
+        parse: Callable[[bytes], T],
+        what: str = "SP metadata",
+    ) -> None:
         self._source = source
         self._refresh = refresh_seconds
-        self._cached: SpMetadata | None = None
+        self._parse = parse
+        self._what = what
+        self._cached: T | None = None
         self._stamp: float = 0.0  # file mtime, or monotonic fetch time for URLs
         self._fixed = False
 
-    def set_xml(self, data: bytes) -> SpMetadata:
+    @property
+    def configured(self) -> bool:
+        return self._fixed or self._source is not None
+
+    def set_xml(self, data: bytes) -> T:
         """Use these bytes from now on (tests); file/URL loading stops."""
-        self._cached = parse_sp_metadata(data)
+        self._cached = self._parse(data)
         self._fixed = True
         return self._cached
 
-    async def get(self, session: aiohttp.ClientSession) -> SpMetadata:
-        """Current metadata; raises :class:`MetadataUnavailable` when none can be loaded."""
+    async def get(self, session: aiohttp.ClientSession) -> T:
+        """Current document; raises :class:`MetadataUnavailable` when none can be loaded."""
         if self._fixed and self._cached is not None:
             return self._cached
         if self._source is None:
-            raise MetadataUnavailable("no SP metadata configured")
+            raise MetadataUnavailable(f"no {self._what} configured")
         if self._source.startswith(("http://", "https://")):
             return await self._from_url(session, self._source)
         return self._from_file(Path(self._source))
 
-    def _from_file(self, path: Path) -> SpMetadata:
+    def _from_file(self, path: Path) -> T:
         try:
             mtime = path.stat().st_mtime
             if self._cached is None or mtime != self._stamp:
-                self._cached = parse_sp_metadata(path.read_bytes())
+                self._cached = self._parse(path.read_bytes())
                 self._stamp = mtime
         except OSError as exc:
-            raise MetadataUnavailable(f"cannot read SP metadata: {exc}") from exc
+            raise MetadataUnavailable(f"cannot read {self._what}: {exc}") from exc
         return self._cached
 
-    async def _from_url(self, session: aiohttp.ClientSession, url: str) -> SpMetadata:
+    async def _from_url(self, session: aiohttp.ClientSession, url: str) -> T:
         now = time.monotonic()
         if self._cached is not None and now - self._stamp < self._refresh:
             return self._cached
@@ -181,7 +203,14 @@ class SpMetadataSource:
         except (aiohttp.ClientError, TimeoutError) as exc:
             if self._cached is not None:
                 return self._cached  # keep serving the last good copy
-            raise MetadataUnavailable(f"cannot fetch SP metadata: {exc}") from exc
-        self._cached = parse_sp_metadata(data)
+            raise MetadataUnavailable(f"cannot fetch {self._what}: {exc}") from exc
+        self._cached = self._parse(data)
         self._stamp = now
         return self._cached
+
+
+class SpMetadataSource(DocumentSource[SpMetadata]):
+    """Where the SP metadata comes from, with caching and reload."""
+
+    def __init__(self, source: str | None, *, refresh_seconds: float) -> None:
+        super().__init__(source, refresh_seconds=refresh_seconds, parse=parse_sp_metadata)

@@ -71,9 +71,21 @@ class Signer:
         key.load_cert_from_memory(self.cert_pem, xmlsec.constants.KeyDataFormatPem)
         return key
 
-    def sign(self, el: etree._Element, *, after: etree._Element | None) -> None:
+    @property
+    def key_name(self) -> str:
+        """SHA-256 hex of the certificate: the ``KeyName`` real brokers publish."""
+        return hashlib.sha256(cert_der(self.cert_pem)).hexdigest()
+
+    def sign(
+        self, el: etree._Element, *, after: etree._Element | None, real_broker_shape: bool = False
+    ) -> None:
         """Sign ``el`` (enveloped, by its ``ID``), placing the Signature right after
-        ``after`` (its Issuer), or first when ``after`` is ``None``."""
+        ``after`` (its Issuer), or first when ``after`` is ``None``.
+
+        ``real_broker_shape``: ``KeyInfo`` holds only a ``KeyName`` (the verifier must
+        take the key from metadata), and the exclusive c14n transform carries an
+        ``InclusiveNamespaces PrefixList="xacml-saml"``, as some brokers send.
+        """
         sig = xmlsec.template.create(
             el, xmlsec.constants.TransformExclC14N, xmlsec.constants.TransformRsaSha256, ns="ds"
         )
@@ -85,8 +97,18 @@ class Signer:
             sig, xmlsec.constants.TransformSha256, uri="#" + el.get("ID", "")
         )
         xmlsec.template.add_transform(ref, xmlsec.constants.TransformEnveloped)
-        xmlsec.template.add_transform(ref, xmlsec.constants.TransformExclC14N)
-        xmlsec.template.add_x509_data(xmlsec.template.ensure_key_info(sig))
+        c14n = xmlsec.template.add_transform(ref, xmlsec.constants.TransformExclC14N)
+        key_info = xmlsec.template.ensure_key_info(sig)
+        if real_broker_shape:
+            etree.SubElement(
+                c14n,
+                q(EXC_C14N, "InclusiveNamespaces"),
+                {"PrefixList": "xacml-saml"},
+                nsmap={"ec": EXC_C14N},
+            )
+            etree.SubElement(key_info, q(DS, "KeyName")).text = self.key_name
+        else:
+            xmlsec.template.add_x509_data(key_info)
         xmlsec.tree.add_ids(el.getroottree().getroot(), ["ID"])
         ctx = xmlsec.SignatureContext()
         ctx.key = self._key()
@@ -219,12 +241,15 @@ def encrypt_id(
     *,
     block_cipher: str,
     key_transport: str,
+    key_name_digest: str = "sha256",
 ) -> etree._Element:
     """Wrap a standalone ``saml:NameID`` into a ``saml:EncryptedID``.
 
     A fresh AES key per element; one EncryptedKey per recipient, each with
     ``Recipient`` and a ``CarriedKeyName`` that the EncryptedData's KeyName
-    points at (how eHerkenning consumers pick their key).
+    points at (how eHerkenning consumers pick their key). Each EncryptedKey's
+    ``KeyName`` is the ``key_name_digest`` (``sha256`` or ``sha1``) hex of the
+    recipient's certificate.
     """
     algorithm, key_len = BLOCK_CIPHERS[block_cipher]
     key = secrets.token_bytes(key_len)
@@ -273,10 +298,11 @@ def encrypt_id(
             etree.SubElement(method, q(DS, "DigestMethod"), {"Algorithm": SHA1}, nsmap={"ds": DS})
             oaep = asym_padding.OAEP(asym_padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)  # noqa: S303 - OAEP-SHA1 is the XML-Enc 1.0 default, not a signature
         ek_info = etree.SubElement(ek, q(DS, "KeyInfo"), nsmap={"ds": DS})
-        # KeyName = SHA-256 of the certificate, so an SP with a current and a
-        # next certificate knows which private key to use.
-        etree.SubElement(ek_info, q(DS, "KeyName")).text = hashlib.sha256(
-            recipient.cert_der
+        # KeyName = a digest of the certificate, so an SP with a current and a
+        # next certificate knows which private key to use. Brokers use SHA-256 or,
+        # older ones, SHA-1 (a name, not a security mechanism).
+        etree.SubElement(ek_info, q(DS, "KeyName")).text = hashlib.new(
+            key_name_digest, recipient.cert_der
         ).hexdigest()
         public = x509.load_der_x509_certificate(recipient.cert_der).public_key()
         if not isinstance(public, rsa.RSAPublicKey):

@@ -25,9 +25,9 @@ from gateway.errors import (
 from gateway.identity import Loa
 from gateway.saml import ServiceProvider
 from gateway.saml.keys import load_sp_keys
-from gateway.saml.sp_metadata import sp_metadata_xml
+from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
 from gateway.simulator import Simulator
-from tests.support.saml import SERVICE_ID, SERVICE_UUID, SamlWorld
+from tests.support.saml import SERVICE_ID, SamlWorld
 from tests.support.simulator import acs_params, start_simulator
 
 
@@ -59,13 +59,19 @@ class Flow:
         return await self.sp.consume_artifact(artifact, self.sp.expectation(request_id))
 
 
-async def _flow(world: SamlWorld, **overrides: object) -> AsyncIterator[Flow]:
+async def _flow(
+    world: SamlWorld, sim_overrides: dict[str, object] | None = None, **overrides: object
+) -> AsyncIterator[Flow]:
     base = world.settings()
+    keys = load_sp_keys(base)
     async with start_simulator(
-        sp_metadata=sp_metadata_xml(base, load_sp_keys(base)),
-        service_uuids={SERVICE_ID: SERVICE_UUID},
+        sp_metadata=sp_metadata_xml(base, keys),
+        catalogue=service_catalogue_xml(base, keys),
+        **(sim_overrides or {}),
     ) as sim:
-        settings = world.settings(broker_metadata=sim.metadata_url, **overrides)
+        settings = world.settings(
+            broker_metadata=sim.metadata_url, broker_entity_id=sim.settings.entity_id, **overrides
+        )
         sp = ServiceProvider(settings)
         await sp.start()
         try:
@@ -157,6 +163,17 @@ async def test_post_binding_authn_request_works(world: SamlWorld) -> None:
     async for flow in _flow(world, request_binding="post"):
         login = await flow.login("chain")
         assert login.identity.mode == "chain"
+
+
+async def test_real_broker_shape_and_stress_options_are_accepted(world: SamlWorld) -> None:
+    """KeyName-only signatures, prefix list, default namespace, ms times, SHA-1 KeyNames and
+    the extra EncryptedKey listed first: our gateway reads the identity all the same."""
+    shapes = {"real_broker_shape": True, "extra_encrypted_key": True}
+    async for flow in _flow(world, sim_overrides=shapes):
+        for scenario, kvk in (("direct", "12345678"), ("chain", "23456789")):
+            login = await flow.login(scenario)
+            assert login.identity.legal_subject_kvk == kvk
+            assert login.identity.mode == scenario
 
 
 async def test_broker_down_is_broker_unavailable(flow: Flow) -> None:

@@ -26,7 +26,7 @@ from gateway.app import build_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.devkeys import rsa_keypair, signing_key_pem
 from gateway.saml.keys import load_sp_keys
-from gateway.saml.sp_metadata import sp_metadata_xml
+from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
 from gateway.services import SERVICES, Services
 from gateway.sessions import Session
 from gateway.simulator import Simulator
@@ -321,6 +321,9 @@ def gateway_config(
                 },
             ],
             "broker_metadata": metadata_url,
+            # The simulator's default entityID is urn:etoegang:HM:<this OIN>:entities:9999.
+            "broker_oin": "00000009999999999000",
+            "insecure_dev_http": True,  # the simulator and fake brokers on loopback: plain http
             "verify_pool": "thread",
             "verify_workers": 2,
         },
@@ -421,7 +424,7 @@ async def login_world(
     await upstream.start_server()
     port = free_port()
     try:
-        async with start_simulator(service_uuids=UUIDS, **(simulator or {})) as sim:
+        async with start_simulator(**(simulator or {})) as sim:
             data = gateway_config(
                 directory,
                 port,
@@ -432,7 +435,10 @@ async def login_world(
             )
             config = parse_config(yaml.safe_dump(data), file="<login-world>", environ={})
             assert config.saml is not None
-            sim.set_sp_metadata(sp_metadata_xml(config.saml, load_sp_keys(config.saml)))
+            keys = load_sp_keys(config.saml)
+            sim.set_sp_metadata(sp_metadata_xml(config.saml, keys))
+            # As a real broker: ServiceUUIDs, requested attributes from our catalogue.
+            sim.set_service_catalogue(service_catalogue_xml(config.saml, keys))
             app = build_app(config, configure_logs=False)
             server = TestServer(app, host="127.0.0.1", port=port)
             await server.start_server()

@@ -240,6 +240,8 @@ class SamlWorld:
                 ),
             ),
             "broker_metadata": str(md),
+            "broker_entity_id": BROKER_ID,
+            "insecure_dev_http": True,  # fake brokers on loopback speak plain http
         }
         base.update(overrides)
         return SamlSettings.model_validate(base)
@@ -441,8 +443,15 @@ class SamlWorld:
         issuer: str = BROKER_ID,
         status: str = "urn:oasis:names:tc:SAML:2.0:status:Success",
         sign_it: bool = True,
+        status_detail: etree._Element | None = None,
+        soap_header: etree._Element | None = None,
     ) -> bytes:
-        """A SOAP envelope with a signed ArtifactResponse; unusual prefixes on purpose."""
+        """A SOAP envelope with a signed ArtifactResponse; unusual prefixes on purpose.
+
+        ``status_detail`` goes into the ArtifactResponse's ``Status/StatusDetail``
+        (inside the signed message, beside the Response); ``soap_header`` into a
+        ``SOAP-ENV:Header`` (outside any signature).
+        """
         soap = NS["soap"]
         env = etree.Element(f"{{{soap}}}Envelope", nsmap={"SOAP-ENV": soap})
         body = etree.SubElement(env, f"{{{soap}}}Body")
@@ -459,6 +468,11 @@ class SamlWorld:
         issuer_el.text = issuer
         st = etree.SubElement(ar, q("samlp", "Status"))
         etree.SubElement(st, q("samlp", "StatusCode"), Value=status)
+        if status_detail is not None:
+            etree.SubElement(st, q("samlp", "StatusDetail")).append(status_detail)
+        if soap_header is not None:
+            body.addprevious(etree.Element(f"{{{soap}}}Header"))
+            env[0].append(soap_header)
         if inner is not None:
             # Splice the Response in as bytes: appending the element would let lxml
             # re-prefix it to the parent's saml2/saml2p and break the assertion signature.
@@ -572,3 +586,109 @@ def xsw_id_collision(response: etree._Element) -> None:
     evil = _evil_copy(original)
     evil.insert(1, copy.deepcopy(original.find(q("ds", "Signature"))))
     response.insert(list(response).index(original), evil)
+
+
+# -- stray assertions: a genuine signed assertion plus an unsigned forged one ----
+#
+# Each forger below leaves the genuine, broker-signed assertion in its place
+# (so its signature still verifies) and adds a forged, unsigned assertion with
+# a fresh ID somewhere else in the document: the shapes of XSW variant 7 and
+# its relatives. A consumer that reads "the first Assertion" in document
+# order, or any assertion found by a descendant search, would use the forgery.
+
+
+def forged_assertion(response: etree._Element) -> etree._Element:
+    """An unsigned copy of the response's assertion with changed content and a fresh ID."""
+    evil = _evil_copy(_assertion_of(response))
+    evil.set("ID", "_forged" + uuid.uuid4().hex)
+    return evil
+
+
+def forged_encrypted_assertion() -> etree._Element:
+    """An EncryptedAssertion of the shape brokers send (its content is never opened)."""
+    xenc = NS["xenc"]
+    ea = etree.Element(q("saml", "EncryptedAssertion"), nsmap={"saml": NS["saml"], "xenc": xenc})
+    ed = etree.SubElement(
+        ea,
+        q("xenc", "EncryptedData"),
+        Id="_forged" + uuid.uuid4().hex,
+        Type="http://www.w3.org/2001/04/xmlenc#Element",
+    )
+    etree.SubElement(ed, q("xenc", "EncryptionMethod"), Algorithm=AES256_GCM)
+    cd = etree.SubElement(ed, q("xenc", "CipherData"))
+    etree.SubElement(cd, q("xenc", "CipherValue")).text = base64.b64encode(os.urandom(64)).decode()
+    return ea
+
+
+def _extensions(response: etree._Element) -> etree._Element:
+    """The Response's samlp:Extensions (schema position: after Issuer and Signature)."""
+    ext = response.find(q("samlp", "Extensions"))
+    if ext is None:
+        ext = etree.Element(q("samlp", "Extensions"))
+        status = response.find(q("samlp", "Status"))
+        assert status is not None
+        status.addprevious(ext)
+    return ext
+
+
+def stray_in_extensions(response: etree._Element) -> None:
+    """XSW variant 7: an unsigned forged Assertion inside samlp:Extensions."""
+    _extensions(response).append(forged_assertion(response))
+
+
+def stray_encrypted_in_extensions(response: etree._Element) -> None:
+    """An EncryptedAssertion inside samlp:Extensions."""
+    _extensions(response).append(forged_encrypted_assertion())
+
+
+def stray_sibling_after(response: etree._Element) -> None:
+    """A second, unsigned Assertion after the signed one (direct children of the Response)."""
+    _assertion_of(response).addnext(forged_assertion(response))
+
+
+def stray_encrypted_sibling(response: etree._Element) -> None:
+    """An EncryptedAssertion next to the signed Assertion."""
+    _assertion_of(response).addnext(forged_encrypted_assertion())
+
+
+def stray_in_status_detail(response: etree._Element) -> None:
+    """An unsigned forged Assertion inside Status/StatusDetail (of a Success status)."""
+    status = response.find(q("samlp", "Status"))
+    assert status is not None
+    detail = status.find(q("samlp", "StatusDetail"))
+    if detail is None:
+        detail = etree.SubElement(status, q("samlp", "StatusDetail"))
+    detail.append(forged_assertion(response))
+
+
+def stray_in_unsigned_wrapper_advice(response: etree._Element) -> None:
+    """A forged Assertion inside the Advice of an unsigned wrapper (not the verified one).
+
+    The wrapper is a bare ``saml:Advice`` in Extensions, so the only Assertion in
+    the stray subtree sits inside an Advice: a consumer that exempts "anything in
+    an Advice" instead of "the verified assertion's own Advice" lets it through.
+    """
+    wrapper = etree.SubElement(_extensions(response), q("saml", "Advice"))
+    wrapper.append(forged_assertion(response))
+
+
+def stray_in_unsigned_wrapper_assertion_advice(response: etree._Element) -> None:
+    """A forged Assertion in the Advice of an unsigned wrapper Assertion in Extensions."""
+    wrapper = forged_assertion(response)
+    advice = wrapper.find(q("saml", "Advice"))
+    if advice is None:
+        advice = etree.SubElement(wrapper, q("saml", "Advice"))
+    advice.append(forged_assertion(response))
+    _extensions(response).append(wrapper)
+
+
+STRAY_ASSERTIONS = {
+    "extensions": stray_in_extensions,
+    "extensions-encrypted": stray_encrypted_in_extensions,
+    "second-sibling": stray_sibling_after,
+    "second-sibling-encrypted": stray_encrypted_sibling,
+    "status-detail": stray_in_status_detail,
+    "unsigned-advice": stray_in_unsigned_wrapper_advice,
+    "unsigned-wrapper-advice": stray_in_unsigned_wrapper_assertion_advice,
+}
+"""Every position of a stray assertion that tests check, by a short name."""

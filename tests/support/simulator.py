@@ -50,6 +50,9 @@ ARTIFACT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Artifact"
 POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
 RSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
 RSA_SHA1 = "http://www.w3.org/2000/09/xmldsig#rsa-sha1"
+REPRESENTED_NAME = "urn:etoegang:1.11:attribute-represented:CompanyName"
+INTERMEDIATE_NAME = "urn:etoegang:1.13:attribute-intermediate:CompanyName"
+BRANCH = "urn:etoegang:1.9:ServiceRestriction:Vestigingsnr"
 
 
 class FakeClock:
@@ -69,19 +72,24 @@ class FakeClock:
 async def start_simulator(
     *,
     sp_metadata: bytes | None = None,
+    catalogue: bytes | None = None,
     clock: Callable[[], float] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Simulator]:
     """Run a simulator on 127.0.0.1 (free port) with the example scenarios.
 
     ``sp_metadata`` are the SP's metadata bytes (or pass ``sp_metadata="path or URL"``
-    in ``overrides``); any :class:`SimulatorSettings` field can be overridden.
+    in ``overrides``), ``catalogue`` the SP's dienstcatalogus bytes (or
+    ``service_catalogue="path or URL"``); any :class:`SimulatorSettings` field can be
+    overridden.
     """
     overrides.setdefault("scenarios_file", EXAMPLE_SCENARIOS)
     settings = SimulatorSettings(**overrides)
     async with running_simulator(settings, "127.0.0.1", 0, clock=clock) as sim:
         if sp_metadata is not None:
             sim.set_sp_metadata(sp_metadata)
+        if catalogue is not None:
+            sim.set_service_catalogue(catalogue)
         yield sim
 
 
@@ -130,6 +138,41 @@ class MiniSp:
   </md:AttributeConsumingService>
  </md:SPSSODescriptor>
 </md:EntityDescriptor>""".encode()
+
+    service_uuid: str = "3d2c1b0a-9f8e-4d7c-8b6a-5f4e3d2c1b0a"
+    instance_uuid: str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+
+    def catalogue(
+        self,
+        *,
+        requested: tuple[str, ...] = (REPRESENTED_NAME, INTERMEDIATE_NAME),
+        restrictions: tuple[str, ...] = (BRANCH,),
+        service_id: str | None = None,
+    ) -> bytes:
+        """A minimal dienstcatalogus (unsigned: the simulator trusts it as given)."""
+        esc = "urn:etoegang:1.13:service-catalog"
+        attrs = "".join(
+            f'<esc:RequestedAttribute Name="{name}" isRequired="false">'
+            '<esc:PurposeStatement xml:lang="nl">Tonen</esc:PurposeStatement>'
+            "</esc:RequestedAttribute>"
+            for name in requested
+        )
+        allowed = "".join(
+            f"<esc:ServiceRestrictionsAllowed>{r}</esc:ServiceRestrictionsAllowed>"
+            for r in restrictions
+        )
+        return f"""<esc:ServiceCatalogue xmlns:esc="{esc}" xmlns:saml="{NS["saml"]}"
+ esc:IssueInstant="2026-01-01T00:00:00Z" esc:Version="urn:etoegang:1.13:53">
+ <esc:ServiceProvider esc:IsPublic="true">
+  <esc:ServiceProviderID>00000001234567890000</esc:ServiceProviderID>
+  <esc:ServiceDefinition esc:IsPublic="true">
+   <esc:ServiceUUID>{self.service_uuid}</esc:ServiceUUID>
+   {allowed}{attrs}</esc:ServiceDefinition>
+  <esc:ServiceInstance esc:IsPublic="true">
+   <esc:ServiceID>{service_id or self.service_id}</esc:ServiceID>
+   <esc:ServiceUUID>{self.instance_uuid}</esc:ServiceUUID>
+   <esc:InstanceOfService>{self.service_uuid}</esc:InstanceOfService></esc:ServiceInstance>
+ </esc:ServiceProvider></esc:ServiceCatalogue>""".encode()
 
     def authn_request(
         self, destination: str, *, request_id: str | None = None, binding: str = ARTIFACT
