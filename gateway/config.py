@@ -83,6 +83,11 @@ DEFAULT_DENY_HEADERS = (
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
+# The JSON Schema states the single-key rules the validators below enforce.
+_METHOD = (
+    "^(?:" + "|".join("".join(f"[{c}{c.lower()}]" for c in m) for m in sorted(HTTP_METHODS)) + ")$"
+)
+_RESERVED_PREFIX = r"^/[A-Za-z0-9._~-]+/$"
 
 
 class Model(BaseModel):
@@ -102,7 +107,9 @@ class ServerSettings(Model):
         "upstream redirects, and later as the token issuer. Default: taken from each request.",
     )
     reserved_prefix: str = Field(
-        "/_gateway/", description="Everything the gateway serves itself lives here."
+        "/_gateway/",
+        description="Everything the gateway serves itself lives here.",
+        json_schema_extra={"pattern": _RESERVED_PREFIX},
     )
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=list,
@@ -151,7 +158,7 @@ class ServerSettings(Model):
     @field_validator("reserved_prefix")
     @classmethod
     def _prefix_shape(cls, v: str) -> str:
-        if not re.fullmatch(r"/[A-Za-z0-9._~-]+/", v):
+        if not re.fullmatch(_RESERVED_PREFIX, v):
             raise ValueError("must look like /_gateway/ (one path segment, slashes both sides)")
         return v
 
@@ -167,7 +174,10 @@ class LoggingSettings(Model):
 class MatchRule(Model):
     """Which requests a route takes."""
 
-    path: str = Field(description="Path prefix, exact path, or pattern (see `type`).")
+    path: str = Field(
+        description="Path prefix, exact path, or pattern (see `type`).",
+        json_schema_extra={"pattern": "^/"},
+    )
     type: Literal["prefix", "exact", "pattern"] = Field(
         "prefix",
         description="prefix: segment-wise prefix (/api takes /api and /api/x, not /apix); "
@@ -177,7 +187,11 @@ class MatchRule(Model):
     host: str | None = Field(
         None, description="Host name to match (case-insensitive; *.example.nl allowed)."
     )
-    methods: list[str] | None = Field(None, description="Allowed methods; default all.")
+    methods: list[str] | None = Field(
+        None,
+        description="Allowed methods; default all.",
+        json_schema_extra={"minItems": 1, "items": {"type": "string", "pattern": _METHOD}},
+    )
 
     @field_validator("path")
     @classmethod
@@ -245,7 +259,9 @@ class RouteSettings(Model):
     upstream: AnyHttpUrl = Field(description="Base URL of the application behind this route.")
     policy: Literal["public", "authenticated"] = "authenticated"
     strip_prefix: str | None = Field(
-        None, description="Path prefix removed before forwarding (e.g. /portaal)."
+        None,
+        description="Path prefix removed before forwarding (e.g. /portaal).",
+        json_schema_extra={"pattern": "^/.*[^/]$"},
     )
     preserve_host: bool = Field(
         False, description="Send the client's Host upstream instead of the upstream's own."

@@ -12,7 +12,7 @@ import datetime as dt
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, WithJsonSchema
+from pydantic import BeforeValidator, TypeAdapter, WithJsonSchema
 
 # RFC 3339 appendix A without years and months (their length varies): weeks,
 # or days and/or a time part, each number whole except the seconds.
@@ -20,6 +20,7 @@ ISO_8601_DURATION = (
     r"^P(?:\d+W|(?=\d|T\d)(?:\d+D)?(?:T(?=\d)(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?)?)$"
 )
 _ISO = re.compile(ISO_8601_DURATION)
+_TIMEDELTA = TypeAdapter(dt.timedelta)
 
 
 def _parse(value: Any) -> Any:
@@ -27,11 +28,15 @@ def _parse(value: Any) -> Any:
         raise ValueError("a duration is a number of seconds or an ISO 8601 duration, not yes/no")
     if isinstance(value, int | float):
         return dt.timedelta(seconds=value)
-    if isinstance(value, str) and not _ISO.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a duration: write seconds (900) or ISO 8601 (PT15M, P1D, PT1H30M)"
-        )
-    return value  # an ISO string (pydantic converts it) or a timedelta from code
+    if isinstance(value, str):
+        if not _ISO.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a duration: write seconds (900) or ISO 8601 "
+                "(PT15M, P1D, PT1H30M)"
+            )
+        # Converted here, so the strict validation pass sees a timedelta either way.
+        return _TIMEDELTA.validate_python(value)
+    return value  # a timedelta from code
 
 
 Duration = Annotated[
