@@ -447,3 +447,20 @@ def test_every_file_setting_is_opened_by_check_config(name: str, text: str, tmp_
     for loc in locs:
         key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
         assert key in reported, (key, info.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("simulator", "gateway"),
+    [
+        (CONFIG_DIR / "simulator.example.yaml", EXAMPLE),
+        (COMPOSE / "simulator.yaml", COMPOSE / "gateway.yaml"),
+    ],
+    ids=["example", "compose"],
+)
+def test_each_simulator_sends_the_service_uuid_its_gateway_registered(
+    simulator: Path, gateway: Path
+) -> None:
+    """The simulator's ServiceUUID per ServiceID is the gateway's (else every login fails)."""
+    sent = yaml.safe_load(simulator.read_text())["service_uuids"]
+    services = yaml.safe_load(gateway.read_text())["saml"]["services"]
+    assert sent == {s["service_id"]: s["service_uuid"] for s in services}
