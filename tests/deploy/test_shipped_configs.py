@@ -464,3 +464,23 @@ def test_each_simulator_sends_the_service_uuid_its_gateway_registered(
     sent = yaml.safe_load(simulator.read_text())["service_uuids"]
     services = yaml.safe_load(gateway.read_text())["saml"]["services"]
     assert sent == {s["service_id"]: s["service_uuid"] for s in services}
+
+
+def test_the_documented_ci_check_of_the_configmap_runs(tmp_path: Path) -> None:
+    """The docs/deploy.md snippet that checks the ConfigMap without Secrets succeeds as written."""
+    doc = (REPO / "docs" / "deploy.md").read_text()
+    section = doc.split("Check a changed ConfigMap in CI without the Secrets:", 1)[1]
+    snippet = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "deploy").symlink_to(REPO / "deploy")
+    bin_dir = str(Path(sys.executable).parent)
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", snippet],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "OK (3 routes; the files it names were not opened)" in done.stdout
