@@ -312,3 +312,16 @@ def test_serve_reports_a_port_in_use_in_one_line(tmp_path: Path) -> None:
         path = _config(tmp_path, lambda d: d["server"].update(port=port))
         done = _serve(path)
     _assert_one_line_refusal(done, str(path), "server.port")
+
+
+def test_supervisor_reports_an_address_it_cannot_bind_before_forking(tmp_path: Path) -> None:
+    """Workers > 1 on an address this machine does not have: one line, exit 2, no workers."""
+
+    def edit(data: dict[str, Any]) -> None:
+        data["server"].update(workers=2, host="192.0.2.1")  # TEST-NET-1: never local
+        data["store"] = {"url": "redis://127.0.0.1:9/0"}
+
+    path = _config(tmp_path, edit)
+    done = _serve(path)
+    _assert_one_line_refusal(done, str(path), "server.port", "192.0.2.1")
+    assert "supervisor_started" not in done.stdout + done.stderr
