@@ -18,6 +18,13 @@ followed by the path, with ``__`` between the parts, case-insensitive::
 The value is read as a YAML scalar or flow collection (``true``, ``5``,
 ``[GET, POST]``). Secrets never sit in the YAML: settings that hold one take a
 file path (``*_file``) or the name of an environment variable (``*_env``).
+
+Types are strict: a value must have the YAML type of its key (no quoted
+numbers), durations are seconds or ISO 8601 (``gateway.durations``), header
+names and values follow RFC 9110 (``gateway.http_fields``). The JSON Schema
+(``config_json_schema``) says the same, so an editor refuses what the loader
+refuses. ``check_config`` is what ``check-config`` and ``serve`` run: the
+file, then every file it names (``gateway.config_files``).
 """
 
 from __future__ import annotations
