@@ -1,6 +1,8 @@
 """The ``gateway`` command: the only place that reads argv or sets an exit code.
 
-Exit codes: 0 success, 1 runtime failure, 2 usage or invalid configuration.
+Exit codes: 0 success, 1 runtime failure, 2 usage, invalid configuration or a
+start-up failure (printed as one line per problem, naming the file; never a
+traceback).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__
-from gateway.config import config_json_schema, load_config
+from gateway.config import CheckedConfig, check_config, config_json_schema
 from gateway.errors import ConfigInvalid
 
 DEFAULT_CONFIG_ENV = "GATEWAY_CONFIG"
@@ -33,8 +35,17 @@ def _parser() -> argparse.ArgumentParser:
         help=f"configuration file (default: ${DEFAULT_CONFIG_ENV})",
     )
 
-    c = sub.add_parser("check-config", help="validate a configuration file and list every problem")
+    c = sub.add_parser(
+        "check-config",
+        help="validate a configuration file and every file it names; list every problem",
+    )
     c.add_argument("file", type=Path)
+    c.add_argument(
+        "--skip-files",
+        action="store_true",
+        help="check the file alone, without opening the keys, certificates, secrets and "
+        "data files it names (CI without the secrets); serve always opens them",
+    )
 
     sub.add_parser("config-schema", help="print the JSON Schema of the configuration file")
     sub.add_parser("version", help="print the version")
@@ -101,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(config_json_schema(), indent=2))
         return 0
     if cmd == "check-config":
-        return _check_config(args.file)
+        return _check_config(args.file, files=not args.skip_files)
     if cmd == "serve":
         if args.config is None:
             print(
@@ -141,13 +152,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(cmd)  # argparse rejects unknown commands
 
 
-def _check_config(path: Path) -> int:
+def _check_config(path: Path, *, files: bool) -> int:
     try:
-        config = load_config(path)
+        checked = check_config(path, files=files)
     except ConfigInvalid as exc:
         _print_problems(exc)
         return 2
-    print(f"{path}: OK ({len(config.routes)} routes)")
+    for warning in checked.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    config = checked.config
+    note = "" if checked.files_checked else "; the files it names were not opened"
+    print(f"{path}: OK ({len(config.routes)} routes{note})")
     for i, route in enumerate(config.routes):
         m = route.match
         methods = ",".join(m.methods) if m.methods else "*"
@@ -184,7 +199,7 @@ def _saml_document(cmd: str, path: Path | None) -> int:
         print(f"gateway {cmd}: give --config FILE or set ${DEFAULT_CONFIG_ENV}", file=sys.stderr)
         return 2
     try:
-        config = load_config(path)
+        config = check_config(path).config
     except ConfigInvalid as exc:
         _print_problems(exc)
         return 2
@@ -252,13 +267,24 @@ def _simulator(path: Path, host: str | None, port: int | None, public_url: str |
 
 
 def _serve(path: Path) -> int:
+    """Start only what ``check-config`` passes; any start-up failure is one line, exit 2."""
+    import structlog
+
     from gateway.logs import configure_logging
-    from gateway.server import serve
+    from gateway.server import StartupFailed, serve
 
     try:
-        config = load_config(path)
+        checked: CheckedConfig = check_config(path)
     except ConfigInvalid as exc:
         _print_problems(exc)
         return 2
+    config = checked.config
     configure_logging(config.logging.format, config.logging.level)
-    return serve(config, path)
+    log = structlog.get_logger("gateway.cli")
+    for warning in checked.warnings:
+        log.warning("config_warning", file=warning.file, key=warning.path, problem=warning.message)
+    try:
+        return serve(config, path)
+    except StartupFailed as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 2

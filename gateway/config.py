@@ -18,14 +18,24 @@ followed by the path, with ``__`` between the parts, case-insensitive::
 The value is read as a YAML scalar or flow collection (``true``, ``5``,
 ``[GET, POST]``). Secrets never sit in the YAML: settings that hold one take a
 file path (``*_file``) or the name of an environment variable (``*_env``).
+
+Types are strict: a value must have the YAML type of its key (no quoted
+numbers), durations are seconds or ISO 8601 (``gateway.durations``), header
+names and values follow RFC 9110 (``gateway.http_fields``). The JSON Schema
+(``config_json_schema``) says the same, so an editor refuses what the loader
+refuses. ``check_config`` is what ``check-config`` and ``serve`` run: the
+file, then every file it names (``gateway.config_files``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,7 +49,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
+from gateway.config_files import as_config_problems, check_files
 from gateway.config_source import (
     apply_env_overrides,
     env_key,
@@ -48,6 +61,12 @@ from gateway.config_source import (
     problem_message,
 )
 from gateway.errors import ConfigInvalid, ConfigProblem
+from gateway.http_fields import (
+    HeaderName,
+    HeaderSet,
+    IdentityHeaderName,
+    header_name_problem,
+)
 from gateway.identity import Loa
 from gateway.mandates.settings import MandateSettings
 from gateway.saml.settings import SamlSettings
@@ -71,6 +90,11 @@ DEFAULT_DENY_HEADERS = (
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
+# The JSON Schema states the single-key rules the validators below enforce.
+_METHOD = (
+    "^(?:" + "|".join("".join(f"[{c}{c.lower()}]" for c in m) for m in sorted(HTTP_METHODS)) + ")$"
+)
+_RESERVED_PREFIX = r"^/[A-Za-z0-9._~-]+/$"
 
 
 class Model(BaseModel):
@@ -90,7 +114,9 @@ class ServerSettings(Model):
         "upstream redirects, and later as the token issuer. Default: taken from each request.",
     )
     reserved_prefix: str = Field(
-        "/_gateway/", description="Everything the gateway serves itself lives here."
+        "/_gateway/",
+        description="Everything the gateway serves itself lives here.",
+        json_schema_extra={"pattern": _RESERVED_PREFIX},
     )
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=list,
@@ -111,7 +137,7 @@ class ServerSettings(Model):
     config_poll_seconds: float = Field(
         2.0, ge=0, description="How often to check the config file for changes (0: only SIGHUP)."
     )
-    deny_headers: list[str] = Field(
+    deny_headers: list[HeaderName] = Field(
         default_factory=lambda: list(DEFAULT_DENY_HEADERS),
         description="Client-sent headers never forwarded upstream (in any spelling: case, "
         "and _ for -). Identity headers of every route are always added to this list.",
@@ -123,7 +149,11 @@ class ServerSettings(Model):
         "X_Remote_User and X-Remote-User as one variable. Even when on, a name that equals a "
         "denied or gateway-set header once _ is read as - is dropped.",
     )
-    request_id_header: str = "X-Request-ID"
+    request_id_header: HeaderName = Field(
+        "X-Request-ID",
+        description="Request id header: a valid incoming value is kept, else one is made; "
+        "sent upstream, returned and logged.",
+    )
     upstream_pool_size: int = Field(
         200, ge=1, description="Maximum open connections to all upstreams together."
     )
@@ -142,7 +172,7 @@ class ServerSettings(Model):
     @field_validator("reserved_prefix")
     @classmethod
     def _prefix_shape(cls, v: str) -> str:
-        if not re.fullmatch(r"/[A-Za-z0-9._~-]+/", v):
+        if not re.fullmatch(_RESERVED_PREFIX, v):
             raise ValueError("must look like /_gateway/ (one path segment, slashes both sides)")
         return v
 
@@ -158,7 +188,10 @@ class LoggingSettings(Model):
 class MatchRule(Model):
     """Which requests a route takes."""
 
-    path: str = Field(description="Path prefix, exact path, or pattern (see `type`).")
+    path: str = Field(
+        description="Path prefix, exact path, or pattern (see `type`).",
+        json_schema_extra={"pattern": "^/"},
+    )
     type: Literal["prefix", "exact", "pattern"] = Field(
         "prefix",
         description="prefix: segment-wise prefix (/api takes /api and /api/x, not /apix); "
@@ -168,7 +201,11 @@ class MatchRule(Model):
     host: str | None = Field(
         None, description="Host name to match (case-insensitive; *.example.nl allowed)."
     )
-    methods: list[str] | None = Field(None, description="Allowed methods; default all.")
+    methods: list[str] | None = Field(
+        None,
+        description="Allowed methods; default all.",
+        json_schema_extra={"minItems": 1, "items": {"type": "string", "pattern": _METHOD}},
+    )
 
     @field_validator("path")
     @classmethod
@@ -199,8 +236,8 @@ class Timeouts(Model):
 
 
 class HeaderOps(Model):
-    set: dict[str, str] = Field(default_factory=dict, description="Headers to set (replace).")
-    remove: list[str] = Field(default_factory=list, description="Headers to remove.")
+    set: HeaderSet = Field(default_factory=dict, description="Headers to set (replace).")
+    remove: list[HeaderName] = Field(default_factory=list, description="Headers to remove.")
 
 
 class EmployerScope(Model):
@@ -219,6 +256,14 @@ class EmployerScope(Model):
         "kvk", description="Which employer identifier the value is."
     )
 
+    @model_validator(mode="after")
+    def _header_name(self) -> EmployerScope:
+        if self.location == "header":
+            problem = header_name_problem(self.name)
+            if problem:
+                raise ValueError(f"name: {problem}")
+        return self
+
 
 class RouteSettings(Model):
     """One entry of the ordered route list; the first route that matches wins."""
@@ -228,7 +273,9 @@ class RouteSettings(Model):
     upstream: AnyHttpUrl = Field(description="Base URL of the application behind this route.")
     policy: Literal["public", "authenticated"] = "authenticated"
     strip_prefix: str | None = Field(
-        None, description="Path prefix removed before forwarding (e.g. /portaal)."
+        None,
+        description="Path prefix removed before forwarding (e.g. /portaal).",
+        json_schema_extra={"pattern": "^/.*[^/]$"},
     )
     preserve_host: bool = Field(
         False, description="Send the client's Host upstream instead of the upstream's own."
@@ -243,7 +290,7 @@ class RouteSettings(Model):
     audience: str | None = Field(
         None, description="Token audience (aud) for this route; default: the route name."
     )
-    identity_header: str | None = Field(
+    identity_header: IdentityHeaderName | None = Field(
         None, description="Header that carries the token; default: tokens.header_name."
     )
     token_transport: Literal["header", "bearer"] = Field(
@@ -346,13 +393,55 @@ class GatewayConfig(Model):
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Read, override from ``environ`` and validate; raise ``ConfigInvalid`` with every problem."""
-    file = str(path)
     environ = os.environ if environ is None else environ
+    return parse_config(_read_config(path), file=str(path), environ=environ)
+
+
+def _read_config(path: str | Path) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigInvalid([ConfigProblem(file, "", f"cannot read file: {exc.strerror}")]) from exc
-    return parse_config(text, file=file, environ=environ)
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        problem = ConfigProblem(str(path), "", f"cannot read file: {reason}")
+        raise ConfigInvalid([problem]) from exc
+
+
+@dataclass(frozen=True)
+class CheckedConfig:
+    """A configuration that passed ``check_config``, with what it warns about."""
+
+    config: GatewayConfig
+    warnings: tuple[ConfigProblem, ...]
+    files_checked: bool
+
+
+def check_config(
+    path: str | Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    files: bool = True,
+    now: dt.datetime | None = None,
+) -> CheckedConfig:
+    """What ``check-config`` and ``serve`` run: ``load_config``, then every file it names.
+
+    With ``files`` the keys, certificates, secrets, mandate and metadata files
+    are opened and parsed (``gateway.config_files``); a problem there raises
+    ``ConfigInvalid`` like any other, certificates close to expiry come back
+    as warnings.
+    """
+    environ = os.environ if environ is None else environ
+    text = _read_config(path)
+    file = str(path)
+    config = parse_config(text, file=file, environ=environ)
+    if not files:
+        return CheckedConfig(config, (), files_checked=False)
+    report = check_files(config, now=now)
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    problems = as_config_problems(report.problems, file, node)
+    if problems:
+        raise ConfigInvalid(problems)
+    warnings = tuple(as_config_problems(report.warnings, file, node))
+    return CheckedConfig(config, warnings, files_checked=True)
 
 
 def parse_config(text: str, *, file: str, environ: Mapping[str, str]) -> GatewayConfig:
@@ -372,23 +461,56 @@ def parse_config(text: str, *, file: str, environ: Mapping[str, str]) -> Gateway
 
     problems: list[ConfigProblem] = []
     env_sources = apply_env_overrides(data, environ, file, problems)
+
+    def report(err: Any) -> None:
+        loc = tuple(err["loc"])
+        where = format_loc(loc)
+        src = env_sources.get(env_key(loc))
+        line = line_of(node, loc)
+        suffix = f" (from environment variable {src})" if src else ""
+        prefix = f"line {line}: " if line and not src else ""
+        problems.append(ConfigProblem(file, where, f"{prefix}{problem_message(err)}{suffix}"))
+
     config: GatewayConfig | None = None
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors():
-            loc = tuple(err["loc"])
-            where = format_loc(loc)
-            src = env_sources.get(env_key(loc))
-            line = line_of(node, loc)
-            suffix = f" (from environment variable {src})" if src else ""
-            prefix = f"line {line}: " if line and not src else ""
-            problems.append(ConfigProblem(file, where, f"{prefix}{problem_message(err)}{suffix}"))
+            report(err)
+    else:
+        for err in _json_type_errors(data):
+            report(err)
     problems.extend(_semantic_problems(config, data, file, node))
     if problems:
         raise ConfigInvalid(problems)
     assert config is not None
     return config
+
+
+def _json_type_errors(data: dict[str, Any]) -> list[Any]:
+    """Values whose YAML type is not the one the key takes, though pydantic could convert them.
+
+    pydantic's lax mode reads ``port: "8080"`` as 8080 and ``access_log: "no"``
+    as false; the JSON Schema (``gateway config-schema``) does not, and a quoted
+    number is more often a mistake than a wish. So the data is validated once
+    more in pydantic's strict JSON mode, where only JSON's own types count.
+    Two conversions stay allowed because the schema allows them too: an
+    integral float for an integer (``5.0``) and a number of seconds for a
+    duration (``gateway.durations``).
+    """
+    try:
+        GatewayConfig.model_validate_json(json.dumps(data, default=str), strict=True)
+    except ValidationError as exc:
+        return [
+            err
+            for err in exc.errors()
+            if not (
+                err["type"] == "int_type"
+                and isinstance(err["input"], float)
+                and err["input"].is_integer()
+            )
+        ]
+    return []
 
 
 def _valid_routes(
@@ -487,6 +609,19 @@ def _section_problems(
             ConfigProblem(file, format_loc(loc), (f"line {line}: " if line else "") + message)
         )
 
+    identity = config.identity_headers()
+    for i, route in enumerate(config.routes):
+        bearer = route.token_transport == "bearer"  # noqa: S105 (a transport, not a secret)
+        carries = identity | ({"authorization"} if bearer else set())
+        edits = [*route.request_headers.set, *route.request_headers.remove]
+        clash = sorted({name for name in edits if name.lower() in carries})
+        if clash:
+            add(
+                ("routes", i, "request_headers"),
+                f"must not set or remove {', '.join(clash)}: the gateway puts the identity "
+                "token there itself",
+            )
+
     needs_login = [i for i, r in enumerate(config.routes) if r.policy == "authenticated"]
     if needs_login:
         for section in ("saml", "mandates", "tokens"):
@@ -519,9 +654,60 @@ def _section_problems(
     return out
 
 
+class _LoaderSchema(GenerateJsonSchema):
+    """pydantic's JSON Schema, corrected where the loader accepts more than pydantic says.
+
+    - Levels of assurance: the loader takes the URN, the short name (``loa3``)
+      and the EH name (``EH3``, ``EH2+``), not only the URN.
+    - Lists read into sets may repeat an entry (the set keeps one), so no
+      ``uniqueItems``.
+    - URLs restricted to http(s) say so in a ``pattern``, not only in ``format``
+      (which most validators do not check).
+    Durations and header fields carry their own schema (``gateway.durations``,
+    ``gateway.http_fields``).
+    """
+
+    def enum_schema(self, schema: core_schema.EnumSchema) -> JsonSchemaValue:
+        if schema["cls"] is Loa:
+            spellings = [s for loa in Loa for s in loa_spellings(loa)]
+            return {"title": "Loa", "type": "string", "enum": spellings}
+        return super().enum_schema(schema)
+
+    def set_schema(self, schema: core_schema.SetSchema) -> JsonSchemaValue:
+        out = super().set_schema(schema)
+        out.pop("uniqueItems", None)
+        return out
+
+    def frozenset_schema(self, schema: core_schema.FrozenSetSchema) -> JsonSchemaValue:
+        out = super().frozenset_schema(schema)
+        out.pop("uniqueItems", None)
+        return out
+
+    def url_schema(self, schema: core_schema.UrlSchema) -> JsonSchemaValue:
+        out = super().url_schema(schema)
+        schemes = schema.get("allowed_schemes")
+        if schemes:
+            alternatives = "|".join(
+                "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in s)
+                for s in sorted(schemes)
+            )
+            out["pattern"] = f"^(?:{alternatives})://"
+        return out
+
+
+def loa_spellings(loa: Loa) -> list[str]:
+    """Every way the configuration may write ``loa`` (what ``Loa.parse`` accepts)."""
+    return list(dict.fromkeys([loa.value, loa.short, loa.name, loa.name.replace("PLUS", "+")]))
+
+
 def config_json_schema() -> dict[str, Any]:
-    """The JSON Schema of the configuration file, for editors and CI checks."""
-    schema = GatewayConfig.model_json_schema()
+    """The JSON Schema of the configuration file, for editors and CI checks.
+
+    Everything the loader accepts passes it. Rules between keys (unique route
+    names, the sections login needs, ...) and the contents of the files a
+    configuration names are checked by ``gateway check-config`` only.
+    """
+    schema = GatewayConfig.model_json_schema(schema_generator=_LoaderSchema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "eHerkenning gateway configuration"
     return schema

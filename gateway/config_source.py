@@ -23,7 +23,18 @@ def problem_message(err: Any) -> str:
         return "unknown key (check the spelling; see config/gateway.example.yaml)"
     if err["type"] == "missing":
         return "required, but missing"
+    value = err.get("input")
+    if err["type"] in _SCALAR_TYPES:
+        if isinstance(value, str):
+            return f"{msg}, not the text {value!r} (write it without quotes)"
+        if isinstance(value, bool):
+            # YAML 1.1 reads yes/no/on/off as booleans.
+            return f"{msg}, not {str(value).lower()} (YAML reads yes/no/on/off as true/false)"
     return msg.removeprefix("Value error, ")
+
+
+# Type errors of the scalars the strict pass checks (gateway.config._json_type_errors).
+_SCALAR_TYPES = frozenset({"int_type", "float_type", "bool_type", "string_type"})
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:

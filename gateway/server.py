@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -31,10 +32,46 @@ import structlog
 from aiohttp import web
 
 from gateway.app import METRICS, RUNTIME, Runtime, build_app
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, ServerSettings
+from gateway.errors import ConfigInvalid
 from gateway.metrics import enable_multiprocess, mark_worker_dead
 
 log = structlog.get_logger("gateway.server")
+
+# A worker that cannot start exits with this code; the supervisor then stops
+# everything instead of restarting it for ever.
+EXIT_STARTUP_FAILED = 3
+
+
+class StartupFailed(Exception):
+    """The gateway could not start: its address is taken, or a part refused to start.
+
+    ``str()`` is one line naming the setting and the problem, for the caller to
+    print after the configuration file's name.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+
+
+def _startup_failure(exc: BaseException, server: ServerSettings) -> StartupFailed:
+    """One line for what went wrong while starting (never a traceback)."""
+    if isinstance(exc, StartupFailed):
+        return exc
+    if isinstance(exc, ConfigInvalid):
+        return StartupFailed("", "; ".join(str(p) for p in exc.problems))
+    if isinstance(exc, OSError) and exc.errno in (
+        errno.EADDRINUSE,
+        errno.EADDRNOTAVAIL,
+        errno.EACCES,
+    ):
+        return StartupFailed(
+            "server.port", f"cannot listen on {server.host}:{server.port}: {exc.strerror}"
+        )
+    detail = str(exc).splitlines()[0] if str(exc) else ""
+    return StartupFailed(
+        "", f"could not start: {type(exc).__name__}{': ' if detail else ''}{detail}"
+    )
 
 
 async def run_app_until_stopped(
@@ -51,9 +88,15 @@ async def run_app_until_stopped(
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=server.shutdown_grace_seconds
     )
-    await runner.setup()
-    site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port, backlog=1024)
-    await site.start()
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port, backlog=1024)
+        await site.start()
+    except Exception as exc:
+        # Stop what did start (worker pools, connections) before reporting.
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        raise _startup_failure(exc, server) from exc
     port = _bound_port(runner)
     log.info("gateway_started", host=server.host, port=port, pid=os.getpid())
     if on_started is not None:
@@ -138,7 +181,17 @@ def serve(config: GatewayConfig, config_path: Path | None) -> int:
         config = config.model_copy(
             update={"server": config.server.model_copy(update={"port": port})}
         )
+    _check_listen(config.server)
     return _supervise(config, config_path, workers)
+
+
+def _check_listen(server: ServerSettings) -> None:
+    """Bind once as the workers will (SO_REUSEPORT): a taken address fails before any fork."""
+    try:
+        probe = socket.create_server((server.host, server.port), reuse_port=True)
+    except OSError as exc:
+        raise _startup_failure(exc, server) from exc
+    probe.close()
 
 
 def _die_with_parent() -> None:
@@ -173,6 +226,9 @@ def _supervise(config: GatewayConfig, config_path: Path | None, workers: int) ->
             code = 0
             try:
                 run_worker(config, config_path, reuse_port=True)
+            except StartupFailed as exc:  # the parent stops everything
+                print(f"{config_path}: {exc}", file=sys.stderr)
+                code = EXIT_STARTUP_FAILED
             except BaseException:  # the parent restarts us; say why first
                 log.exception("worker_crashed", slot=slot)
                 code = 1
@@ -207,11 +263,17 @@ def _supervise(config: GatewayConfig, config_path: Path | None, workers: int) ->
         slot = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
         mark_worker_dead(pid)
-        if not stopping:
+        if code == EXIT_STARTUP_FAILED and not stopping:
+            # A worker that cannot start would not start when restarted either.
+            log.error("worker_start_failed", slot=slot, pid=pid, action="stopping")
+            stopping = True
+            exit_code = 2
+            forward(signal.SIGTERM, None)
+        elif not stopping:
             log.error("worker_exited", slot=slot, pid=pid, code=code, action="restarting")
             time.sleep(0.5)
             spawn(slot)
-        elif code != 0:
+        elif code != 0 and exit_code == 0:
             exit_code = 1
     with contextlib.suppress(OSError):
         for f in Path(prom_dir).iterdir():

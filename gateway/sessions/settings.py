@@ -9,6 +9,8 @@ from pathlib import Path
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.durations import Duration
+
 _log = structlog.get_logger("gateway.sessions")
 
 HOST_PREFIX = "__Host-"
@@ -19,11 +21,11 @@ class SessionSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    idle_timeout: dt.timedelta = dt.timedelta(minutes=15)
+    idle_timeout: Duration = dt.timedelta(minutes=15)
     """A session unused this long ends (seconds or ISO 8601 duration in config)."""
-    absolute_lifetime: dt.timedelta = dt.timedelta(hours=8)
+    absolute_lifetime: Duration = dt.timedelta(hours=8)
     """A session ends this long after login, however active it is."""
-    touch_interval: dt.timedelta = dt.timedelta(seconds=30)
+    touch_interval: Duration = dt.timedelta(seconds=30)
     """``last_seen`` is written at most this often per session (not on every request), so
     the effective idle timeout is between ``idle_timeout - touch_interval`` and ``idle_timeout``."""
     cookie_name: str = Field(default="__Host-gw_session", pattern=r"^[A-Za-z0-9_-]+$")
@@ -39,17 +41,17 @@ class SessionSettings(BaseModel):
     Changes elsewhere reach it by pub/sub at once, or after this long if a message is lost."""
     cache_max_entries: int = Field(default=10_000, ge=1)
     """Bound on the in-process session cache (least recently used entries are dropped)."""
-    mandate_recheck_interval: dt.timedelta = dt.timedelta(seconds=60)
+    mandate_recheck_interval: Duration = dt.timedelta(seconds=60)
     """R: a registry answer about mandates is used (by logins and sessions) for at most this
     long after the registry was asked, so a revocation reaches every session within R."""
-    mandate_max_staleness: dt.timedelta = dt.timedelta(minutes=15)
+    mandate_max_staleness: Duration = dt.timedelta(minutes=15)
     """With the registry down, a session may use its last known mandates this long after
     they were asked for; then deny."""
     refresh_lock_seconds: float = Field(default=10.0, gt=0, le=120)
     """Lifetime of the per-session lock that lets one request (on one replica) re-check."""
-    prelogin_ttl: dt.timedelta = dt.timedelta(minutes=10)
+    prelogin_ttl: Duration = dt.timedelta(minutes=10)
     """How long a started login may take before the pending state expires."""
-    replay_clock_skew: dt.timedelta = dt.timedelta(seconds=60)
+    replay_clock_skew: Duration = dt.timedelta(seconds=60)
     """Assertion IDs are remembered until NotOnOrAfter plus this skew."""
     ref_secret_file: Path | None = None
     """File with the secret for session references (logs, audit, token ``sid``). Required

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -19,6 +18,8 @@ from tests.support.deploy import (
     CheckedConfig,
     check_gateway_config,
     command_problem,
+    compose_binds,
+    lay_out_mounts,
     parse_dockerfile,
     stages,
 )
@@ -34,12 +35,7 @@ def _services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _binds(service: dict[str, Any]) -> list[tuple[str, PurePosixPath, bool]]:
-    """(source, target, read_only) of each short-syntax volume entry."""
-    out = []
-    for entry in service.get("volumes", []):
-        source, target, *mode = entry.split(":")
-        out.append((source, PurePosixPath(target), mode == ["ro"]))
-    return out
+    return compose_binds(service)
 
 
 def _gateway_config(compose: dict[str, Any]) -> tuple[CheckedConfig, dict[str, Any]]:
@@ -170,10 +166,7 @@ def test_keys_service_creates_every_key_file_the_gateway_names(
 def _mounted_simulator(compose: dict[str, Any], root: Path) -> SimulatorSettings:
     """The simulator's settings read from a copy of its mounts under ``root``."""
     simulator = _services(compose)["simulator"]
-    for source, target, _ in _binds(simulator):
-        dest = root / target.relative_to("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(COMPOSE / source, dest)
+    lay_out_mounts(simulator, root)
     command = simulator["command"]
     config = PurePosixPath(command[command.index("--config") + 1])
     return load_simulator_settings(root / config.relative_to("/"))

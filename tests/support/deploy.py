@@ -483,3 +483,131 @@ def check_gateway_config(text: str, environ: Mapping[str, str], file: str) -> Ch
         else:
             sections[section] = model.model_validate(raw)
     return CheckedConfig(config, sections, pending, unverified)
+
+
+# ---------------------------------------------------------------- the files a configuration names
+
+CONFIG_DIR = REPO / "config"
+
+
+def shipped_yaml_files() -> list[Path]:
+    """Every YAML file under config/ and deploy/: found by globbing, so a new one is covered."""
+    found = {p for root in (CONFIG_DIR, DEPLOY) for p in root.rglob("*.y*ml")}
+    return sorted(found)
+
+
+def _set_at(data: Any, loc: tuple[str | int, ...], value: Any) -> None:
+    for part in loc[:-1]:
+        data = data[part] if isinstance(data, list) else data.setdefault(part, {})
+    data[loc[-1]] = value
+
+
+def _pair_role(loc: tuple[str | int, ...]) -> tuple[tuple[str | int, ...], str, str] | None:
+    """(pair id, role, prefix) for a key or certificate of a key pair, else None."""
+    name = str(loc[-1])
+    for prefix in ("", "tls_", "client_"):
+        for role in ("key", "cert"):
+            if name == f"{prefix}{role}_file":
+                return (*loc[:-1], prefix), role, prefix
+    return None
+
+
+def lay_out_files(
+    data: Mapping[str, Any],
+    root: Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    contents: Mapping[str, bytes] | None = None,
+) -> dict[str, Any]:
+    """Create every file the configuration names under ``root``; return it pointing there.
+
+    What a deployment mounts, made up for a test: RSA key pairs for key and
+    certificate settings (both halves of a pair match), token keys of the
+    configured algorithm (``current`` and ``next``, as ``gateway keys tokens
+    init`` leaves them), self-signed certificates for CA and metadata-signing
+    certificates, the example registry for a mandate file, a random secret for
+    anything else. ``contents`` (dotted key -> bytes) replaces a generated file,
+    for real peers that must agree with it (a Redis password, a CA).
+    """
+    from gateway.config_files import path_settings
+    from gateway.config_source import format_loc
+    from gateway.devkeys import rsa_keypair, signing_key_pem
+
+    config = parse_config(yaml.safe_dump(dict(data)), file="<lay-out>", environ=environ or {})
+    out = copy.deepcopy(dict(data))
+    pairs: dict[tuple[str | int, ...], Any] = {}
+    for loc, path in path_settings(config):
+        target = root / str(path).lstrip("/")
+        _set_at(out, loc, str(target))
+        key = format_loc(loc)
+        if contents and key in contents:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(contents[key])
+            continue
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pair = _pair_role(loc)
+        name = str(loc[-1])
+        if pair is not None:
+            ident, role, _ = pair
+            if ident not in pairs:
+                pairs[ident] = rsa_keypair(f"test-{'-'.join(map(str, ident))}".strip("-"))
+            target.write_bytes(pairs[ident].key_pem if role == "key" else pairs[ident].cert_pem)
+        elif loc[:2] == ("tokens", "keys"):
+            assert config.tokens is not None
+            if name == "previous":
+                _set_at(out, loc, str(target))  # configured, absent: not published yet
+                continue
+            target.write_bytes(signing_key_pem(config.tokens.algorithm))
+        elif name.endswith("ca_file") or name == "broker_metadata_cert":
+            target.write_bytes(rsa_keypair(f"test-{name}").cert_pem)
+        elif loc == ("mandates", "source", "path"):
+            example = CONFIG_DIR / f"mandates.example{target.suffix or '.yaml'}"
+            target.write_bytes(example.read_bytes())
+        else:
+            import secrets
+
+            target.write_text(secrets.token_urlsafe(32) + "\n")
+    return out
+
+
+# ---------------------------------------------------------------- compose, as plain files
+
+
+def compose_binds(service: Mapping[str, Any]) -> list[tuple[str, PurePosixPath, bool]]:
+    """(source, target, read_only) of each short-syntax volume entry of a compose service."""
+    out = []
+    for entry in service.get("volumes", []):
+        source, target, *mode = entry.split(":")
+        out.append((source, PurePosixPath(target), mode == ["ro"]))
+    return out
+
+
+def lay_out_mounts(service: Mapping[str, Any], root: Path) -> dict[PurePosixPath, Path]:
+    """Copy the service's bind-mounted files to ``root``/<container path>; return the mapping.
+
+    Named volumes are created as empty directories (what compose starts them as).
+    """
+    import shutil
+
+    placed: dict[PurePosixPath, Path] = {}
+    for source, target, _ in compose_binds(service):
+        dest = root / target.relative_to("/")
+        if source.startswith("."):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(COMPOSE / source, dest)
+        else:
+            dest.mkdir(parents=True, exist_ok=True)
+        placed[target] = dest
+    return placed
+
+
+def compose_mount_of(path: Path) -> tuple[str, PurePosixPath] | None:
+    """(service, container path) where compose mounts the repository file ``path``."""
+    compose = load_one(COMPOSE / "compose.yaml")
+    for name, service in compose["services"].items():
+        for source, target, _ in compose_binds(service):
+            if source.startswith(".") and (COMPOSE / source).resolve() == path.resolve():
+                return name, target
+    return None

@@ -487,3 +487,30 @@ async def replica(world: LoginWorld) -> AsyncIterator[LoginWorld]:
         for browser in other.browsers:
             await browser.close()
         await server.close()
+
+
+async def login_by_form(
+    browser: aiohttp.ClientSession, start_url: str, scenario: str
+) -> tuple[aiohttp.ClientResponse, str]:
+    """Open ``start_url``, pick ``scenario`` on the simulator's login page as a person would.
+
+    Follows every redirect by hand (byte for byte) to the final page; returns
+    that response and its text.
+    """
+    import html
+    import re
+
+    resp, _ = await follow_redirects(browser, start_url)
+    page = await resp.text()
+    assert "Kies hoe u inlogt" in page, page[:2000]
+    action = re.search(r'<form method="post" action="([^"]+)"', page)
+    token = re.search(r'name="login" value="([^"]+)"', page)
+    assert action is not None and token is not None
+    form = {"login": html.unescape(token[1]), "scenario": scenario, "action": "login"}
+    target = str(resp.url.join(URL(html.unescape(action[1]))))
+    post = await browser.post(target, data=form, allow_redirects=False)
+    assert post.status in (302, 303), await post.text()
+    location = post.headers["Location"]
+    await post.release()
+    final, _ = await follow_redirects(browser, location)
+    return final, await final.text()
