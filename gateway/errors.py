@@ -17,6 +17,7 @@ The tree::
     │   └── CsrfFailed                a state-changing gateway form without a valid token
     ├── BadRequest            400     malformed input the gateway itself parses
     ├── BodyTooLarge          413     request body over the route's limit
+    ├── TooManyLogins         429     this address started too many logins; wait and retry
     ├── LoginFailed           4xx     the eHerkenning login could not complete
     │   ├── SamlInvalid       400     a SAML message failed a check (audited with the reason)
     │   ├── LoginCancelled    400     the user cancelled at the broker
@@ -29,7 +30,8 @@ The tree::
     └── ServiceUnavailable    503     a dependency is down; fail closed
         ├── StoreUnavailable          Redis (or the configured store) is unreachable
         ├── RegistryUnavailable       the fund's mandate registry is unreachable
-        └── BrokerUnavailable         the eHerkenning broker is unreachable
+        ├── BrokerUnavailable         the eHerkenning broker is unreachable
+        └── LoginsBusy                the deployment's login-start limit is reached
 
 ``ConfigInvalid`` is separate: it is raised while loading configuration, never
 while serving, and carries every problem found (file, path, message).
@@ -139,6 +141,21 @@ class BodyTooLarge(GatewayError):
     title_en = "Upload too large"
     text_nl = "Wat u verstuurt is groter dan hier is toegestaan."
     text_en = "What you are sending is larger than allowed here."
+
+
+class TooManyLogins(GatewayError):
+    status = 429
+    code = "login_rate_limited"
+    title_nl = "Te veel inlogpogingen"
+    title_en = "Too many login attempts"
+    text_nl = (
+        "Vanaf uw internetadres zijn in korte tijd te veel inlogpogingen gestart. "
+        "Wacht even en probeer het dan opnieuw."
+    )
+    text_en = (
+        "Too many logins were started from your internet address in a short time. "
+        "Please wait a moment and try again."
+    )
 
 
 class LoginFailed(GatewayError):
@@ -263,6 +280,14 @@ class BrokerUnavailable(ServiceUnavailable):
     code = "broker_unavailable"
     text_nl = "eHerkenning is op dit moment niet bereikbaar. Probeer het later opnieuw."
     text_en = "eHerkenning cannot be reached right now. Please try again later."
+
+
+class LoginsBusy(ServiceUnavailable):
+    code = "login_capacity_reached"
+    title_nl = "Tijdelijk te druk"
+    title_en = "Temporarily too busy"
+    text_nl = "Er wordt op dit moment erg veel ingelogd. Probeer het zo opnieuw."
+    text_en = "A great many people are logging in right now. Please try again shortly."
 
 
 @dataclass(frozen=True)
