@@ -1,7 +1,8 @@
 """A 50,000-hit login flood from one address against two replicas on a capped Redis.
 
-Real processes: one ``redis-server`` with ``maxmemory`` and the
-``maxmemory-policy`` docs/state.md tells ops to use (``noeviction``), two
+Real processes: one ``redis-server`` with the settings docs/state.md tells ops
+to use (read from its snippet: ``maxmemory-policy noeviction``; ``maxmemory``
+lowered to 8 MB, far below what an unbounded flood takes), two
 ``gateway serve`` replicas sharing it, the broker simulator. Signed-in users
 each come from their own loopback address (127.0.0.x); the flood comes from
 127.0.0.1, spread over both replicas as a load balancer would spread it, with
@@ -42,10 +43,20 @@ MAXMEMORY = "8mb"  # far below what 50,000 unbounded pending logins would take
 LONG_NEXT = "/werkgevers/" + "x" * 2036  # a 2 KB ``next``: the costliest pending login
 
 
+def documented_redis_conf() -> str:
+    """The Redis settings docs/state.md tells ops to use, with this test's smaller cap."""
+    text = (Path(__file__).parents[2] / "docs" / "state.md").read_text()
+    snippet = text.split("### Redis settings", 1)[1].split("```conf\n", 1)[1].split("```", 1)[0]
+    assert "maxmemory-policy noeviction" in snippet
+    return re.sub(r"^maxmemory \S+$", f"maxmemory {MAXMEMORY}", snippet, flags=re.M)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ReplicaWorld]:
-    policy = ["--maxmemory", MAXMEMORY, "--maxmemory-policy", "noeviction"]
-    with RedisServer(extra_args=policy) as redis:
+    with RedisServer(config_text=documented_redis_conf()) as redis:
+        policy = redis.cli("CONFIG", "GET", "maxmemory*").split()
+        assert policy[policy.index("maxmemory-policy") + 1] == "noeviction"
+        assert policy[policy.index("maxmemory") + 1] == str(8 * 1024 * 1024)
         async with replica_world(
             tmp_path_factory.mktemp("flood"),
             redis,

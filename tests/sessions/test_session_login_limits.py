@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from structlog.testing import capture_logs
 
+from gateway.config import parse_config
+from gateway.errors import ConfigInvalid
 from gateway.sessions.login_limits import LoginStartLimiter, Refusal, client_bucket
-from gateway.sessions.settings import LoginLimits
+from gateway.sessions.settings import LoginLimits, SessionSettings
 from gateway.store.memory import MemoryStore
 
 
@@ -120,3 +124,29 @@ async def test_refusals_are_audited_once_then_summed_per_interval() -> None:
     assert 2 <= len(events) <= 4
     assert all(e["audit"] is True and e["client_address"] == "192.0.2.7" for e in events)
     assert all(e["scope"] == "address" for e in events)
+
+
+def test_example_config_states_the_real_defaults() -> None:
+    """config/gateway.example.yaml lists every login limit with its actual default."""
+    root = Path(__file__).resolve().parents[2]
+    example = yaml.safe_load((root / "config" / "gateway.example.yaml").read_text())["sessions"]
+    assert example["login_limits"] == LoginLimits().model_dump()
+    assert example["prelogin_ttl"] == SessionSettings().prelogin_ttl.total_seconds() == 300
+
+
+def test_config_errors_name_file_path_and_problem() -> None:
+    """A too-long pending-login TTL or a zero burst is reported with file and path."""
+    bad = {
+        "routes": [{"name": "p", "match": {"path": "/"}, "upstream": "http://127.0.0.1:9"}],
+        "sessions": {"prelogin_ttl": 1800, "login_limits": {"per_address_burst": 0}},
+    }
+    with pytest.raises(ConfigInvalid) as info:
+        parse_config(yaml.safe_dump(bad), file="gw.yaml", environ={})
+    text = str(info.value)
+    assert "gw.yaml: sessions.login_limits.per_address_burst" in text
+    assert "greater than or equal to 1" in text
+    bad["sessions"] = {"prelogin_ttl": 1800}
+    with pytest.raises(ConfigInvalid) as info:
+        parse_config(yaml.safe_dump(bad), file="gw.yaml", environ={})
+    assert "gw.yaml: sessions" in str(info.value)
+    assert "prelogin_ttl must be at most 15 minutes" in str(info.value)
