@@ -25,8 +25,9 @@ store refuses an address, this replica refuses that address locally, without
 a store call, until the moment the store named (other replicas taking tokens
 can only make that moment later, never earlier). Refusals are audited as
 ``login_rate_limited``, at most one event per address and scope per
-``audit_interval`` with the number refused since the previous one, so a flood
-cannot flood the audit log either.
+``audit_interval`` with the number refused since the previous one (for the
+deployment's bucket one event for all clients, ``client_address`` ``*``), so a
+flood cannot flood the audit log either.
 
 The client address is what ``gateway.proxy.client_view`` trusts: the peer, or
 the ``X-Forwarded-For`` hop a configured trusted proxy vouches for. IPv4 counts
@@ -115,7 +116,7 @@ class LoginStartLimiter:
         for scope, who in checks:
             until = self._refused_until.get((scope, who))
             if until is not None and now < until:
-                return self._refuse(scope, client, until - now, request_id)
+                return self._refuse(scope, who, until - now, request_id)
         wait = await self._store.take_token(
             login_rate_key(client),
             rate=limits.per_address_per_minute / 60.0,
@@ -129,7 +130,7 @@ class LoginStartLimiter:
         )
         if wait > 0:
             self._refused_until[("total", "*")] = self._clock() + wait
-            return self._refuse("total", client, wait, request_id)
+            return self._refuse("total", "*", wait, request_id)
         return None
 
     def close(self) -> None:

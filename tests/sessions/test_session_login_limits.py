@@ -84,8 +84,16 @@ async def test_the_deployment_bucket_refuses_with_scope_total() -> None:
     clock = Clock()
     limits = LoginLimits(total_burst=4, total_per_second=0.5)
     limiter = LoginStartLimiter(MemoryStore(clock=clock), limits, clock=clock)
-    results = [await limiter.check(f"192.0.2.{i}") for i in range(6)]
+    with capture_logs() as logs:
+        results = [await limiter.check(f"192.0.2.{i}") for i in range(6)]
+        limiter.close()
     assert results == [None, None, None, None, Refusal("total", 2), Refusal("total", 2)]
+    events = [e for e in logs if e["event"] == "login_rate_limited"]
+    # One summary for everyone, not one audit line per refused address.
+    assert [(e["scope"], e["client_address"], e["refused"]) for e in events] == [
+        ("total", "*", 1),
+        ("total", "*", 1),
+    ]
     clock.now += 2
     assert await limiter.check("192.0.2.99") is None
 
