@@ -95,8 +95,14 @@ async def _loop(
                     outcome = Outcome(kind, resp.status, during, detail)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 outcome = Outcome(kind, None, during, type(exc).__name__)
+            # "During the outage" means sent and answered while Redis was down; a
+            # request straddling the recovery may meet a Redis that came back empty.
             traffic.outcomes.append(
-                dataclasses.replace(outcome, seconds=time.monotonic() - started)
+                dataclasses.replace(
+                    outcome,
+                    seconds=time.monotonic() - started,
+                    during_outage=during and traffic.outage,
+                )
             )
             if outcome.status is None:
                 await asyncio.sleep(0.01)  # refused at once: do not spin
