@@ -12,7 +12,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -34,6 +34,7 @@ from gateway.errors import (
 )
 from gateway.forward_auth import forward_auth_routes
 from gateway.gate import Respond, authorize
+from gateway.health import DependencyMonitor, login_checks, upstream_dns_check
 from gateway.login import login_routes
 from gateway.logs import (
     PRECHECKED,
@@ -82,7 +83,6 @@ class Runtime:
     environ: dict[str, str] | None = None
     draining: bool = False
     _stamp: tuple[int, int, int] | None = None
-    readiness: list[Callable[[], Awaitable[tuple[str, bool, str]]]] = field(default_factory=list)
     # Called after every reload attempt (SIGHUP or file change): e.g. token keys.
     on_reload: list[Callable[[], None]] = field(default_factory=list)
 
@@ -149,6 +149,7 @@ METRICS = web.AppKey("metrics", Metrics)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 # Bound once per app: a lazy module-level logger would re-bind on every request.
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
+DEPENDENCIES = web.AppKey("dependencies", DependencyMonitor)
 
 
 def request_id_of(request: web.BaseRequest) -> str:
@@ -362,21 +363,34 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Dependencies usable: config loaded, upstreams resolvable, not draining."""
+    """This replica can serve: config loaded, listening (it answers), not draining.
+
+    Shared dependencies (store, broker, registry, upstream DNS) are deliberately
+    not part of it: they fail for every replica at once, and a load balancer
+    would then drop them all together (see ``gateway.health``).
+    """
     runtime = request.app[RUNTIME]
-    checks: dict[str, dict[str, object]] = {}
-    ok = True
-    if runtime.draining:
-        ok = False
-        checks["draining"] = {"ok": False, "detail": "shutting down"}
-    checks["config"] = {"ok": True, "detail": f"generation {runtime.current.number}"}
-    results = await asyncio.gather(*(check() for check in runtime.readiness))
-    for name, passed, detail in results:
-        checks[name] = {"ok": passed, "detail": detail}
-        ok = ok and passed
+    checks: dict[str, dict[str, object]] = {
+        "config": {"ok": True, "detail": f"generation {runtime.current.number}"},
+        "draining": {
+            "ok": not runtime.draining,
+            "detail": "shutting down" if runtime.draining else "serving",
+        },
+    }
+    ok = not runtime.draining
     return web.json_response(
         {"status": "ready" if ok else "not_ready", "checks": checks},
         status=200 if ok else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def dependencies(request: web.Request) -> web.Response:
+    """Shared dependencies: 200 when all are up, else 503 with details (monitoring only)."""
+    report = await request.app[DEPENDENCIES].report()
+    return web.json_response(
+        report.as_json(time.monotonic()),
+        status=200 if report.all_up else 503,
         headers={"Cache-Control": "no-store"},
     )
 
@@ -387,30 +401,6 @@ async def metrics_handler(request: web.Request) -> web.Response:
         body=metrics.render(),
         headers={"Content-Type": metrics.content_type, "Cache-Control": "no-store"},
     )
-
-
-def upstream_dns_check(runtime: Runtime) -> Callable[[], Awaitable[tuple[str, bool, str]]]:
-    """A readiness check: every upstream host name resolves (cached for 10 s)."""
-    cache: dict[str, float] = {}
-
-    async def check() -> tuple[str, bool, str]:
-        loop = asyncio.get_running_loop()
-        hosts = {str(r.upstream.host) for r in runtime.current.config.routes if r.upstream.host}
-        now = time.monotonic()
-        failed = []
-        for host in sorted(hosts):
-            if cache.get(host, 0) > now:
-                continue
-            try:
-                await asyncio.wait_for(loop.getaddrinfo(host, None), timeout=2)
-                cache[host] = now + 10
-            except (OSError, TimeoutError):
-                failed.append(host)
-        if failed:
-            return "upstreams", False, "cannot resolve: " + ", ".join(failed)
-        return "upstreams", True, f"{len(hosts)} resolvable"
-
-    return check
 
 
 def build_app(
@@ -427,8 +417,11 @@ def build_app(
     runtime = Runtime(config_path, _compile(config, 1), environ)
     if config_path is not None:
         runtime.changed_on_disk()  # remember the stamp of the file we loaded
-    runtime.readiness.append(upstream_dns_check(runtime))
     metrics = Metrics()
+    monitor = DependencyMonitor(
+        [("upstreams", upstream_dns_check(lambda: runtime.current.config))], metrics.registry
+    )
+    app[DEPENDENCIES] = monitor
     forwarder = Forwarder(config.server, metrics)
     app[RUNTIME] = runtime
     app[METRICS] = metrics
@@ -458,7 +451,7 @@ def build_app(
     if config.login_enabled:
         assert config.tokens is not None
         app.cleanup_ctx.append(partial(services_ctx, config=config))
-        runtime.readiness.append(partial(_login_readiness, app))
+        monitor.extend(login_checks(app))
         endpoints = [
             *login_routes(prefix),
             *overview_routes(prefix),
@@ -475,8 +468,18 @@ def build_app(
             app.router.add_route(method, path, edged(handler))
     app.router.add_get(prefix + "healthz", edged(healthz))
     app.router.add_get(prefix + "readyz", edged(readyz))
+    app.router.add_get(prefix + "dependencies", edged(dependencies))
     app.router.add_get(prefix + "metrics", edged(metrics_handler))
     app.router.add_route("*", "/{tail:.*}", edge)
+
+    async def monitor_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Appended last: the login services exist before the first check.
+        task = asyncio.create_task(monitor.run(), name="dependency-checks")
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    app.cleanup_ctx.append(monitor_ctx)
     every_target = _EveryTarget()
     every_target.add_route("*", edge)
     app.router.register_resource(every_target)
@@ -503,22 +506,6 @@ class _EveryTarget(web_urldispatcher.PlainResource):
 
     def raw_match(self, path: str) -> bool:
         return False
-
-
-async def _login_readiness(app: web.Application) -> tuple[str, bool, str]:
-    """The store answers and the broker's metadata is loaded."""
-    services = app.get(SERVICES)
-    if services is None:
-        return "login", False, "starting"
-    try:
-        await asyncio.wait_for(services.store.ping(), timeout=2)
-    except (GatewayError, TimeoutError):
-        return "login", False, "store unavailable"
-    try:
-        services.sp.metadata  # noqa: B018 - raises while no broker metadata was ever loaded
-    except GatewayError:
-        return "login", False, "broker metadata not loaded"
-    return "login", True, "store and broker metadata usable"
 
 
 def _flush_now(app: web.Application) -> None:

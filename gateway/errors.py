@@ -19,6 +19,7 @@ The tree::
     ├── BodyTooLarge          413     request body over the route's limit
     ├── NotImplementedHere    501     a transfer coding the gateway does not apply (RFC 9112 6.1)
     ├── VersionNotSupported   505     an HTTP version other than 1.x on the request line
+    ├── TooManyLogins         429     this address started too many logins; wait and retry
     ├── LoginFailed           4xx     the eHerkenning login could not complete
     │   ├── SamlInvalid       400     a SAML message failed a check (audited with the reason)
     │   ├── LoginCancelled    400     the user cancelled at the broker
@@ -31,7 +32,8 @@ The tree::
     └── ServiceUnavailable    503     a dependency is down; fail closed
         ├── StoreUnavailable          Redis (or the configured store) is unreachable
         ├── RegistryUnavailable       the fund's mandate registry is unreachable
-        └── BrokerUnavailable         the eHerkenning broker is unreachable
+        ├── BrokerUnavailable         the eHerkenning broker is unreachable
+        └── LoginsBusy                the deployment's login-start limit is reached
 
 ``ConfigInvalid`` is separate: it is raised while loading configuration, never
 while serving, and carries every problem found (file, path, message).
@@ -161,6 +163,21 @@ class VersionNotSupported(GatewayError):
     text_en = "Your software uses an HTTP version that is not supported here."
 
 
+class TooManyLogins(GatewayError):
+    status = 429
+    code = "login_rate_limited"
+    title_nl = "Te veel inlogpogingen"
+    title_en = "Too many login attempts"
+    text_nl = (
+        "Vanaf uw internetadres zijn in korte tijd te veel inlogpogingen gestart. "
+        "Wacht even en probeer het dan opnieuw."
+    )
+    text_en = (
+        "Too many logins were started from your internet address in a short time. "
+        "Please wait a moment and try again."
+    )
+
+
 class LoginFailed(GatewayError):
     status = 400
     code = "login_failed"
@@ -283,6 +300,14 @@ class BrokerUnavailable(ServiceUnavailable):
     code = "broker_unavailable"
     text_nl = "eHerkenning is op dit moment niet bereikbaar. Probeer het later opnieuw."
     text_en = "eHerkenning cannot be reached right now. Please try again later."
+
+
+class LoginsBusy(ServiceUnavailable):
+    code = "login_capacity_reached"
+    title_nl = "Tijdelijk te druk"
+    title_en = "Temporarily too busy"
+    text_nl = "Er wordt op dit moment erg veel ingelogd. Probeer het zo opnieuw."
+    text_en = "A great many people are logging in right now. Please try again shortly."
 
 
 @dataclass(frozen=True)

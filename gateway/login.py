@@ -23,9 +23,17 @@ from aiohttp import web
 
 from gateway.audit import audit
 from gateway.context import ERROR_EXTRA, REQUEST_ID, Route
-from gateway.errors import BadRequest, CsrfFailed, GatewayError, SamlInvalid
+from gateway.errors import (
+    BadRequest,
+    CsrfFailed,
+    GatewayError,
+    LoginsBusy,
+    SamlInvalid,
+    TooManyLogins,
+)
 from gateway.identity import Identity, Loa
-from gateway.pages import PAGE_HEADERS, html_response, render
+from gateway.pages import PAGE_HEADERS, error_response, html_response, render
+from gateway.proxy import client_view
 from gateway.saml.authn_request import AuthnRequestHttp, build_authn_request
 from gateway.saml.logout_state import PendingLogout, PendingLogouts, browser_cookie_value
 from gateway.services import SERVICES, Services
@@ -56,11 +64,19 @@ def _retry_extra(services: Services) -> dict[str, str]:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    """Start an SP-initiated login: a signed AuthnRequest to the broker."""
+    """Start an SP-initiated login: a signed AuthnRequest to the broker.
+
+    First of all (before any signing or storing) the login-start limits: a
+    refused client gets a 429 page (503 when the whole deployment is at its
+    limit) with ``Retry-After``; see ``gateway.sessions.login_limits``.
+    """
     services = _services(request)
     request[ERROR_EXTRA] = _retry_extra(services)
+    refused = await _refused_start(request, services)
+    if refused is not None:
+        return refused
     prefixes = services.forbidden_next_prefixes()
-    next_path = safe_next_path(request.query.get("next"), forbidden_prefixes=prefixes)
+    next_path = safe_next_path(_bounded_next(request, services), forbidden_prefixes=prefixes)
     relay_state = new_relay_state()
     step_up = _step_up_loa(request.query.get("loa"), services)
     if step_up is None:
@@ -77,6 +93,58 @@ async def login(request: web.Request) -> web.StreamResponse:
     response = _to_broker(http)
     set_prelogin_cookie(response, pending.prelogin_cookie, services.config.sessions)
     return response
+
+
+async def _refused_start(request: web.Request, services: Services) -> web.Response | None:
+    """The refusal page if this client may not start a login now, else ``None``."""
+    server = services.config.server
+    address = client_view(request, server.trusted_proxies, None).address
+    refusal = await services.login_limiter.check(address, request_id=request[REQUEST_ID])
+    if refusal is None:
+        return None
+    seconds = refusal.retry_after
+    wait_nl = "1 seconde" if seconds == 1 else f"{seconds} seconden"
+    wait_en = "1 second" if seconds == 1 else f"{seconds} seconds"
+    error: GatewayError
+    if refusal.scope == "address":
+        error = TooManyLogins(
+            text_nl=(
+                "Vanaf uw internetadres zijn in korte tijd te veel inlogpogingen gestart. "
+                f"Wacht {wait_nl} en probeer het dan opnieuw."
+            ),
+            text_en=(
+                "Too many logins were started from your internet address in a short time. "
+                f"Please wait {wait_en} and try again."
+            ),
+        )
+    else:
+        error = LoginsBusy(
+            text_nl=(
+                f"Er wordt op dit moment erg veel ingelogd. Probeer het over {wait_nl} opnieuw."
+            ),
+            text_en=(
+                f"A great many people are logging in right now. Please try again in {wait_en}."
+            ),
+        )
+    response = error_response(request, error, request[REQUEST_ID])
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+def _bounded_next(request: web.Request, services: Services) -> str | None:
+    """``next`` as given, or ``None`` (so ``/``) when longer than the configured limit."""
+    value = request.query.get("next")
+    limit = services.config.sessions.login_limits.next_max_length
+    if value is not None and len(value) > limit:
+        log.info(
+            "login_next_dropped",
+            reason="too_long",
+            length=len(value),
+            limit=limit,
+            request_id=request[REQUEST_ID],
+        )
+        return None
+    return value
 
 
 def _step_up_loa(value: str | None, services: Services) -> Loa | None:

@@ -25,6 +25,7 @@ from gateway.mandates import MandateService
 from gateway.mandates.file_source import FileMandateSource
 from gateway.saml import ServiceProvider
 from gateway.sessions import LoginStateStore, ReplayCache, SessionManager
+from gateway.sessions.login_limits import LoginStartLimiter
 from gateway.store import Store
 from gateway.store.factory import create_store
 from gateway.tokens import KeySet, TokenMinter
@@ -45,6 +46,7 @@ class Services:
     mandates: MandateService
     keys: KeySet
     minter: TokenMinter
+    login_limiter: LoginStartLimiter
     admin_token: bytes | None = None
     # administrator KvK -> when a revocation push arrived on this replica; sessions
     # of that administrator checked before then are re-checked on their next request.
@@ -88,6 +90,7 @@ async def services_ctx(app: web.Application, config: GatewayConfig) -> AsyncIter
         mandates=mandates,
         keys=keys,
         minter=TokenMinter(config.tokens, keys),
+        login_limiter=LoginStartLimiter(store, config.sessions.login_limits),
         admin_token=_read_secret(config.admin.token_file) if config.admin else None,
     )
     await sp.start()
@@ -103,6 +106,7 @@ async def services_ctx(app: web.Application, config: GatewayConfig) -> AsyncIter
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener
+        services.login_limiter.close()
         await sessions.aclose()
         await mandates.close()
         await sp.close()

@@ -12,6 +12,12 @@ key                                          what                        TTL
 ``sess:{<h(session id)>}:refresh``           mandate re-check lock       ``refresh_lock_seconds``
 ``sref:{<session ref>}``                     ref → h(session id) index   as the session
 ``login:{<h(prelogin cookie)>}:<h(relay)>``  a pending login             ``prelogin_ttl``
+``login:{<h(prelogin cookie)>}:pending``     the browser's pending        ``prelogin_ttl``
+                                             logins, newest first (list
+                                             of h(relay), at most
+                                             ``pending_per_browser``)
+``loginrate:{<h(client address)>}``          login-start token bucket     until full again
+``loginrate:total``                          the deployment's bucket      until full again
 ``logout:{<h(prelogin cookie)>}:<h(relay)>`` a pending single logout     ``prelogin_ttl``
 ``replay:{<h(issuer, assertion id)>}``       a seen assertion ID         NotOnOrAfter + skew
 channel ``sess:invalidate``                  "drop your cached copy"     (pub/sub)
@@ -46,7 +52,25 @@ def ref_key(session_ref: str) -> str:
 
 
 def login_key(prelogin_cookie: str, relay_state: str) -> str:
-    return f"login:{{{digest(prelogin_cookie)}}}:{digest(relay_state)}"
+    return login_key_for(prelogin_cookie, digest(relay_state))
+
+
+def pending_logins_key(prelogin_cookie: str) -> str:
+    """The list of one browser's pending logins (same slot as the logins themselves)."""
+    return f"login:{{{digest(prelogin_cookie)}}}:pending"
+
+
+def login_key_for(prelogin_cookie: str, relay_hash: str) -> str:
+    """``login_key`` from the RelayState's hash, as the browser's list holds it."""
+    return f"login:{{{digest(prelogin_cookie)}}}:{relay_hash}"
+
+
+def login_rate_key(client: str) -> str:
+    return f"loginrate:{{{digest(client)}}}"
+
+
+def login_rate_total_key() -> str:
+    return "loginrate:total"
 
 
 def replay_key(issuer: str, assertion_id: str) -> str:

@@ -14,7 +14,16 @@ that the response's InResponseTo equals the entry's request ID. So:
   browser, an unsolicited response) finds nothing: ``LoginExpired``;
 - a second use finds nothing: ``LoginExpired`` (replay);
 - several tabs of one browser may each have a login pending (one cookie value,
-  one entry per RelayState; ``begin`` reuses the browser's existing cookie).
+  one entry per RelayState; ``begin`` reuses the browser's existing cookie), at
+  most ``sessions.login_limits.pending_per_browser`` of them: each browser has a
+  list of its pending logins in the store (``Store.push_bounded``), and starting
+  one more deletes the oldest, so a client that keeps its cookie cannot pile up
+  state either (a client that drops it is bounded by the rate limit,
+  ``gateway.sessions.login_limits``).
+
+A ``next`` longer than ``login_limits.next_max_length`` is replaced by ``/``,
+like an unsafe one: a login never stores more than that, and cutting it short
+could name another page.
 
 State lives in the store, so a login started on replica A completes on B.
 ``relay_state`` is an opaque random key (22 characters, well under SAML's
@@ -24,6 +33,7 @@ State lives in the store, so a login started on replica A completes on B.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
 import json
@@ -32,12 +42,16 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from gateway.errors import LoginExpired
-from gateway.sessions.keys import login_key
+from gateway.sessions.keys import digest, login_key, login_key_for, pending_logins_key
 from gateway.sessions.manager import utcnow
 from gateway.sessions.next_path import safe_next_path
 from gateway.sessions.settings import SessionSettings
 from gateway.store.base import Store
+
+_log = structlog.get_logger("gateway.sessions")
 
 _COOKIE_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 RELAY_STATE_MAX = 80
@@ -100,7 +114,11 @@ class LoginStateStore:
             prelogin_cookie=cookie,
             request_id=request_id or new_request_id(),
             relay_state=relay_state or new_relay_state(),
-            next_path=safe_next_path(next_path, forbidden_prefixes=forbidden_prefixes),
+            next_path=safe_next_path(
+                next_path,
+                forbidden_prefixes=forbidden_prefixes,
+                max_length=self._settings.login_limits.next_max_length,
+            ),
             created_at=self._clock(),
         )
         record = {
@@ -111,11 +129,26 @@ class LoginStateStore:
         }
         if len(pending.relay_state.encode()) > RELAY_STATE_MAX:
             raise ValueError("RelayState longer than 80 bytes")
+        ttl = self._settings.prelogin_ttl.total_seconds()
+        relay_hash = digest(pending.relay_state)
+        # The entry first, then the list: whatever the list drops was written before
+        # it was listed, so the delete below always finds it.
         await self._store.set(
-            login_key(cookie, pending.relay_state),
+            login_key_for(cookie, relay_hash),
             json.dumps(record, separators=(",", ":")).encode(),
-            self._settings.prelogin_ttl.total_seconds(),
+            ttl,
         )
+        dropped = await self._store.push_bounded(
+            pending_logins_key(cookie),
+            relay_hash.encode(),
+            self._settings.login_limits.pending_per_browser,
+            ttl,
+        )
+        if dropped:
+            await asyncio.gather(
+                *(self._store.delete(login_key_for(cookie, old.decode())) for old in dropped)
+            )
+            _log.info("pending_logins_dropped", count=len(dropped), reason="newer login started")
         return pending
 
     async def consume(self, prelogin_cookie: str | None, relay_state: str | None) -> PendingLogin:

@@ -14,6 +14,39 @@ from gateway.durations import Duration
 _log = structlog.get_logger("gateway.sessions")
 
 HOST_PREFIX = "__Host-"
+PRELOGIN_TTL_MAX = dt.timedelta(minutes=15)
+
+
+class LoginLimits(BaseModel):
+    """How much login state anyone can make the gateway keep (``gateway.sessions.login_limits``).
+
+    Every started login is a pending-login entry in the store until it completes
+    or expires, so starting logins is limited per client address (a token bucket
+    shared by all replicas through the store), for the whole deployment, and per
+    browser; ``next`` is limited in length.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    per_address_burst: int = Field(default=30, ge=1, le=100_000)
+    """Logins one client address may start at once. One office behind one NAT address
+    is one address, so leave room for its staff logging in at the start of the day."""
+    per_address_per_minute: float = Field(default=30.0, gt=0, le=1_000_000)
+    """After the burst, this many more per minute from that address."""
+    total_burst: int = Field(default=300, ge=1, le=1_000_000)
+    """Logins the whole deployment (all replicas) starts at once."""
+    total_per_second: float = Field(default=20.0, gt=0, le=100_000)
+    """After that burst, this many per second for the whole deployment. With
+    ``prelogin_ttl`` it bounds the pending logins in the store (docs/state.md)."""
+    ipv6_prefix_length: int = Field(default=64, ge=32, le=128)
+    """IPv6 clients count per network of this length: a customer line gets a whole /64
+    (or more) and can use any address in it."""
+    pending_per_browser: int = Field(default=5, ge=1, le=50)
+    """Pending logins one browser (pre-login cookie) may have, e.g. in several tabs;
+    starting one more drops the oldest."""
+    next_max_length: int = Field(default=1024, ge=1, le=2048)
+    """Longest ``next`` (the page to return to) a login keeps; a longer one is replaced
+    by ``/`` (never cut short: a truncated path or query can mean another page)."""
 
 
 class SessionSettings(BaseModel):
@@ -49,8 +82,12 @@ class SessionSettings(BaseModel):
     they were asked for; then deny."""
     refresh_lock_seconds: float = Field(default=10.0, gt=0, le=120)
     """Lifetime of the per-session lock that lets one request (on one replica) re-check."""
-    prelogin_ttl: Duration = dt.timedelta(minutes=10)
-    """How long a started login may take before the pending state expires."""
+    prelogin_ttl: Duration = dt.timedelta(minutes=5)
+    """How long a started login may take before the pending state expires (at most 15
+    minutes: a login at the broker takes a few minutes at most, and a longer wait
+    only keeps abandoned state around)."""
+    login_limits: LoginLimits = Field(default_factory=LoginLimits)
+    """Limits on starting logins (per address, in total, per browser; ``next`` length)."""
     replay_clock_skew: Duration = dt.timedelta(seconds=60)
     """Assertion IDs are remembered until NotOnOrAfter plus this skew."""
     ref_secret_file: Path | None = None
@@ -63,6 +100,8 @@ class SessionSettings(BaseModel):
         for name in ("idle_timeout", "absolute_lifetime", "touch_interval", "prelogin_ttl"):
             if getattr(self, name) <= dt.timedelta(0):
                 raise ValueError(f"{name} must be positive")
+        if self.prelogin_ttl > PRELOGIN_TTL_MAX:
+            raise ValueError("prelogin_ttl must be at most 15 minutes (900 seconds)")
         if self.idle_timeout > self.absolute_lifetime:
             raise ValueError("idle_timeout must not exceed absolute_lifetime")
         if self.touch_interval >= self.idle_timeout:

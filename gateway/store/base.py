@@ -53,6 +53,23 @@ class Store(Protocol):
         for by also expiring what the message would have invalidated).
         """
 
+    async def take_token(self, key: str, *, rate: float, burst: int) -> float:
+        """Take one token from the token bucket at ``key``, atomically across replicas.
+
+        The bucket holds at most ``burst`` tokens and gains ``rate`` per second
+        (the rule is ``gateway.store.token_bucket``). Returns 0.0 when a token was
+        taken, else the seconds until one is there (nothing is taken then). The
+        key expires once the bucket is full again.
+        """
+
+    async def push_bounded(self, key: str, member: bytes, limit: int, ttl: float) -> list[bytes]:
+        """Put ``member`` at the head of the list at ``key`` and keep only the newest ``limit``.
+
+        Returns the members that fell off the end (oldest last); the list expires
+        ``ttl`` seconds from now. Atomic: concurrent pushes never keep more than
+        ``limit`` members, and each dropped member is returned to exactly one caller.
+        """
+
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store is usable right now."""
 

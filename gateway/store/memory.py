@@ -18,10 +18,12 @@ advanced and removed when the iterator is closed or cancelled.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 
 from gateway.errors import StoreUnavailable
+from gateway.store import token_bucket
 
 Clock = Callable[[], float]
 
@@ -117,6 +119,29 @@ class MemoryStore:
         item = self._live(key, now)
         return None if item is None else item[1] - now
 
+    async def take_token(self, key: str, *, rate: float, burst: int) -> float:
+        self._check_open()
+        now = self._clock()
+        self._maybe_sweep(now)
+        item = self._live(key, now)
+        decision = token_bucket.take(now, float(item[0]) if item else None, rate=rate, burst=burst)
+        if not decision.allowed:
+            return decision.wait
+        self._data[key] = (repr(decision.tat).encode(), decision.tat)
+        return 0.0
+
+    async def push_bounded(self, key: str, member: bytes, limit: int, ttl: float) -> list[bytes]:
+        self._check_open()
+        self._check_ttl(ttl)
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        now = self._clock()
+        self._maybe_sweep(now)
+        item = self._live(key, now)
+        members = [bytes(member), *(_decode_list(item[0]) if item else [])]
+        self._data[key] = (_encode_list(members[:limit]), now + ttl)
+        return members[limit:]
+
     async def publish(self, channel: str, message: bytes) -> None:
         self._check_open()
         for queue in tuple(self._subscribers.get(channel, ())):
@@ -147,3 +172,13 @@ class MemoryStore:
     async def close(self) -> None:
         self._closed = True
         self._data.clear()
+
+
+# Lists (``push_bounded``) live in the same dict as every other value, encoded,
+# so expiry, sweeping, ``delete`` and ``ttl`` treat them like any key, as Redis does.
+def _encode_list(members: list[bytes]) -> bytes:
+    return json.dumps([m.hex() for m in members]).encode()
+
+
+def _decode_list(blob: bytes) -> list[bytes]:
+    return [bytes.fromhex(m) for m in json.loads(blob)]

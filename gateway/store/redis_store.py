@@ -16,7 +16,13 @@ protocol       Redis
 ``publish``    ``PUBLISH`` (also on Cluster: see below)
 ``subscribe``  ``SUBSCRIBE`` on a dedicated connection, reconnecting with backoff
 ``ping``       ``PING``
+``take_token`` a Lua script: GCRA token bucket on one key, Redis ``TIME``
+``push_bounded`` a Lua script: ``LPUSH`` + ``LRANGE``/``LTRIM`` + ``PEXPIRE``
 =============  ==============================================================
+
+The two scripts touch one key each, so they run on any topology (on Cluster
+on the key's slot); ``take_token`` reads the clock of Redis itself, so every
+replica's token bucket runs on one clock whatever the skew between hosts.
 
 Keys and channels get the deployment's ``key_prefix`` (default ``gw:``) in
 front, so several deployments can share one Redis. The prefix never contains a
@@ -65,6 +71,37 @@ _log = structlog.get_logger("gateway.store")
 # cluster topology errors (not RedisError subclasses), and raw socket/timeouts.
 _FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
+# gateway.store.token_bucket in Lua, in milliseconds. ARGV: interval (ms), burst.
+# Returns 0 when a token was taken, else the wait in whole milliseconds (>= 1).
+_GCRA_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - burst * interval
+if allow_at > now then
+  return math.max(1, math.ceil(allow_at - now))
+end
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat),
+           'PX', math.max(1, math.ceil(new_tat - now)))
+return 0
+"""
+
+# ARGV: member, limit, ttl (ms). Returns the members that fell off the end.
+_PUSH_BOUNDED_LUA = """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+local limit = tonumber(ARGV[2])
+local dropped = redis.call('LRANGE', KEYS[1], limit, -1)
+if #dropped > 0 then
+  redis.call('LTRIM', KEYS[1], 0, limit - 1)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return dropped
+"""
+
 
 class RedisStore:
     """Redis implementation of :class:`gateway.store.base.Store`."""
@@ -94,6 +131,9 @@ class RedisStore:
         # Clients the store owns besides ``client`` (Sentinel's connections to the
         # sentinels), closed with it.
         self._also_close = tuple(also_close)
+        # EVALSHA, loading the script once per server when it is missing.
+        self._take_token = client.register_script(_GCRA_LUA)
+        self._push_bounded = client.register_script(_PUSH_BOUNDED_LUA)
 
     @property
     def client(self) -> Redis | RedisCluster:
@@ -197,6 +237,28 @@ class RedisStore:
                         await pubsub.aclose()
             await asyncio.sleep(backoff * (0.5 + random.random() / 2))
             backoff = min(backoff * 2, self._backoff_max)
+
+    async def take_token(self, key: str, *, rate: float, burst: int) -> float:
+        if not rate > 0 or burst < 1:
+            raise ValueError(f"rate must be > 0 and burst >= 1, got {rate!r}, {burst!r}")
+        wait_ms = await self._call(
+            "take_token",
+            self._take_token(
+                keys=[self.full_key(key)], args=[repr(1000.0 / rate), burst], client=self._client
+            ),
+        )
+        return int(wait_ms) / 1000.0
+
+    async def push_bounded(self, key: str, member: bytes, limit: int, ttl: float) -> list[bytes]:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        dropped = await self._call(
+            "push_bounded",
+            self._push_bounded(
+                keys=[self.full_key(key)], args=[member, limit, self._ms(ttl)], client=self._client
+            ),
+        )
+        return [bytes(m) for m in dropped]
 
     async def ping(self) -> None:
         await self._call("ping", self._client.ping())

@@ -31,15 +31,18 @@ async def test_readyz_ready_then_draining(gateway: GatewayFactory) -> None:
     resp = await client.get("/_gateway/readyz")
     body = await resp.json()
     assert resp.status == 200, body
-    assert body["checks"]["upstreams"]["ok"] is True
+    assert body["checks"]["config"]["ok"] is True
+    assert body["checks"]["draining"]["ok"] is True
     client.app[RUNTIME].draining = True
     resp = await client.get("/_gateway/readyz")
     assert resp.status == 503
     assert (await resp.json())["checks"]["draining"]["ok"] is False
 
 
-async def test_readyz_fails_when_upstream_unresolvable(gateway: GatewayFactory) -> None:
-    """An upstream host name that does not resolve makes the gateway not ready."""
+async def test_unresolvable_upstream_is_a_dependency_not_readiness(
+    gateway: GatewayFactory,
+) -> None:
+    """An unresolvable upstream shows in /_gateway/dependencies and the gauge; readyz stays 200."""
     client = await gateway(
         [
             {
@@ -51,8 +54,15 @@ async def test_readyz_fails_when_upstream_unresolvable(gateway: GatewayFactory) 
         ]
     )
     resp = await client.get("/_gateway/readyz")
+    assert resp.status == 200  # every replica resolves the same DNS: not a reason to leave
+    resp = await client.get("/_gateway/dependencies")
+    body = await resp.json()
     assert resp.status == 503
-    assert "no-such-host.invalid" in (await resp.json())["checks"]["upstreams"]["detail"]
+    assert body["status"] == "degraded"
+    assert body["dependencies"]["upstreams"]["up"] is False
+    assert "no-such-host.invalid" in body["dependencies"]["upstreams"]["detail"]
+    text = await (await client.get("/_gateway/metrics")).text()
+    assert 'gateway_dependency_up{dependency="upstreams"} 0.0' in text
 
 
 async def test_metrics_count_requests_and_errors(gateway: GatewayFactory) -> None:

@@ -23,6 +23,7 @@ from tests.support.deploy import (
     parse_dockerfile,
     stages,
 )
+from tests.support.redis import RedisServer
 
 TOP_LEVEL = {"name", "services", "volumes", "networks", "configs", "secrets"}
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
@@ -237,3 +238,17 @@ def test_stop_grace_exceeds_the_drain(compose: dict[str, Any]) -> None:
     grace = int(str(gateway["stop_grace_period"]).removesuffix("s"))
     server = checked.config.server
     assert grace > server.drain_delay_seconds + server.shutdown_grace_seconds
+
+
+def test_compose_redis_runs_with_the_documented_memory_policy(compose: dict[str, Any]) -> None:
+    """The compose Redis command, run by a real redis-server, has docs/state.md's policy."""
+    command = _services(compose)["redis"]["command"]
+    assert command[0] == "redis-server"
+    documented = (REPO / "docs" / "state.md").read_text()
+    snippet = documented.split("### Redis settings", 1)[1].split("```conf\n", 1)[1]
+    policy = re.search(r"^maxmemory-policy (\S+)$", snippet, re.M)
+    assert policy is not None
+    with RedisServer(extra_args=command[1:]) as redis:
+        got = redis.cli("CONFIG", "GET", "maxmemory-policy").split()
+        assert got == ["maxmemory-policy", policy.group(1)]
+        assert int(redis.cli("CONFIG", "GET", "maxmemory").split()[1]) > 0

@@ -232,9 +232,14 @@ async def test_sp_metadata_is_served(world: LoginWorld) -> None:
     assert "NameIDFormat" not in body
 
 
-async def test_readiness_includes_store_and_broker(world: LoginWorld) -> None:
-    """readyz reports the store and broker metadata as usable."""
-    async with world.browser().get(world.url("/_gateway/readyz")) as resp:
+async def test_dependencies_report_store_broker_and_registry(world: LoginWorld) -> None:
+    """/_gateway/dependencies reports the store, broker metadata and registry as up."""
+    async with world.browser().get(world.url("/_gateway/dependencies")) as resp:
         body = await resp.json()
     assert resp.status == 200, body
-    assert body["checks"]["login"]["ok"] is True
+    assert {name: d["up"] for name, d in body["dependencies"].items()} == {
+        "store": True,
+        "broker": True,
+        "registry": True,
+        "upstreams": True,
+    }

@@ -7,7 +7,10 @@ after it the user logs in again, and that must simply work.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -71,6 +74,25 @@ async def _get(
         return resp.status, await resp.text(), dict(resp.headers)
 
 
+def _documented_dependencies_report() -> dict[str, Any]:
+    text = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    block = text.split("`/_gateway/dependencies` answers, for example:", 1)[1]
+    example: dict[str, Any] = json.loads(block.split("```json", 1)[1].split("```", 1)[0])
+    return example
+
+
+async def _dependencies_settled(
+    world: LoginWorld, browser: aiohttp.ClientSession, expected: int
+) -> tuple[int, str]:
+    """/_gateway/dependencies once it says ``expected`` (a report is reused for a second)."""
+    for _ in range(50):
+        status, body, _ = await _get(world, browser, "/_gateway/dependencies")
+        if status == expected:
+            break
+        await asyncio.sleep(0.1)
+    return status, body
+
+
 async def test_sessions_live_in_redis(world: LoginWorld, redis: RedisServer) -> None:
     """A login through the simulator creates a session in Redis that serves later requests."""
     browser = world.browser()
@@ -104,11 +126,19 @@ async def test_redis_outage_fails_closed_and_recovers_by_itself(
     status, _, _ = await _get(world, browser, "/openbaar")
     assert status == 200
     assert (await _get(world, browser, "/_gateway/healthz"))[0] == 200
-    status, body, _ = await _get(world, browser, "/_gateway/readyz")
-    assert status == 503 and "store unavailable" in body
+    # This replica can still serve public routes: it stays ready; the store shows as down.
+    assert (await _get(world, browser, "/_gateway/readyz"))[0] == 200
+    status, body = await _dependencies_settled(world, browser, 503)
+    assert status == 503
+    # The report has exactly the shape docs/operations.md shows for this outage.
+    report, documented = json.loads(body), _documented_dependencies_report()
+    assert report.keys() == documented.keys()
+    assert report["dependencies"].keys() == documented["dependencies"].keys()
+    assert report["status"] == documented["status"] == "degraded"
+    assert report["dependencies"]["store"] == documented["dependencies"]["store"]
 
     redis.start()  # empty: no persistence
-    assert (await _get(world, browser, "/_gateway/readyz"))[0] == 200
+    assert (await _dependencies_settled(world, browser, 200))[0] == 200
     resp, hops = await world.follow(browser, world.url("/dashboard"))
     assert "/_gateway/login?" in hops[1]  # the old session did not survive the restart
     resp, hops = await world.login(browser, "chain", "/dashboard")

@@ -190,8 +190,13 @@ async def replica_world(
     count: int = 3,
     drain_delay_seconds: float = 0.5,
     health_interval: float = 0.1,
+    overrides: dict[str, Any] | None = None,
 ) -> AsyncIterator[ReplicaWorld]:
-    """Start ``count`` gateway processes behind a splitter; stop everything afterwards."""
+    """Start ``count`` gateway processes behind a splitter; stop everything afterwards.
+
+    ``overrides``: config sections merged into every replica's file (not ``store``
+    or ``server``, which the world sets).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     mandates_file = directory / "mandates.yaml"
     mandates_file.write_text(yaml.safe_dump({"version": 1, "mandates": DEFAULT_MANDATES}))
@@ -219,6 +224,7 @@ async def replica_world(
                     "drain_delay_seconds": drain_delay_seconds,
                     "shutdown_grace_seconds": 10,
                 },
+                **(overrides or {}),
             )
             config = parse_config(yaml.safe_dump(data), file="<replicas>", environ={})
             assert config.saml is not None

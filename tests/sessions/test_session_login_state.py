@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from gateway.errors import LoginExpired
-from gateway.sessions.keys import replay_key
+from gateway.sessions.keys import login_key, pending_logins_key, replay_key
 from gateway.sessions.login_state import LoginStateStore
 from gateway.sessions.replay import ReplayCache
 from gateway.sessions.settings import SessionSettings
@@ -139,3 +139,69 @@ async def test_replay_entry_lives_until_expiry_plus_skew(store: Store, clock: Cl
     assert 600 < left <= 601
     assert await cache.remember("_b", clock.now - dt.timedelta(minutes=1)) is True
     assert await cache.remember("_b", clock.now - dt.timedelta(minutes=1)) is False
+
+
+async def test_a_browser_keeps_at_most_n_pending_logins_the_oldest_go(store: Store) -> None:
+    """Seven logins started in one browser with a limit of five: the two oldest are gone."""
+    logins = _logins(store, login_limits={"pending_per_browser": 5})
+    first = await logins.begin("/0")
+    cookie = first.prelogin_cookie
+    started = [first] + [await logins.begin(f"/{i}", existing_cookie=cookie) for i in range(1, 7)]
+    for pending in started[:2]:
+        with pytest.raises(LoginExpired):
+            await logins.consume(cookie, pending.relay_state)
+    for i, pending in enumerate(started[2:], start=2):
+        assert (await logins.consume(cookie, pending.relay_state)).next_path == f"/{i}"
+    # Another browser's logins are its own: they do not push this one's out.
+    other = await logins.begin("/other")
+    assert other.prelogin_cookie != cookie
+    again = await logins.begin("/again", existing_cookie=cookie)
+    assert (await logins.consume(other.prelogin_cookie, other.relay_state)).next_path == "/other"
+    assert (await logins.consume(cookie, again.relay_state)).next_path == "/again"
+
+
+async def test_concurrent_logins_of_one_browser_never_leave_more_than_n(
+    store: Store,
+) -> None:
+    """Twenty logins started at once in one browser: exactly the limit of them stay usable."""
+    logins = _logins(store, login_limits={"pending_per_browser": 3})
+    first = await logins.begin("/first")
+    cookie = first.prelogin_cookie
+    started = await asyncio.gather(
+        *(logins.begin(f"/{i}", existing_cookie=cookie) for i in range(20))
+    )
+    usable = 0
+    for pending in [first, *started]:
+        try:
+            await logins.consume(cookie, pending.relay_state)
+            usable += 1
+        except LoginExpired:
+            pass
+    assert usable == 3
+
+
+async def test_next_longer_than_the_limit_becomes_root_never_cut_short(store: Store) -> None:
+    """A ``next`` over ``next_max_length`` is replaced by ``/``; one at the limit is kept."""
+    logins = _logins(store, login_limits={"next_max_length": 40})
+    at_limit = "/werkgevers?page=" + "9" * 23
+    assert len(at_limit) == 40
+    assert (await logins.begin(at_limit)).next_path == at_limit
+    assert (await logins.begin(at_limit + "9")).next_path == "/"
+
+
+async def test_pending_login_ttl_is_five_minutes_by_default(store: Store) -> None:
+    """By default a pending login (and its browser's list) is kept five minutes, not longer."""
+    pending = await _logins(store).begin("/")
+    for key in (
+        login_key(pending.prelogin_cookie, pending.relay_state),
+        pending_logins_key(pending.prelogin_cookie),
+    ):
+        left = await store.ttl(key)
+        assert left is not None and 299 < left <= 300, (key, left)
+
+
+def test_prelogin_ttl_above_fifteen_minutes_is_refused() -> None:
+    """A pending-login TTL over 15 minutes is a configuration error naming the setting."""
+    with pytest.raises(ValueError, match="prelogin_ttl must be at most 15 minutes"):
+        SessionSettings(prelogin_ttl=dt.timedelta(minutes=16))
+    assert SessionSettings(prelogin_ttl=dt.timedelta(minutes=15)).prelogin_ttl.seconds == 900
