@@ -302,10 +302,16 @@ class GatewayConfig(Model):
         return self.saml is not None and self.mandates is not None and self.tokens is not None
 
     def identity_headers(self) -> frozenset[str]:
-        """Every header name that carries our token: clients may never send these."""
+        """Every header name that carries our token: clients may never send these.
+
+        With any bearer route, ``Authorization`` is one of them on every route: a
+        backend that trusts bearer tokens may also be reached through another route.
+        """
         names = {r.identity_header for r in self.routes if r.identity_header}
         if self.tokens is not None:
             names.add(self.tokens.header_name)
+        if any(r.token_transport == "bearer" for r in self.routes):
+            names.add("Authorization")
         return frozenset(n.lower() for n in names)
 
 
