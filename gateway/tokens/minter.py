@@ -195,7 +195,7 @@ class TokenMinter:
         """The token a backend sent to the employers endpoint, if any.
 
         Documented: ``Authorization: Bearer <token>``, or the default identity header.
-        The lead reads it *before* header hygiene strips identity headers.
+        The endpoint reads it *before* header hygiene strips identity headers.
         """
         auth = headers.get("Authorization", "")
         if auth[:7].lower() == "bearer " and auth[7:].strip():

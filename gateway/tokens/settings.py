@@ -1,6 +1,6 @@
 """Settings for the signed identity token: issuer, algorithm, key files, lifetime, size.
 
-The lead plugs ``TokenSettings`` into the root configuration. Every field has a
+``TokenSettings`` is the ``tokens`` section of the configuration. Every field has a
 production-safe default except the issuer and the current key file, which a
 deployment must name.
 """
@@ -28,7 +28,7 @@ _RESERVED_HEADERS = frozenset(
 
 
 class TokenKeyFiles(BaseModel):
-    """The PEM key files of the key set (PKCS#8; ``gateway keys generate`` writes them).
+    """The PEM key files of the key set (PKCS#8; ``gateway keys tokens init`` writes them).
 
     Only ``current`` signs. ``next`` is published so backends learn it before it
     signs; ``previous`` stays published so tokens it signed keep verifying until
