@@ -310,7 +310,7 @@ class GatewayConfig(Model):
         names = {r.identity_header for r in self.routes if r.identity_header}
         if self.tokens is not None:
             names.add(self.tokens.header_name)
-        if any(r.token_transport == "bearer" for r in self.routes):
+        if any(r.token_transport == "bearer" for r in self.routes):  # noqa: S105 - a transport name
             names.add("Authorization")
         return frozenset(n.lower() for n in names)
 

@@ -72,7 +72,7 @@ def _signed_jwt(keys_dir: Path) -> str:
 
 
 @pytest.fixture
-async def secrets_(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Secrets]:
+async def secrets_(tmp_path_factory: pytest.TempPathFactory) -> Secrets:
     """One of each secret kind, from the real producers."""
     jwt = _signed_jwt(tmp_path_factory.mktemp("keys"))
     sp = MiniSp()
@@ -86,7 +86,7 @@ async def secrets_(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Se
             assert resp.status == 303
             artifact = acs_params(resp.headers["Location"])["SAMLart"]
     deflated = dict(p.split("=", 1) for p in urlsplit(url).query.split("&"))["SAMLRequest"]
-    yield Secrets(jwt, artifact, deflated, new_session_id())
+    return Secrets(jwt, artifact, deflated, new_session_id())
 
 
 @pytest.fixture
@@ -112,7 +112,9 @@ async def gateway_client(
     config = make_config(
         {
             "server": {"config_poll_seconds": 0},
-            "routes": [{"name": "all", "match": {"path": "/"}, "upstream": base, "policy": "public"}],
+            "routes": [
+                {"name": "all", "match": {"path": "/"}, "upstream": base, "policy": "public"}
+            ],
         }
     )
     app = build_app(config, configure_logs=False)
