@@ -41,7 +41,7 @@ from gateway.logs import (
     redact_text,
     safe_query,
 )
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, ScrapeGuard, metrics_handler, metrics_listener_ctx
 from gateway.overview import overview_routes
 from gateway.pages import error_response
 from gateway.proxy import ClientView, Forwarder, client_view
@@ -346,14 +346,6 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    metrics = request.app[METRICS]
-    return web.Response(
-        body=metrics.render(),
-        headers={"Content-Type": metrics.content_type, "Cache-Control": "no-store"},
-    )
-
-
 def upstream_dns_check(runtime: Runtime) -> Callable[[], Awaitable[tuple[str, bool, str]]]:
     """A readiness check: every upstream host name resolves (cached for 10 s)."""
     cache: dict[str, float] = {}
@@ -436,7 +428,21 @@ def build_app(
                 app.router.add_route(method, path, edged(handler))
     app.router.add_get(prefix + "healthz", edged(healthz))
     app.router.add_get(prefix + "readyz", edged(readyz))
-    app.router.add_get(prefix + "metrics", edged(metrics_handler))
+    scrape = ScrapeGuard(config.metrics.token_file)  # a bad token file stops startup here
+    if config.metrics.port is None:
+        app.router.add_get(prefix + "metrics", edged(metrics_handler(metrics, scrape)))
+    else:  # its own listener (e.g. reachable by Prometheus only); not on the main one
+        app.cleanup_ctx.append(
+            partial(
+                metrics_listener_ctx,
+                metrics=metrics,
+                guard=scrape,
+                path=prefix + "metrics",
+                host=config.metrics.host or config.server.host,
+                port=config.metrics.port,
+                reuse_port=config.server.workers > 1,
+            )
+        )
     app.router.add_route("*", "/{tail:.*}", edge)
     return app
 

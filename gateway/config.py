@@ -50,6 +50,7 @@ from gateway.config_source import (
 from gateway.errors import ConfigInvalid, ConfigProblem
 from gateway.identity import Loa
 from gateway.mandates.settings import MandateSettings
+from gateway.metrics import MetricsSettings
 from gateway.saml.settings import SamlSettings
 from gateway.sessions.settings import SessionSettings
 from gateway.store.factory import StoreSettings
@@ -295,6 +296,10 @@ class GatewayConfig(Model):
         None, description="The signed identity token for backends (docs/backends.md)."
     )
     admin: AdminSettings | None = None
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings,
+        description="Where /_gateway/metrics is served and who may read it.",
+    )
     routes: Annotated[list[RouteSettings], Field(min_length=1)]
 
     @property

@@ -93,6 +93,11 @@ class TokenSettings(BaseModel):
     """Path (under ``issuer``) of the endpoint that serves the full employer set."""
     cache_size: int = Field(default=50_000, ge=1)
     """Maximum number of cached signed tokens (LRU); one per (session, audience)."""
+    key_lifetime_days: int = Field(default=90, ge=0, le=3650)
+    """How long a signing key should sign before it is rotated. The metric
+    ``gateway_token_key_expiry_seconds`` counts down to the current key's
+    ``Gateway-Key-Signing-Since`` stamp plus this (0: no such figure); nothing is
+    refused when it passes, the shipped alert asks for a rotation."""
 
     @field_validator("issuer")
     @classmethod
