@@ -251,3 +251,20 @@ async def test_scrapes_need_the_bearer_token(world: LoginWorld) -> None:
                 assert resp.status == 401
                 assert resp.headers["WWW-Authenticate"].startswith("Bearer ")
                 assert "gateway_" not in await resp.text()
+
+
+async def test_store_outage_is_counted_per_operation(world: LoginWorld, redis: RedisServer) -> None:
+    """With Redis stopped, a session load fails (503) and counts as a store error."""
+    browser = world.browser()
+    resp, _ = await world.login(browser, "direct")
+    assert resp.status == 200
+    before = await scrape(world)
+    redis.stop()
+    try:
+        async with browser.get(world.url("/dashboard")) as r:
+            assert r.status == 503
+        during = await scrape(world)
+    finally:
+        redis.start()
+    name = "gateway_store_errors_total"
+    assert value(during, name, operation="get") - value(before, name, operation="get") >= 1

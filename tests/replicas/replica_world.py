@@ -190,8 +190,13 @@ async def replica_world(
     count: int = 3,
     drain_delay_seconds: float = 0.5,
     health_interval: float = 0.1,
+    workers: int = 1,
+    **sections: Any,
 ) -> AsyncIterator[ReplicaWorld]:
-    """Start ``count`` gateway processes behind a splitter; stop everything afterwards."""
+    """Start ``count`` gateway processes behind a splitter; stop everything afterwards.
+
+    ``workers`` per process; ``sections`` are merged into the config (e.g. ``metrics``).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     mandates_file = directory / "mandates.yaml"
     mandates_file.write_text(yaml.safe_dump({"version": 1, "mandates": DEFAULT_MANDATES}))
@@ -218,7 +223,9 @@ async def replica_world(
                 server={
                     "drain_delay_seconds": drain_delay_seconds,
                     "shutdown_grace_seconds": 10,
+                    "workers": workers,
                 },
+                **sections,
             )
             config = parse_config(yaml.safe_dump(data), file="<replicas>", environ={})
             assert config.saml is not None
