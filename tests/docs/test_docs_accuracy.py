@@ -9,14 +9,18 @@ process.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -208,3 +212,74 @@ def test_docs_link_only_to_files_that_exist(doc: str) -> None:
     text = (DOCS / doc).read_text(encoding="utf-8")
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
         assert (DOCS / target).resolve().exists(), f"{doc}: {target}"
+
+
+def _yaml_block_with(doc: str, marker: str) -> str:
+    """The first ```yaml block of ``doc`` that contains ``marker``."""
+    text = (DOCS / doc).read_text(encoding="utf-8")
+    for block in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL):
+        if marker in block:
+            return str(block)
+    raise AssertionError(f"{doc}: no yaml block with {marker!r}")
+
+
+async def test_metrics_protection_in_operations_docs_works_as_written(
+    tmp_path: Path, processes: Callable[..., GatewayProcess]
+) -> None:
+    """The documented metrics section and Prometheus scrape config scrape a running gateway.
+
+    The gateway runs the docs' ``metrics:`` section (port and token path swapped
+    for free ones here); promtool accepts the documented scrape config; a
+    scrape with the token is answered on the metrics port, the main port has
+    no metrics, and a scrape without the token is refused.
+    """
+    section = yaml.safe_load(_yaml_block_with("operations.md", "token_file:"))["metrics"]
+    token = tmp_path / "metrics-token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    port, metrics_port = free_port(), free_port()
+    section.update({"port": metrics_port, "host": "127.0.0.1", "token_file": str(token)})
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"port": port},
+                "metrics": section,
+                "routes": [
+                    {
+                        "name": "all",
+                        "match": {"path": "/"},
+                        "upstream": "http://127.0.0.1:9",
+                        "policy": "public",
+                    }
+                ],
+            }
+        )
+    )
+    prometheus = _yaml_block_with("operations.md", "scrape_configs:")
+    documented = yaml.safe_load(prometheus)["scrape_configs"][0]
+    credentials = documented["authorization"]["credentials_file"]
+    (tmp_path / "prometheus.yml").write_text(prometheus.replace(credentials, str(token)))
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "./dev test installs the Debian package prometheus"
+    checked = await asyncio.to_thread(
+        subprocess.run,
+        [promtool, "check", "config", "prometheus.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    gw = processes(["serve", "--config", str(config)])
+    await gw.wait_http(f"http://127.0.0.1:{port}/_gateway/healthz")
+    path = documented["metrics_path"]
+    bearer = {"Authorization": "Bearer " + token.read_text().strip()}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{metrics_port}{path}", headers=bearer) as resp:
+            assert resp.status == 200 and "gateway_requests_total" in await resp.text()
+        async with http.get(f"http://127.0.0.1:{metrics_port}{path}") as resp:
+            assert resp.status == 401
+        async with http.get(f"http://127.0.0.1:{port}{path}", headers=bearer) as resp:
+            assert resp.status == 404
