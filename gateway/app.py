@@ -38,7 +38,7 @@ from gateway.logs import (
     AccessLog,
     access_logger,
     configure_logging,
-    redact_text,
+    redact_path,
     safe_query,
 )
 from gateway.metrics import Metrics, ScrapeGuard, metrics_handler, metrics_listener_ctx
@@ -224,7 +224,7 @@ async def edge(request: web.Request, handler: Handler | None = None) -> web.Stre
                     "request_id": request_id,
                     "route": route,
                     "method": request.method,
-                    "path": redact_text(request.path),
+                    "path": redact_path(request.path),
                     "query": safe_query(request.query_string),
                     "status": status,
                     "bytes": _bytes_sent(resp),

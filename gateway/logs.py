@@ -6,7 +6,7 @@ Every log line passes the redaction processor, which removes secrets two ways:
   SAML messages, keys, passwords) are replaced whole;
 - by shape, wherever they appear (messages, query strings, paths, header
   values, nested structures, formatted tracebacks): JWTs (``eyJ...``), SAML
-  artifacts (base64 of type code 0x0004), base64 SAML/XML messages, long
+  artifacts (base64 of type code 0x0004, ``AAQ...``), base64 SAML/XML messages, long
   opaque base64 blobs (deflated Redirect-binding messages have no other
   mark), and 256-bit base64url values (session IDs, CSRF secrets, pre-login
   cookies) are cut out of the text; a value that holds SAML XML in clear or
@@ -40,31 +40,36 @@ _SENSITIVE_KEY = re.compile(
     re.IGNORECASE,
 )
 
-# Secrets recognised by their shape, cut out of any text (percent-encoded +, /, = included,
-# so a value copied from a URL is caught as well):
-_B64 = r"(?:[A-Za-z0-9+/]|%2[BbFf])"
-_SECRET_SHAPES = re.compile(
-    # a JWS/JWE compact serialisation (a JWT): base64url of '{"' and at least one more part
-    r"eyJ[A-Za-z0-9_-]{2,}(?:\.[A-Za-z0-9_-]*){1,4}"
-    # a SAML 2.0 artifact: 44 bytes starting with type code 0x0004, base64 (60 characters)
-    r"|AAQA" + _B64 + r"{40,}(?:=|%3[Dd]){0,2}"
-    # base64 of an XML message: '<?xml ', '<saml', '<samlp:', '<md:', '<ds:'
-    r"|(?:PD94bWwg|PHNhbW|PG1kO|PGRzO)(?:" + _B64 + r"|=|%3[Dd])*"
-    # a long opaque blob: deflated Redirect-binding SAML messages carry no other mark
-    r"|(?:[A-Za-z0-9+/_-]|%2[BbFf]){160,}(?:=|%3[Dd]){0,2}"
-    # 256 random bits as base64url: session IDs, CSRF secrets, pre-login cookies
-    r"|(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])"
-)
+# Secrets recognised by their shape, cut out of any text. Character classes only (no
+# repeated alternations: Python's re is slow on those); ``%`` is in the base64 classes
+# so percent-encoded values (%2B, %2F, %3D) copied from URLs are caught too.
+_JWT = r"eyJ[A-Za-z0-9_-]{2,}(?:\.[A-Za-z0-9_-]*){1,4}"  # JWS/JWE compact: base64url '{"'
+_ARTIFACT = r"AAQ[A-Za-z0-9+/][A-Za-z0-9+/=%]{40,}"  # SAML 2.0 artifact: type 0x0004, 60 chars
+_B64_XML = r"(?:PD94bWwg|PHNhbW|PG1kO|PGRzO)[A-Za-z0-9+/=%]*"  # '<?xml ', '<saml', '<md:', '<ds:'
+_SESSION_ID = r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])"  # 256 bits, base64url
+
+
+def _shapes(blob_class: str) -> re.Pattern[str]:
+    # A long opaque blob: deflated Redirect-binding SAML messages carry no other mark.
+    return re.compile("|".join((_JWT, _ARTIFACT, _B64_XML, blob_class + "{160,}", _SESSION_ID)))
+
+
+_SECRET_SHAPES = _shapes("[A-Za-z0-9+/=_%-]")
+# In a path "/" separates segments, so a long path is not one long blob.
+_PATH_SHAPES = _shapes("[A-Za-z0-9+=_%-]")
 # A value holding one of these is replaced whole: where SAML XML or a PEM key ends
 # cannot be told from inside a message.
 _WHOLE_VALUE = re.compile(
     r"<(?:saml2?p?|md|ds|xenc|soap-?env):|<\?xml|-----BEGIN [A-Z ]*PRIVATE KEY-----",
     re.IGNORECASE,
 )
-# Cheap pre-check (one C-level scan): short values without any of these marks hold
-# no secret shape (the shortest shape without a literal mark is 43 characters).
-_VALUE_HINT = re.compile("eyJ|AAQA|PD94|PHNh|PG1k|PGRz|<|-----BEGIN")
+# Cheap pre-checks (C-level scans): a value without any of these marks and without a
+# 43-character run of base64 characters holds no secret shape.
+_VALUE_HINT = re.compile("eyJ|AAQ|PD94|PHNh|PG1k|PGRz|<|-----BEGIN")
 _SHORTEST_MARKLESS = 43
+# Without "/": segments of a long path are short, and any base64 blob of 160 characters
+# or more has a 43-character stretch without "/" (a "/" is 1 in 64 of its characters).
+_LONG_RUN = re.compile(r"[A-Za-z0-9+=_%-]{43}")
 
 # Fields whose values are public thumbprints of the session-ID shape.
 _PUBLIC_THUMBPRINT_KEYS = frozenset({"kid", "kids"})
@@ -89,11 +94,19 @@ _SENSITIVE_PARAMS = frozenset(
 )
 
 
-_PARAM_HINT = re.compile("|".join(sorted(_SENSITIVE_PARAMS)), re.IGNORECASE)
+# Matched against the lower-cased query (cheaper than a case-insensitive pattern).
+_PARAM_HINT = re.compile("|".join(sorted(_SENSITIVE_PARAMS)))
+
+
+def _clean(value: str) -> bool:
+    """True when ``value`` certainly holds no secret shape (the common case, kept cheap)."""
+    return _VALUE_HINT.search(value) is None and (
+        len(value) < _SHORTEST_MARKLESS or _LONG_RUN.search(value) is None
+    )
 
 
 def _redact_str(value: str) -> str:
-    if len(value) < _SHORTEST_MARKLESS and _VALUE_HINT.search(value) is None:
+    if _clean(value):
         return value
     if _WHOLE_VALUE.search(value) is not None:
         return REDACTED
@@ -142,7 +155,7 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
 
     The access log (one line per request, the hot path) builds its fields from
     safe parts and marks the event ``_prechecked``; its free-text fields (path,
-    query) went through ``redact_text``/``safe_query`` already.
+    query) went through ``redact_path``/``safe_query`` already.
     """
     if event_dict.pop(PRECHECKED, False):
         return event_dict
@@ -160,6 +173,15 @@ def redact_text(value: str) -> str:
     return _redact_str(value)
 
 
+def redact_path(path: str) -> str:
+    """A URL path with every secret-shaped part cut out ("/" separates, never joins, blobs)."""
+    if _clean(path):
+        return path
+    if _WHOLE_VALUE.search(path) is not None:
+        return REDACTED
+    return _PATH_SHAPES.sub(REDACTED, path)
+
+
 def safe_query(query_string: str) -> str:
     """The query string with sensitive parameters' values and every secret-shaped value removed.
 
@@ -168,11 +190,7 @@ def safe_query(query_string: str) -> str:
     """
     if not query_string:
         return ""
-    if (
-        len(query_string) < _SHORTEST_MARKLESS
-        and _VALUE_HINT.search(query_string) is None
-        and _PARAM_HINT.search(query_string) is None
-    ):
+    if _clean(query_string) and _PARAM_HINT.search(query_string.lower()) is None:
         return query_string
     raw = _SECRET_SHAPES.sub(REDACTED, query_string)
     changed = raw != query_string

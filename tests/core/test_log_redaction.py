@@ -9,6 +9,7 @@ between the event and the bytes written, redaction included, is exercised.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import io
 import json
@@ -26,7 +27,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import ACCESS_LOG, build_app
 from gateway.identity import Employer, Identity, Loa
-from gateway.logs import REDACTED, configure_logging, redact_text, safe_query
+from gateway.logs import REDACTED, configure_logging, redact_path, redact_text, safe_query
 from gateway.sessions.manager import new_session_id
 from gateway.tokens import KeySet, TokenMinter, TokenSettings, TokenSubject, init_keys_dir
 from gateway.tokens.settings import TokenKeyFiles
@@ -191,8 +192,14 @@ def test_key_thumbprints_stay_readable(rendered: io.StringIO, tmp_path: Path) ->
 
 async def test_redact_text_and_safe_query_are_the_free_text_rules(secrets_: Secrets) -> None:
     """The helpers the access log uses cut secrets out and keep everything else."""
-    assert redact_text(f"/a/{secrets_.artifact}") == f"/a/{REDACTED}"
-    assert redact_text("/werkgevers/12345678/loonaangifte") == "/werkgevers/12345678/loonaangifte"
+    assert redact_path(f"/a/{secrets_.artifact}") == f"/a/{REDACTED}"
+    assert redact_path("/werkgevers/12345678/loonaangifte") == "/werkgevers/12345678/loonaangifte"
+    long_path = "/werkgevers/12345678/" + "/".join(["loonaangifte-2025-maart-overzicht"] * 8)
+    assert len(long_path) > 160 and redact_path(long_path) == long_path
+    # An artifact for endpoint index 256 (bytes 00 04 01 00: "AAQB...") has no AAQA mark.
+    other_index = base64.b64encode(b"\x00\x04\x01\x00" + bytes(range(40))).decode()
+    assert redact_text(f"got {other_index} back") == f"got {REDACTED} back"
+    assert redact_text(f"message {secrets_.deflated_request}") == f"message {REDACTED}"
     raw = f"a=1&token={secrets_.jwt}&b=2"
     assert safe_query(raw) == f"a=1&token={REDACTED}&b=2"
     plain = "werkgever=12345678&jaar=2025&sort=naam"
