@@ -3,7 +3,7 @@
 # The eHerkenning identity gateway as a container image (see docs/deploy.md).
 #
 #   docker build -t eherkenning-gateway:dev .
-#   docker run --read-only -p 8080:8080 \
+#   docker run --read-only -p 8080:8080 -e GATEWAY__SERVER__HOST=0.0.0.0 \
 #       -v "$PWD/gateway.yaml:/etc/gateway/gateway.yaml:ro" eherkenning-gateway:dev
 #
 # One image serves every role: `gateway serve` (default), and with another

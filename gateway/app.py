@@ -41,10 +41,10 @@ from gateway.logs import (
     AccessLog,
     access_logger,
     configure_logging,
-    redact_text,
+    redact_path,
     safe_query,
 )
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, ScrapeGuard, metrics_handler, metrics_listener_ctx
 from gateway.overview import overview_routes
 from gateway.pages import error_response
 from gateway.proxy import ClientView, Forwarder, client_view
@@ -228,7 +228,7 @@ async def edge(request: web.Request, handler: Handler | None = None) -> web.Stre
                     "request_id": request_id,
                     "route": route,
                     "method": request.method,
-                    "path": redact_text(request.path),
+                    "path": redact_path(request.path),
                     "query": safe_query(request.query_string),
                     "status": status,
                     "bytes": _bytes_sent(resp),
@@ -395,14 +395,6 @@ async def dependencies(request: web.Request) -> web.Response:
     )
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    metrics = request.app[METRICS]
-    return web.Response(
-        body=metrics.render(),
-        headers={"Content-Type": metrics.content_type, "Cache-Control": "no-store"},
-    )
-
-
 def build_app(
     config: GatewayConfig,
     *,
@@ -469,7 +461,21 @@ def build_app(
     app.router.add_get(prefix + "healthz", edged(healthz))
     app.router.add_get(prefix + "readyz", edged(readyz))
     app.router.add_get(prefix + "dependencies", edged(dependencies))
-    app.router.add_get(prefix + "metrics", edged(metrics_handler))
+    scrape = ScrapeGuard(config.metrics.token_file)  # a bad token file stops startup here
+    if config.metrics.port is None:
+        app.router.add_get(prefix + "metrics", edged(metrics_handler(metrics, scrape)))
+    else:  # its own listener (e.g. reachable by Prometheus only); not on the main one
+        app.cleanup_ctx.append(
+            partial(
+                metrics_listener_ctx,
+                metrics=metrics,
+                guard=scrape,
+                path=prefix + "metrics",
+                host=config.metrics.host or config.server.host,
+                port=config.metrics.port,
+                reuse_port=config.server.workers > 1,
+            )
+        )
     app.router.add_route("*", "/{tail:.*}", edge)
 
     async def monitor_ctx(app: web.Application) -> AsyncIterator[None]:

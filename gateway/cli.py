@@ -71,16 +71,29 @@ def _parser() -> argparse.ArgumentParser:
     ks = ksub.add_parser("saml", help="self-signed SP signing + encryption key pairs (dev only)")
     ks.add_argument("--dir", type=Path, required=True)
     ks.add_argument("--common-name", default="gateway-dev")
-    kt = ksub.add_parser("tokens", help="identity-token signing keys: init, rotate, retire")
-    kt.add_argument("action", choices=["init", "rotate", "retire"])
-    kt.add_argument("--dir", type=Path, required=True)
+    kt = ksub.add_parser("tokens", help="identity-token signing keys: init, rotate, retire, show")
+    kt.add_argument("action", choices=["init", "rotate", "retire", "show"])
+    kt.add_argument("--dir", type=Path, required=True, help="the keys directory")
     kt.add_argument("--algorithm", choices=["ES256", "EdDSA", "RS256"], default="ES256")
     kt.add_argument(
         "--min-next-age",
         type=float,
         default=600.0,
-        help="rotate only when next.pem is at least this old (seconds; default 600, i.e. "
-        "twice the JWKS max-age, so backends have seen it)",
+        help="rotate only when next.pem was published at least this long ago (seconds; "
+        "default 600, i.e. twice the JWKS max-age, so backends have seen it)",
+    )
+    kt.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="rotate: write the rotated set to this new directory and leave --dir as it is "
+        "(a read-only Kubernetes Secret mount, say)",
+    )
+    kt.add_argument(
+        "--jwks-url",
+        default=None,
+        help="rotate: refuse unless the JWKS served at this URL lists next.pem's kid "
+        "(the key really is published)",
     )
     kx = ksub.add_parser("secret", help="a random secret file (session-ref secret, admin token)")
     kx.add_argument("file", type=Path)
@@ -237,8 +250,12 @@ def _keys(args: argparse.Namespace) -> int:
             init_keys_dir(args.dir, args.algorithm)
             print(f"wrote current.pem and next.pem to {args.dir}")
         elif args.action == "rotate":
-            rotate(args.dir, min_next_age=args.min_next_age)
-            print(f"rotated {args.dir}: next -> current -> previous, new next.pem; send SIGHUP")
+            kids = _published_kids(args.jwks_url) if args.jwks_url else None
+            rotate(args.dir, out=args.out, min_next_age=args.min_next_age, published_kids=kids)
+            where = args.out or args.dir
+            print(f"rotated into {where}: next -> current -> previous, new next.pem; reload")
+        elif args.action == "show":
+            _show_keys(args.dir)
         else:
             removed = retire_previous(args.dir)
             print("removed previous.pem" if removed else "no previous.pem to remove")
@@ -246,6 +263,40 @@ def _keys(args: argparse.Namespace) -> int:
         print(f"gateway keys {kind}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _published_kids(url: str) -> list[str]:
+    """The kids of the JWKS at ``url`` (what backends see now)."""
+    import urllib.request
+
+    if not url.startswith(("https://", "http://")):
+        raise ValueError(f"--jwks-url must be an http(s) URL, not {url!r}")
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - scheme checked
+        document = json.load(response)
+    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(keys, list):
+        raise ValueError(f"{url} did not answer with a JWK set")
+    return [str(k["kid"]) for k in keys if isinstance(k, dict) and "kid" in k]
+
+
+def _show_keys(keys_dir: Path) -> None:
+    """Print every key of the set: role, kid, algorithm, when published and since when signing."""
+    import datetime as dt
+
+    from gateway.tokens.rotation import describe_keys_dir
+
+    now = dt.datetime.now(dt.UTC)
+    for info in describe_keys_dir(keys_dir):
+        published = dt.datetime.fromtimestamp(info.published_at, dt.UTC)
+        age = int((now - published).total_seconds())
+        line = (
+            f"{info.role:<8} kid={info.kid} alg={info.algorithm} "
+            f"published={published:%Y-%m-%dT%H:%M:%SZ} ({age} s ago, by its "
+            f"{info.published_source})"
+        )
+        if info.signing_since is not None:
+            line += f" signing-since={info.signing_since:%Y-%m-%dT%H:%M:%SZ}"
+        print(line)
 
 
 def _simulator(path: Path, host: str | None, port: int | None, public_url: str | None) -> int:

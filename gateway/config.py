@@ -69,6 +69,7 @@ from gateway.http_fields import (
 )
 from gateway.identity import Loa
 from gateway.mandates.settings import MandateSettings
+from gateway.metrics import MetricsSettings
 from gateway.saml.settings import SamlSettings
 from gateway.sessions.settings import SessionSettings
 from gateway.store.factory import StoreSettings
@@ -374,6 +375,10 @@ class GatewayConfig(Model):
     )
     admin: AdminSettings | None = None
     forward_auth: ForwardAuthSettings = Field(default_factory=ForwardAuthSettings)
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings,
+        description="Where /_gateway/metrics is served and who may read it.",
+    )
     routes: Annotated[list[RouteSettings], Field(min_length=1)]
 
     @property
@@ -381,10 +386,16 @@ class GatewayConfig(Model):
         return self.saml is not None and self.mandates is not None and self.tokens is not None
 
     def identity_headers(self) -> frozenset[str]:
-        """Every header name that carries our token: clients may never send these."""
+        """Every header name that carries our token: clients may never send these.
+
+        With any bearer route, ``Authorization`` is one of them on every route: a
+        backend that trusts bearer tokens may also be reached through another route.
+        """
         names = {r.identity_header for r in self.routes if r.identity_header}
         if self.tokens is not None:
             names.add(self.tokens.header_name)
+        if any(r.token_transport == "bearer" for r in self.routes):  # noqa: S105 - a transport name
+            names.add("Authorization")
         return frozenset(n.lower() for n in names)
 
 

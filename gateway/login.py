@@ -244,6 +244,7 @@ async def acs(request: web.Request) -> web.StreamResponse:
             else None,
             acting_subject=identity.acting_subject if identity else None,
         )
+        services.metrics.login("refused", err.code)
         raise
 
     settings = services.config.sessions
@@ -269,6 +270,7 @@ async def acs(request: web.Request) -> web.StreamResponse:
         acting_subject=identity.acting_subject,
         **decision.audit_fields(),
     )
+    services.metrics.login("succeeded")
     target = pending.next_path
     if identity.mode == "direct" and target == "/" and len(decision.allowed) != 1:
         # Land on the client list: pick an employer, or read how clients authorise you.

@@ -1,9 +1,21 @@
 """Structured logs: JSON for machines, console for people, secrets never included.
 
-Every log line passes the redaction processor, which blanks values under
-sensitive keys (cookies, authorisation, tokens, SAML messages, keys, passwords)
-and any value that looks like a JWT or a base64 SAML message, wherever it
-appears. Query strings are logged with sensitive parameter values removed.
+Every log line passes the redaction processor, which removes secrets two ways:
+
+- by field name: values under sensitive keys (cookies, authorisation, tokens,
+  SAML messages, keys, passwords) are replaced whole;
+- by shape, wherever they appear (messages, query strings, paths, header
+  values, nested structures, formatted tracebacks): JWTs (``eyJ...``), SAML
+  artifacts (base64 of type code 0x0004, ``AAQ...``), base64 SAML/XML messages, long
+  opaque base64 blobs (deflated Redirect-binding messages have no other
+  mark), and 256-bit base64url values (session IDs, CSRF secrets, pre-login
+  cookies) are cut out of the text; a value that holds SAML XML in clear or
+  a PEM private key is replaced whole.
+
+Public values of the same shape as a session ID stay readable where the
+field says what they are: key IDs (``kid``, ``kids``, RFC 7638 thumbprints).
+Query strings are logged with sensitive parameter values removed by name and
+every other value checked by shape (after percent-decoding).
 """
 
 from __future__ import annotations
@@ -27,11 +39,41 @@ _SENSITIVE_KEY = re.compile(
     r"private|credential|signature|relay_?state|csrf|session_id|bearer",
     re.IGNORECASE,
 )
-# eyJ... = base64url of '{"' (a JWS/JWT); PD94/PHNh/PHNhbW = base64 of '<?x' / '<sa'.
-_SENSITIVE_VALUE = re.compile(
-    r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}|PD94bWwg|PHNhbWw|PHNhbWxw|<saml|<samlp|"
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----"
+
+# Secrets recognised by their shape, cut out of any text. Character classes only (no
+# repeated alternations: Python's re is slow on those); ``%`` is in the base64 classes
+# so percent-encoded values (%2B, %2F, %3D) copied from URLs are caught too.
+_JWT = r"eyJ[A-Za-z0-9_-]{2,}(?:\.[A-Za-z0-9_-]*){1,4}"  # JWS/JWE compact: base64url '{"'
+_ARTIFACT = r"AAQ[A-Za-z0-9+/][A-Za-z0-9+/=%]{40,}"  # SAML 2.0 artifact: type 0x0004, 60 chars
+_B64_XML = r"(?:PD94bWwg|PHNhbW|PG1kO|PGRzO)[A-Za-z0-9+/=%]*"  # '<?xml ', '<saml', '<md:', '<ds:'
+_SESSION_ID = r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])"  # 256 bits, base64url
+
+
+def _shapes(blob_class: str) -> re.Pattern[str]:
+    # A long opaque blob: deflated Redirect-binding SAML messages carry no other mark.
+    return re.compile("|".join((_JWT, _ARTIFACT, _B64_XML, blob_class + "{160,}", _SESSION_ID)))
+
+
+_SECRET_SHAPES = _shapes("[A-Za-z0-9+/=_%-]")
+# In a path "/" separates segments, so a long path is not one long blob.
+_PATH_SHAPES = _shapes("[A-Za-z0-9+=_%-]")
+# A value holding one of these is replaced whole: where SAML XML or a PEM key ends
+# cannot be told from inside a message.
+_WHOLE_VALUE = re.compile(
+    r"<(?:saml2?p?|md|ds|xenc|soap-?env):|<\?xml|-----BEGIN [A-Z ]*PRIVATE KEY-----",
+    re.IGNORECASE,
 )
+# Cheap pre-checks (C-level scans): a value without any of these marks and without a
+# 43-character run of base64 characters holds no secret shape.
+_VALUE_HINT = re.compile("eyJ|AAQ|PD94|PHNh|PG1k|PGRz|<|-----BEGIN")
+_SHORTEST_MARKLESS = 43
+# Without "/": segments of a long path are short, and any base64 blob of 160 characters
+# or more has a 43-character stretch without "/" (a "/" is 1 in 64 of its characters).
+_LONG_RUN = re.compile(r"[A-Za-z0-9+=_%-]{43}")
+
+# Fields whose values are public thumbprints of the session-ID shape.
+_PUBLIC_THUMBPRINT_KEYS = frozenset({"kid", "kids"})
+
 _SENSITIVE_PARAMS = frozenset(
     {
         "samlart",
@@ -52,25 +94,43 @@ _SENSITIVE_PARAMS = frozenset(
 )
 
 
-# Cheap pre-check (one C-level scan): the full regex only runs on strings that could match.
-_VALUE_HINT = re.compile("eyJ|PD94|PHNh|<saml|-----BEGIN")
+# Matched against the lower-cased query (cheaper than a case-insensitive pattern).
+_PARAM_HINT = re.compile("|".join(sorted(_SENSITIVE_PARAMS)))
 
 
-_PARAM_HINT = re.compile("|".join(sorted(_SENSITIVE_PARAMS)), re.IGNORECASE)
+def _clean(value: str) -> bool:
+    """True when ``value`` certainly holds no secret shape (the common case, kept cheap)."""
+    return _VALUE_HINT.search(value) is None and (
+        len(value) < _SHORTEST_MARKLESS or _LONG_RUN.search(value) is None
+    )
+
+
+def _redact_str(value: str) -> str:
+    if _clean(value):
+        return value
+    if _WHOLE_VALUE.search(value) is not None:
+        return REDACTED
+    return _SECRET_SHAPES.sub(REDACTED, value)
 
 
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        if _VALUE_HINT.search(value) is None:
-            return value
-        return REDACTED if _SENSITIVE_VALUE.search(value) else value
+        return _redact_str(value)
     if isinstance(value, bytes):
         return REDACTED
     if isinstance(value, Mapping):
-        return {k: (REDACTED if _sensitive_key(k) else _redact_value(v)) for k, v in value.items()}
+        return {k: _redact_field(k, v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_redact_value(v) for v in value]
     return value
+
+
+def _redact_field(key: object, value: Any) -> Any:
+    if _sensitive_key(key):
+        return REDACTED
+    if key in _PUBLIC_THUMBPRINT_KEYS:
+        return value
+    return _redact_value(value)
 
 
 _key_cache: dict[str, bool] = {}
@@ -95,7 +155,7 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
 
     The access log (one line per request, the hot path) builds its fields from
     safe parts and marks the event ``_prechecked``; its free-text fields (path,
-    query) went through ``redact_text``/``safe_query`` already.
+    query) went through ``redact_path``/``safe_query`` already.
     """
     if event_dict.pop(PRECHECKED, False):
         return event_dict
@@ -103,28 +163,45 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
         value = event_dict[key]
         if key == "event":
             event_dict[key] = _redact_value(value)
-        elif _sensitive_key(key):
-            event_dict[key] = REDACTED
         else:
-            event_dict[key] = _redact_value(value)
+            event_dict[key] = _redact_field(key, value)
     return event_dict
 
 
 def redact_text(value: str) -> str:
-    """One free-text value, redacted if it looks like a token, SAML message or key."""
-    return _redact_value(value)  # type: ignore[no-any-return]
+    """One free-text value with every secret-shaped part cut out (see the module docstring)."""
+    return _redact_str(value)
+
+
+def redact_path(path: str) -> str:
+    """A URL path with every secret-shaped part cut out ("/" separates, never joins, blobs)."""
+    if _clean(path):
+        return path
+    if _WHOLE_VALUE.search(path) is not None:
+        return REDACTED
+    return _PATH_SHAPES.sub(REDACTED, path)
 
 
 def safe_query(query_string: str) -> str:
-    """The query string with values of sensitive parameters replaced."""
+    """The query string with sensitive parameters' values and every secret-shaped value removed.
+
+    Values are checked raw (a JWT or an artifact with literal ``+``) and decoded
+    (percent-encoded ones); names too, since a bare ``?<token>`` is a name.
+    """
     if not query_string:
         return ""
-    if _PARAM_HINT.search(query_string) is None:
+    if _clean(query_string) and _PARAM_HINT.search(query_string.lower()) is None:
         return query_string
-    pairs = parse_qsl(query_string, keep_blank_values=True)
-    return urlencode(
-        [(k, REDACTED if k.lower() in _SENSITIVE_PARAMS else v) for k, v in pairs], safe="[]"
-    )
+    raw = _SECRET_SHAPES.sub(REDACTED, query_string)
+    changed = raw != query_string
+    pairs: list[tuple[str, str]] = []
+    for name, value in parse_qsl(raw, keep_blank_values=True):
+        safe_name = _redact_str(name)
+        safe_value = REDACTED if name.lower() in _SENSITIVE_PARAMS else _redact_str(value)
+        changed = changed or safe_name != name or safe_value != value
+        pairs.append((safe_name, safe_value))
+    # Nothing to hide: log the query exactly as it came (re-encoding would alter it).
+    return urlencode(pairs, safe="[]") if changed else query_string
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
@@ -274,16 +351,18 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
     lvl = getattr(logging, level.upper(), logging.INFO)
     # No merge_contextvars: nothing binds context variables, and it costs a
     # context copy on every line.
+    # Tracebacks are formatted before redaction: an exception message can carry a
+    # token or an artifact like any other text.
     shared: list[Any] = [
         structlog.processors.add_log_level,
         _UtcTimestamp(),
+        _format_exc_info_if_any,
         redact,
     ]
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     else:
-        shared.append(_format_exc_info_if_any)
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     structlog.configure(
         processors=[*shared, renderer],

@@ -4,19 +4,40 @@ Each application gets its own registry so tests and embedded apps do not share
 counters. With several worker processes, ``PROMETHEUS_MULTIPROC_DIR`` is set
 by the server before the workers start, and ``/_gateway/metrics`` aggregates
 every worker's values, so a scrape that lands on any worker sees the total.
+Every family here works in that mode: counters and histograms add up, and
+each gauge says how workers combine (``multiprocess_mode``).
 
 The per-request figures (request count, latency, upstream latency, in-flight)
 are first added up in plain Python structures, which costs well under a
 microsecond, and moved into the Prometheus metrics by ``flush()``: on every
 scrape and, in the app, a few times a second (so other workers' scrapes see
 them too). prometheus-client's own objects take a lock and walk the bucket
-list on every call, which was measurable per request.
+list on every call, which was measurable per request. Store operations and
+registry lookups use the same deferral. Figures that other components count
+anyway (tokens signed, token-cache hits) or that are states rather than
+events (breaker, active sessions, expiry of certificates and keys) are read
+from those components at flush time, so the request path does nothing extra.
+
+The scrape endpoint can be served on its own listener (``metrics.port``) and
+can require a bearer token (``metrics.token_file``); see ``docs/operations.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import hmac
 import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import structlog
+from aiohttp import web
+from cryptography import x509
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -27,8 +48,48 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client import values as prom_values
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.errors import GatewayError, RegistryUnavailable, StoreUnavailable
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+    from gateway.store.base import Store
+
+log = structlog.get_logger("gateway.metrics")
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Store round trips are sub-millisecond when healthy; the low buckets tell a slow Redis apart.
+_STORE_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+
+# How often the read-from-components figures are refreshed (they change slowly).
+_STATE_INTERVAL = 5.0
+# "Active": a token was issued for the session within this many seconds.
+ACTIVE_SESSION_WINDOW = 300.0
+
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class MetricsSettings(BaseModel):
+    """Where ``/_gateway/metrics`` is served and who may read it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve the metrics on a separate listener on this port, and no longer "
+        "on the main one (e.g. a port only Prometheus may reach). Default: the main listener.",
+    )
+    host: str | None = Field(
+        None, description="Address of the separate metrics listener; default: server.host."
+    )
+    token_file: Path | None = Field(
+        None,
+        description="File holding a bearer token (16+ bytes) scrapers must send as "
+        "'Authorization: Bearer <token>'; re-read when it changes. Default: no token.",
+    )
 
 
 def enable_multiprocess(directory: str) -> None:
@@ -43,7 +104,7 @@ def enable_multiprocess(directory: str) -> None:
 
 
 def mark_worker_dead(pid: int) -> None:
-    """Drop a dead worker's live gauges (in-flight) from the aggregate."""
+    """Drop a dead worker's live gauges (in-flight, states, expiry) from the aggregate."""
     prom_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
@@ -56,6 +117,21 @@ class _Pending:
         self.values: list[float] = []
 
 
+def registry_error_reason(detail: str) -> str:
+    """A bounded label for a registry failure (the detail text is free-form)."""
+    if "circuit open" in detail:
+        return "circuit_open"
+    if detail.startswith("registry failed after"):
+        return "unreachable"
+    if detail.startswith("registry answer unusable"):
+        return "unusable"
+    if "never loaded" in detail:
+        return "file_unloaded"
+    if "setup failed" in detail:
+        return "setup"
+    return "other"
+
+
 class Metrics:
     """The gateway's metric families."""
 
@@ -65,6 +141,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         reg = self.registry
+        # -- requests (hot path, deferred) --------------------------------------------
         self.requests = Counter(
             "gateway_requests",
             "Requests answered, by route, method and status.",
@@ -107,6 +184,102 @@ class Metrics:
             ["result"],
             registry=reg,
         )
+        # -- logins ---------------------------------------------------------------------
+        self.logins = Counter(
+            "gateway_logins",
+            "Completed logins (assertion consumer) by outcome (succeeded, refused) and "
+            "reason (the refusal's code; none when it succeeded).",
+            ["outcome", "reason"],
+            registry=reg,
+        )
+        self.logins.labels("succeeded", "none")
+        # -- mandate registry -------------------------------------------------------------
+        self.mandate_lookup_duration = Histogram(
+            "gateway_mandate_lookup_duration_seconds",
+            "Time of lookups at the mandate registry (cache misses), by source (http, file).",
+            ["source"],
+            buckets=_BUCKETS,
+            registry=reg,
+        )
+        self.mandate_lookup_errors = Counter(
+            "gateway_mandate_lookup_errors",
+            "Failed lookups at the mandate registry, by source and reason (circuit_open, "
+            "unreachable, unusable, file_unloaded, setup, other).",
+            ["source", "reason"],
+            registry=reg,
+        )
+        self.mandate_breaker = Gauge(
+            "gateway_mandate_breaker_state",
+            "The registry client's circuit breaker: 0 closed, 1 half-open, 2 open "
+            "(the worst of all workers).",
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self._lookups: dict[str, _Pending] = {}
+        # -- the store --------------------------------------------------------------------
+        self.store_duration = Histogram(
+            "gateway_store_operation_duration_seconds",
+            "Time of store (Redis) operations, by operation.",
+            ["operation"],
+            buckets=_STORE_BUCKETS,
+            registry=reg,
+        )
+        self.store_errors = Counter(
+            "gateway_store_errors",
+            "Store operations that failed (store unavailable), by operation.",
+            ["operation"],
+            registry=reg,
+        )
+        self._store_ops: dict[str, _Pending] = {}
+        # -- identity tokens and sessions -------------------------------------------------
+        self.tokens_signed = Counter(
+            "gateway_tokens_signed", "Identity tokens signed (token-cache misses).", registry=reg
+        )
+        self.token_cache_hits = Counter(
+            "gateway_token_cache_hits",
+            "Identity tokens served from the token cache (no signature).",
+            registry=reg,
+        )
+        self.tokens_large_set = Counter(
+            "gateway_tokens_large_set",
+            "Signed tokens that carry the large-set substitute instead of the employer list.",
+            registry=reg,
+        )
+        self.sessions_active = Gauge(
+            "gateway_sessions_active",
+            "Sessions with an authenticated request in the last 5 minutes, as seen by each "
+            "process (approximate: a session served by several workers or replicas counts "
+            "in each).",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        # -- expiry -------------------------------------------------------------------------
+        self.certificate_expiry = Gauge(
+            "gateway_certificate_expiry_seconds",
+            "Seconds until each certificate the gateway uses expires (notAfter), by use.",
+            ["certificate"],
+            registry=reg,
+            multiprocess_mode="livemin",
+        )
+        # Labelled, so a figure that does not apply (metadata without validUntil, a key
+        # without a signing-since stamp) is absent rather than a misleading 0.
+        self.broker_metadata_expiry = Gauge(
+            "gateway_broker_metadata_expiry_seconds",
+            "Seconds until the validUntil of the broker metadata in use, by broker entityID.",
+            ["entity_id"],
+            registry=reg,
+            multiprocess_mode="livemin",
+        )
+        self.token_key_expiry = Gauge(
+            "gateway_token_key_expiry_seconds",
+            "Seconds until the token signing key is due for rotation (signing since + "
+            "tokens.key_lifetime_days), by kid.",
+            ["kid"],
+            registry=reg,
+            multiprocess_mode="livemin",
+        )
+        self._watchers: list[Callable[[float], None]] = []
+        self._states_at = 0.0
 
     # -- the hot path: plain additions ------------------------------------------------
 
@@ -124,35 +297,423 @@ class Metrics:
         self._observe(self._upstream, route, seconds)
 
     @staticmethod
-    def _observe(store: dict[str, _Pending], route: str, seconds: float) -> None:
-        pending = store.get(route)
+    def _observe(store: dict[str, _Pending], label: str, seconds: float) -> None:
+        pending = store.get(label)
         if pending is None:
-            pending = store[route] = _Pending()
+            pending = store[label] = _Pending()
         pending.values.append(seconds)
+
+    # -- events off the hot path ---------------------------------------------------------
+
+    def login(self, outcome: str, reason: str = "none") -> None:
+        """One login came back from the broker: ``succeeded`` or ``refused`` (with the code)."""
+        self.logins.labels(outcome, reason).inc()
+
+    def store_operation(self, operation: str, seconds: float, failed: bool) -> None:
+        self._observe(self._store_ops, operation, seconds)
+        if failed:
+            self.store_errors.labels(operation).inc()
+
+    def registry_lookup(self, source: str, seconds: float, error: str | None) -> None:
+        self._observe(self._lookups, source, seconds)
+        if error is not None:
+            self.mandate_lookup_errors.labels(source, error).inc()
+
+    def watch(self, update: Callable[[float], None]) -> Callable[[], None]:
+        """Call ``update(now)`` every few seconds at flush; returns a function that stops it."""
+        self._watchers.append(update)
+        self._states_at = 0.0  # first figures at the next flush
+
+        def stop() -> None:
+            with contextlib.suppress(ValueError):
+                self._watchers.remove(update)
+
+        return stop
 
     # -- moving the figures into Prometheus ----------------------------------------------
 
-    def flush(self) -> None:
-        """Move what the hot path added up into the Prometheus metrics."""
+    def flush(self, *, states: bool = False) -> None:
+        """Move what the hot path added up into the Prometheus metrics.
+
+        Figures read from components are refreshed every few seconds, and always
+        when ``states`` (a scrape).
+        """
         counts, self._counts = self._counts, {}
         for (route, method, status), n in counts.items():
             self.requests.labels(route, method, str(status)).inc(n)
         for store, family in (
             (self._durations, self.duration),
             (self._upstream, self.upstream_duration),
+            (self._store_ops, self.store_duration),
+            (self._lookups, self.mandate_lookup_duration),
         ):
-            for route, pending in store.items():
+            for label, pending in store.items():
                 if pending.values:
                     values, pending.values = pending.values, []
-                    child = family.labels(route)
+                    child = family.labels(label)
                     for value in values:
                         child.observe(value)
         self.in_flight.set(self._in_flight)
+        now = time.time()
+        if self._watchers and (states or now - self._states_at >= _STATE_INTERVAL):
+            self._states_at = now
+            for update in list(self._watchers):
+                try:
+                    update(now)
+                except Exception:  # a broken figure must never break the scrape
+                    log.exception("metrics_update_failed")
 
     def render(self) -> bytes:
-        self.flush()
+        self.flush(states=True)
         if self.multiprocess:
             registry = CollectorRegistry()
             prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+# ---------------------------------------------------------------- instrumented parts
+
+
+class TimedStore:
+    """A ``Store`` that times each operation and counts failures; everything else passes on."""
+
+    def __init__(self, inner: Store, metrics: Metrics) -> None:
+        self.inner = inner
+        self._metrics = metrics
+
+    async def _timed(self, operation: str, call: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            result = await call
+        except StoreUnavailable:
+            self._metrics.store_operation(operation, time.perf_counter() - started, True)
+            raise
+        self._metrics.store_operation(operation, time.perf_counter() - started, False)
+        return result
+
+    async def get(self, key: str) -> bytes | None:
+        result: bytes | None = await self._timed("get", self.inner.get(key))
+        return result
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        await self._timed("set", self.inner.set(key, value, ttl))
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        result: bool = await self._timed("add", self.inner.add(key, value, ttl))
+        return result
+
+    async def take(self, key: str) -> bytes | None:
+        result: bytes | None = await self._timed("take", self.inner.take(key))
+        return result
+
+    async def delete(self, key: str) -> None:
+        await self._timed("delete", self.inner.delete(key))
+
+    async def ttl(self, key: str) -> float | None:
+        result: float | None = await self._timed("ttl", self.inner.ttl(key))
+        return result
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        await self._timed("publish", self.inner.publish(channel, message))
+
+    def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+        return self.inner.subscribe(channel)
+
+    async def ping(self) -> None:
+        await self._timed("ping", self.inner.ping())
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class TimedMandateSource:
+    """A mandate source whose lookups are timed and whose failures are counted by reason."""
+
+    def __init__(self, inner: Any, metrics: Metrics) -> None:
+        self.inner = inner
+        self._metrics = metrics
+        self.kind = "http" if hasattr(inner, "breaker") else "file"
+
+    async def mandates_for(self, administrator_kvk: str) -> Any:
+        started = time.perf_counter()
+        try:
+            result = await self.inner.mandates_for(administrator_kvk)
+        except RegistryUnavailable as exc:
+            reason = registry_error_reason(exc.detail)
+            self._metrics.registry_lookup(self.kind, time.perf_counter() - started, reason)
+            raise
+        except Exception:
+            self._metrics.registry_lookup(self.kind, time.perf_counter() - started, "other")
+            raise
+        self._metrics.registry_lookup(self.kind, time.perf_counter() - started, None)
+        return result
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+# ---------------------------------------------------------------- states read at flush
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """One dated thing the gateway holds: a certificate (by use) and when it expires."""
+
+    name: str
+    not_after: dt.datetime
+
+
+def _pem_certificates(data: bytes) -> list[x509.Certificate]:
+    try:
+        return list(x509.load_pem_x509_certificates(data))
+    except ValueError:
+        return []
+
+
+def certificate_file_expiry(name: str, path: Path | None) -> list[Expiry]:
+    """The earliest notAfter in a PEM file (a bundle counts by its first expiry)."""
+    if path is None:
+        return []
+    try:
+        certs = _pem_certificates(path.read_bytes())
+    except OSError:
+        return []
+    if not certs:
+        return []
+    return [Expiry(name, min(c.not_valid_after_utc for c in certs))]
+
+
+def configured_certificates(services: Services) -> list[Expiry]:
+    """Every certificate named in the configuration that the services use (read once)."""
+    config = services.config
+    out: list[Expiry] = []
+    keys = services.sp.keys
+    for name, pair in (
+        ("saml_signing", keys.signing),
+        ("saml_encryption", keys.encryption),
+        ("saml_signing_next", keys.signing_next),
+        ("saml_encryption_next", keys.encryption_next),
+    ):
+        if pair is not None:
+            out.append(Expiry(name, pair.cert.not_valid_after_utc))
+    saml = config.saml
+    if saml is not None:
+        if saml.tls_client is not None:
+            out += certificate_file_expiry("saml_tls_client", Path(saml.tls_client.cert_file))
+        out += certificate_file_expiry("broker_metadata_signer", saml.broker_metadata_cert)
+        out += certificate_file_expiry("broker_tls_ca", getattr(saml, "tls_ca_file", None))
+    source = config.mandates.source if config.mandates is not None else None
+    if source is not None and source.kind == "http":
+        out += certificate_file_expiry("registry_tls_client", source.client_cert_file)
+        out += certificate_file_expiry("registry_tls_ca", source.ca_file)
+    out += certificate_file_expiry("store_tls_ca", config.store.tls_ca_file)
+    out += certificate_file_expiry("store_tls_client", config.store.tls_cert_file)
+    return out
+
+
+def broker_certificates(signing_certs: Iterable[bytes]) -> list[Expiry]:
+    """The broker's signing certificates from its metadata (``broker_signing``, then ``_2``...)."""
+    out: list[Expiry] = []
+    for i, pem in enumerate(signing_certs):
+        for cert in _pem_certificates(pem):
+            out.append(
+                Expiry("broker_signing" + (f"_{i + 1}" if i else ""), cert.not_valid_after_utc)
+            )
+    return out
+
+
+class ServiceStates:
+    """Reads breaker, token, session and expiry figures from the login services."""
+
+    def __init__(self, metrics: Metrics, services: Services) -> None:
+        self._metrics = metrics
+        self._services = services
+        self._configured = configured_certificates(services)
+        self._metadata: object | None = None
+        self._broker: list[Expiry] = []
+        self._valid_until: dt.datetime | None = None
+        self._entity_id = ""
+        self._snapshot: object | None = None
+        self._key_due: dt.datetime | None = None
+        self._kid = ""
+        self._signed = self._hits = self._large = 0
+        self._names: set[str] = set()
+
+    def __call__(self, now: float) -> None:
+        m, services = self._metrics, self._services
+        source = services.mandates.source
+        breaker = getattr(source, "breaker", None)
+        if breaker is not None:
+            m.mandate_breaker.set(BREAKER_STATES.get(breaker.state, 0))
+        minter = services.minter
+        signed, hits, large = minter.signs, minter.hits, minter.substitutes
+        m.tokens_signed.inc(max(0, signed - self._signed))
+        m.token_cache_hits.inc(max(0, hits - self._hits))
+        m.tokens_large_set.inc(max(0, large - self._large))
+        self._signed, self._hits, self._large = signed, hits, large
+        m.sessions_active.set(minter.active_sessions(now - ACTIVE_SESSION_WINDOW))
+        self._refresh_broker()
+        self._refresh_token_key()
+        when = dt.datetime.fromtimestamp(now, dt.UTC)
+        seen: set[str] = set()
+        for item in (*self._configured, *self._broker):
+            m.certificate_expiry.labels(item.name).set((item.not_after - when).total_seconds())
+            seen.add(item.name)
+        for gone in self._names - seen:  # e.g. a broker certificate rolled over
+            with contextlib.suppress(KeyError):
+                m.certificate_expiry.remove(gone)
+        self._names = seen
+        if self._valid_until is not None:
+            m.broker_metadata_expiry.labels(self._entity_id).set(
+                (self._valid_until - when).total_seconds()
+            )
+        if self._key_due is not None:
+            m.token_key_expiry.labels(self._kid).set((self._key_due - when).total_seconds())
+
+    def _refresh_broker(self) -> None:
+        try:
+            metadata = self._services.sp.metadata
+        except GatewayError:  # not loaded yet
+            return
+        if metadata is not self._metadata:
+            self._metadata = metadata
+            self._broker = broker_certificates(metadata.signing_certs)
+            if self._valid_until is not None and metadata.entity_id != self._entity_id:
+                with contextlib.suppress(KeyError):
+                    self._metrics.broker_metadata_expiry.remove(self._entity_id)
+            self._valid_until = metadata.valid_until
+            self._entity_id = metadata.entity_id
+
+    def _refresh_token_key(self) -> None:
+        from gateway.tokens.rotation import read_stamps
+
+        keys = self._services.keys
+        snapshot = keys.snapshot
+        if snapshot is self._snapshot:
+            return
+        self._snapshot = snapshot
+        if self._key_due is not None:  # the previous signing key's figure ends with it
+            with contextlib.suppress(KeyError):
+                self._metrics.token_key_expiry.remove(self._kid)
+        settings = self._services.config.tokens
+        days = settings.key_lifetime_days if settings is not None else 0
+        since = read_stamps(settings.keys.current).signing_since if settings else None
+        self._key_due = since + dt.timedelta(days=days) if since and days else None
+        self._kid = snapshot.kid
+
+
+# ---------------------------------------------------------------- the scrape endpoint
+
+_BEARER = re.compile(r"Bearer +(\S+)\s*$", re.IGNORECASE)
+
+
+class ScrapeGuard:
+    """Checks the bearer token of a scrape against the token file (re-read when it changes)."""
+
+    def __init__(self, token_file: Path | None) -> None:
+        self.token_file = token_file
+        self._stamp: tuple[int, int] | None = None
+        self._token: bytes | None = None
+        if token_file is not None:
+            self._load()  # at startup: a missing or short file stops the gateway
+
+    def _load(self) -> bytes:
+        assert self.token_file is not None
+        st = self.token_file.stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp or self._token is None:
+            token = self.token_file.read_bytes().strip()
+            if len(token) < 16:
+                raise ValueError(f"{self.token_file}: the metrics token must be at least 16 bytes")
+            self._token, self._stamp = token, stamp
+        return self._token
+
+    def allows(self, authorization: str | None) -> bool:
+        """Whether a scrape with this ``Authorization`` header may read the metrics."""
+        if self.token_file is None:
+            return True
+        expected = self._load()
+        m = _BEARER.match(authorization or "")
+        return m is not None and hmac.compare_digest(m.group(1).encode(), expected)
+
+
+def metrics_handler(metrics: Metrics, guard: ScrapeGuard) -> Callable[[web.Request], Any]:
+    """The aiohttp handler serving the Prometheus text, behind the token check if any."""
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            allowed = guard.allows(request.headers.get("Authorization"))
+        except (OSError, ValueError) as exc:
+            log.error("metrics_token_unreadable", file=str(guard.token_file), error=str(exc))
+            return web.Response(
+                status=503,
+                text="metrics token unavailable / metrics-token niet beschikbaar\n",
+                headers={"Cache-Control": "no-store"},
+            )
+        if not allowed:
+            log.warning("metrics_access_denied", client=request.remote)
+            return web.Response(
+                status=401,
+                text="bearer token required / bearer-token vereist\n",
+                headers={
+                    "WWW-Authenticate": 'Bearer realm="gateway-metrics"',
+                    "Cache-Control": "no-store",
+                },
+            )
+        return web.Response(
+            body=metrics.render(),
+            headers={"Content-Type": metrics.content_type, "Cache-Control": "no-store"},
+        )
+
+    return handler
+
+
+def metrics_app(metrics: Metrics, guard: ScrapeGuard, path: str) -> web.Application:
+    """The application of the separate metrics listener: ``path`` and ``/metrics`` only."""
+    app = web.Application()
+    handler = metrics_handler(metrics, guard)
+    app.router.add_get(path, handler)
+    if path != "/metrics":
+        app.router.add_get("/metrics", handler)
+    return app
+
+
+METRICS_LISTENER = web.AppKey("metrics_listener", list)
+
+
+async def metrics_listener_ctx(
+    app: web.Application,
+    *,
+    metrics: Metrics,
+    guard: ScrapeGuard,
+    path: str,
+    host: str,
+    port: int,
+    reuse_port: bool,
+) -> AsyncIterator[None]:
+    """Run the separate metrics listener for as long as ``app`` runs (cleanup context)."""
+    runner = web.AppRunner(metrics_app(metrics, guard, path), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
+    await site.start()
+    bound = [a for a in runner.addresses if isinstance(a, tuple)]
+    actual = int(bound[0][1]) if bound else port
+    app[METRICS_LISTENER] = [host, actual]
+    log.info("metrics_listener_started", host=host, port=actual)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+def metrics_listener_address(app: web.Application) -> tuple[str, int]:
+    """(host, port) of the separate metrics listener of a started ``app``."""
+    host, port = app[METRICS_LISTENER]
+    return str(host), int(port)

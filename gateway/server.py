@@ -182,6 +182,13 @@ def serve(config: GatewayConfig, config_path: Path | None) -> int:
             update={"server": config.server.model_copy(update={"port": port})}
         )
     _check_listen(config.server)
+    if config.metrics.port == 0:  # the same for a separate metrics listener
+        with socket.socket() as s:
+            s.bind((config.metrics.host or config.server.host, 0))
+            port = s.getsockname()[1]
+        config = config.model_copy(
+            update={"metrics": config.metrics.model_copy(update={"port": port})}
+        )
     return _supervise(config, config_path, workers)
 
 

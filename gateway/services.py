@@ -23,6 +23,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import RegistryUnavailable, StoreUnavailable
 from gateway.mandates import MandateService
 from gateway.mandates.file_source import FileMandateSource
+from gateway.metrics import Metrics, ServiceStates, TimedMandateSource, TimedStore
 from gateway.saml import ServiceProvider
 from gateway.sessions import LoginStateStore, ReplayCache, SessionManager
 from gateway.sessions.login_limits import LoginStartLimiter
@@ -47,6 +48,7 @@ class Services:
     keys: KeySet
     minter: TokenMinter
     login_limiter: LoginStartLimiter
+    metrics: Metrics = field(default_factory=Metrics)
     admin_token: bytes | None = None
     # administrator KvK -> when a revocation push arrived on this replica; sessions
     # of that administrator checked before then are re-checked on their next request.
@@ -72,7 +74,10 @@ async def services_ctx(app: web.Application, config: GatewayConfig) -> AsyncIter
     assert config.saml is not None
     assert config.mandates is not None
     assert config.tokens is not None
-    store = create_store(config.store)
+    from gateway.app import METRICS, RUNTIME  # the app's metrics and runtime exist already
+
+    metrics = app[METRICS]
+    store = TimedStore(create_store(config.store), metrics)
     keys = KeySet.from_settings(config.tokens)
     sp = ServiceProvider(config.saml)
     sessions = SessionManager(store, config.sessions, ref_secret=config.sessions.load_ref_secret())
@@ -80,6 +85,7 @@ async def services_ctx(app: web.Application, config: GatewayConfig) -> AsyncIter
     mandates = MandateService.from_settings(store, config.mandates, sessions.freshness)
     if isinstance(mandates.source, FileMandateSource):
         mandates.source.load()  # a broken registry file stops startup, with its problems
+    mandates.source = TimedMandateSource(mandates.source, metrics)
     services = Services(
         config=config,
         store=store,
@@ -91,18 +97,19 @@ async def services_ctx(app: web.Application, config: GatewayConfig) -> AsyncIter
         keys=keys,
         minter=TokenMinter(config.tokens, keys),
         login_limiter=LoginStartLimiter(store, config.sessions.login_limits),
+        metrics=metrics,
         admin_token=_read_secret(config.admin.token_file) if config.admin else None,
     )
     await sp.start()
     await sessions.start()
-    from gateway.app import RUNTIME  # the runtime is created before the services
-
     app[RUNTIME].on_reload.append(partial(_reload_keys, keys))
+    stop_watching = metrics.watch(ServiceStates(metrics, services))
     listener = asyncio.create_task(_listen_for_revocations(services), name="mandate-revocations")
     app[SERVICES] = services
     try:
         yield
     finally:
+        stop_watching()
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener

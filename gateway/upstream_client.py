@@ -16,8 +16,9 @@ What it does:
 - Idle connections are closed after ``idle_timeout``; a connection the
   upstream closed is never handed out again.
 - A request on a reused connection that dies before any byte of the answer
-  came back is sent again once on a new connection, but only when that is
-  safe: an idempotent method and no streamed body (RFC 9110, 9.2.2).
+  came back is sent again once, on a newly opened connection (never another
+  pooled one), but only when that is safe: an idempotent method and no
+  streamed body (RFC 9110, 9.2.2).
 - Request bodies stream with flow control: ``Content-Length`` when known,
   otherwise chunked. The answer may start before the body is sent (an early
   413, say); the connection is then not reused.
@@ -105,8 +106,9 @@ class UpstreamClient:
             content_length,
         )
         retry_safe = method in IDEMPOTENT and not streamed
+        fresh = False
         while True:
-            conn, reused = await self._acquire(origin, connect_timeout)
+            conn, reused = await self._acquire(origin, connect_timeout, fresh=fresh)
             response = conn.begin(method == "HEAD", read_timeout)
             try:
                 conn.write(head if not isinstance(body, bytes) or not body else head + body)
@@ -124,20 +126,26 @@ class UpstreamClient:
             except UpstreamError as exc:
                 response.release()
                 if reused and retry_safe and not response._started and exc.kind == "reset":
-                    continue  # the upstream had closed the idle connection: once more, fresh
+                    # The upstream had closed the idle connection: once more, on a new
+                    # connection (other pooled ones may be just as dead).
+                    fresh = True
+                    continue
                 raise
             except BaseException:
                 response.release()
                 raise
             return response
 
-    async def _acquire(self, origin: Origin, wait: float) -> tuple[Connection, bool]:
+    async def _acquire(
+        self, origin: Origin, wait: float, *, fresh: bool = False
+    ) -> tuple[Connection, bool]:
+        """A connection to ``origin`` and whether it was pooled; ``fresh``: a new one only."""
         if self._closed:
             raise UpstreamError("connect", "client closed")
         loop = self.loop
         deadline = loop.time() + wait
         while True:
-            idle = self._idle.get(origin)
+            idle = None if fresh else self._idle.get(origin)
             now = loop.time()
             while idle:
                 conn = idle.pop()

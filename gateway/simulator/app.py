@@ -9,6 +9,7 @@ Redirect or POST), ``/saml/login`` (the login page's form), ``/saml/ars``
 from __future__ import annotations
 
 import base64
+import datetime as dt
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -105,8 +106,13 @@ async def _index(request: web.Request) -> web.Response:
 
 async def _metadata(request: web.Request) -> web.Response:
     sim = request.app[SIMULATOR]
+    valid = sim.settings.metadata_valid_seconds
     body = idp_metadata(
-        sim.settings.entity_id, _base(request), sim.keys.broker, slo=sim.settings.single_logout
+        sim.settings.entity_id,
+        _base(request),
+        sim.keys.broker,
+        slo=sim.settings.single_logout,
+        valid_until=sim.now() + dt.timedelta(seconds=valid) if valid else None,
     )
     return web.Response(body=body, content_type="application/samlmetadata+xml")
 

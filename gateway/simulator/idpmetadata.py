@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 
@@ -26,14 +27,20 @@ METADATA_PATH = "/saml/metadata"
 LOGIN_PATH = "/saml/login"
 
 
-def idp_metadata(entity_id: str, base_url: str, signer: Signer, *, slo: bool) -> bytes:
+def idp_metadata(
+    entity_id: str,
+    base_url: str,
+    signer: Signer,
+    *,
+    slo: bool,
+    valid_until: dt.datetime | None = None,
+) -> bytes:
     """EntityDescriptor with SSO (Redirect, POST), ARS (SOAP), optional SLO and the signing key."""
     base = base_url.rstrip("/")
-    root = etree.Element(
-        q(MD, "EntityDescriptor"),
-        {"entityID": entity_id, "ID": new_id()},
-        nsmap={"md": MD, "ds": DS},
-    )
+    attributes = {"entityID": entity_id, "ID": new_id()}
+    if valid_until is not None:
+        attributes["validUntil"] = valid_until.strftime("%Y-%m-%dT%H:%M:%SZ")
+    root = etree.Element(q(MD, "EntityDescriptor"), attributes, nsmap={"md": MD, "ds": DS})
     idp = etree.SubElement(
         root,
         q(MD, "IDPSSODescriptor"),

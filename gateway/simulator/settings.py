@@ -105,6 +105,9 @@ class SimulatorSettings(BaseModel):
     """Issuer of the Advice authentication assertion and AuthenticatingAuthority."""
     mandate_service_id: str = "urn:etoegang:MR:00000009999999999002:entities:9002"
     """Issuer of the Advice mandate (machtigingenregister) assertion."""
+    metadata_valid_seconds: float | None = Field(default=7 * 24 * 3600.0, gt=0)
+    """The IdP metadata's ``validUntil`` lies this far after the moment it is served, as
+    real brokers date theirs; ``None``: no ``validUntil``."""
     service_uuids: dict[str, str] = Field(default_factory=dict)
     """ServiceID -> ServiceUUID; unknown ServiceIDs get a stable UUIDv5."""
     mtls: MtlsSettings | None = None

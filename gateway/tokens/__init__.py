@@ -1,6 +1,6 @@
 """The signed identity token for backends: claims, keys, JWKS, minting, rotation.
 
-The lead wires it like this::
+The application wires it like this::
 
     keys = KeySet.from_settings(settings.tokens)          # loads PEM files once
     minter = TokenMinter(settings.tokens, keys)

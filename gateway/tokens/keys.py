@@ -2,10 +2,10 @@
 
 Keys are read from PEM files once and kept as loaded ``cryptography`` objects:
 handing pyjwt a PEM string makes it re-parse (and for RSA re-check) the key on
-every signature, which costs up to 100x (design.md, performance notes).
+every signature, which costs more than the signature itself.
 
-``KeySet.reload()`` re-reads the files for rotation without a restart (the lead
-calls it on SIGHUP). It swaps one immutable snapshot, so a request always sees a
+``KeySet.reload()`` re-reads the files for rotation without a restart (the
+application calls it on SIGHUP). It swaps one immutable snapshot, so a request always sees a
 consistent (signing key, kid, JWKS) triple, and a failed reload keeps the old one.
 """
 
@@ -243,7 +243,7 @@ class KeySet:
 
     @property
     def kids(self) -> dict[str, str]:
-        """Role → kid of every published key (for logs and ``gateway keys show``)."""
+        """Role → kid of every published key (``gateway keys tokens show`` reads the files)."""
         return {p.role: p.kid for p in self._snapshot.published}
 
     def reload(self) -> bool:

@@ -92,6 +92,17 @@ class TokenMinter:
         """Number of cached tokens (bounded by ``cache_size``)."""
         return len(self._cache)
 
+    def active_sessions(self, since: float) -> int:
+        """Sessions with a token signed at or after ``since`` (epoch seconds): for metrics.
+
+        A session that keeps making requests gets a fresh token at least every
+        ``lifetime * (1 - reuse_margin)`` seconds, so this counts the sessions
+        active in roughly the last ``now - since`` seconds, at no cost per request.
+        It walks the cache (at most ``cache_size`` entries); call it seldom.
+        """
+        threshold = since + self._reuse_for  # the cache keeps "reuse until" = signed + reuse_for
+        return len({key[0] for key, (_, until) in self._cache.items() if until >= threshold})
+
     def mint(self, subject: TokenSubject, audience: str) -> str:
         """The compact JWS for this session and audience: cached if still fresh, else newly signed.
 
@@ -195,7 +206,7 @@ class TokenMinter:
         """The token a backend sent to the employers endpoint, if any.
 
         Documented: ``Authorization: Bearer <token>``, or the default identity header.
-        The lead reads it *before* header hygiene strips identity headers.
+        The endpoint reads it *before* header hygiene strips identity headers.
         """
         auth = headers.get("Authorization", "")
         if auth[:7].lower() == "bearer " and auth[7:].strip():

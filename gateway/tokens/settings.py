@@ -1,6 +1,6 @@
 """Settings for the signed identity token: issuer, algorithm, key files, lifetime, size.
 
-The lead plugs ``TokenSettings`` into the root configuration. Every field has a
+``TokenSettings`` is the ``tokens`` section of the configuration. Every field has a
 production-safe default except the issuer and the current key file, which a
 deployment must name.
 """
@@ -21,7 +21,7 @@ KidMethod = Literal["rfc7638", "rfc7638-short"]
 
 
 class TokenKeyFiles(BaseModel):
-    """The PEM key files of the key set (PKCS#8; ``gateway keys generate`` writes them).
+    """The PEM key files of the key set (PKCS#8; ``gateway keys tokens init`` writes them).
 
     Only ``current`` signs. ``next`` is published so backends learn it before it
     signs; ``previous`` stays published so tokens it signed keep verifying until
@@ -86,6 +86,11 @@ class TokenSettings(BaseModel):
     """Path (under ``issuer``) of the endpoint that serves the full employer set."""
     cache_size: int = Field(default=50_000, ge=1)
     """Maximum number of cached signed tokens (LRU); one per (session, audience)."""
+    key_lifetime_days: int = Field(default=90, ge=0, le=3650)
+    """How long a signing key should sign before it is rotated. The metric
+    ``gateway_token_key_expiry_seconds`` counts down to the current key's
+    ``Gateway-Key-Signing-Since`` stamp plus this (0: no such figure); nothing is
+    refused when it passes, the shipped alert asks for a rotation."""
 
     @field_validator("issuer")
     @classmethod

@@ -20,7 +20,9 @@ def test_token_keys_init_rotate_retire(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["keys", "tokens", "rotate", "--dir", str(keys)]) == 1
     assert "published at least" in capsys.readouterr().err
     assert main(["keys", "tokens", "rotate", "--dir", str(keys), "--min-next-age", "0"]) == 0
-    assert (keys / "current.pem").read_bytes() == next_before
+    # The same key, now stamped as signing since the rotation.
+    assert (keys / "current.pem").read_bytes().endswith(next_before.split(b"\n", 1)[1])
+    assert b"Gateway-Key-Signing-Since: " in (keys / "current.pem").read_bytes()
     assert (keys / "previous.pem").exists()
     assert main(["keys", "tokens", "retire", "--dir", str(keys)]) == 0
     assert not (keys / "previous.pem").exists()

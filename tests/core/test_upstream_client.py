@@ -197,6 +197,38 @@ async def test_idempotent_request_on_a_dead_connection_is_sent_again(
     assert up.connections == 2
 
 
+async def test_a_dead_pooled_connection_costs_one_resend_on_a_new_connection(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    """With several dead idle connections pooled, a GET is sent again once, on a fresh one."""
+    three = asyncio.Event()
+
+    async def first_answered_then_dead(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Scripted
+    ) -> None:
+        number = up.connections
+        await up.read_request(reader)
+        if number > 3:  # a new connection, opened for the resend
+            writer.write(answer())
+            await writer.drain()
+            return
+        if number == 3:
+            three.set()
+        await three.wait()  # all three requests in flight: three pooled connections after
+        writer.write(answer())
+        await writer.drain()
+        if await up.read_request(reader):  # the pooled ones die as if closed while idle
+            writer.transport.abort()
+
+    up = await scripted(first_answered_then_dead)
+    await asyncio.gather(*(get(client, up.origin) for _ in range(3)))
+    assert client.idle_connections(up.origin) == 3
+    resp, body = await get(client, up.origin, "/again")
+    assert (resp.status, body) == (200, b"hello")
+    assert sum(r.startswith(b"GET /again ") for r in up.requests) == 2
+    assert up.connections == 4
+
+
 async def test_post_on_a_dead_connection_is_not_sent_again(
     scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
 ) -> None:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from gateway.app import build_app
+from gateway.metrics import Metrics, ScrapeGuard, metrics_app
 from gateway.store.factory import parse_store_url
 from tests.support.deploy import (
     KUSTOMIZE,
@@ -204,8 +205,16 @@ def test_probes_use_registered_gateway_routes(
         assert get["path"] in routes
         assert ports[get["port"]] == checked.config.server.port
     annotations = only(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/path"] in routes
-    assert int(annotations["prometheus.io/port"]) == checked.config.server.port
+    metrics = checked.config.metrics
+    if metrics.port is None:
+        assert annotations["prometheus.io/path"] in routes
+        assert int(annotations["prometheus.io/port"]) == checked.config.server.port
+    else:  # a listener of its own: its app serves the path, the main app does not
+        guard = ScrapeGuard(None)
+        own = metrics_app(Metrics(), guard, prefix + "metrics")
+        assert annotations["prometheus.io/path"] in {r.canonical for r in own.router.resources()}
+        assert annotations["prometheus.io/path"] not in routes
+        assert int(annotations["prometheus.io/port"]) == metrics.port == ports["metrics"]
     saml = checked.sections.get("saml")
     if saml is not None and "saml" in type(checked.config).model_fields:
         assert urlsplit(saml.acs_url).path in routes
@@ -266,7 +275,27 @@ def test_egress_allows_every_dependency_port(production_objects: list[dict[str, 
         needed.add(("TCP", parts.port or (443 if parts.scheme == "https" else 80)))
     assert needed <= allowed, needed - allowed
     ingress_ports = {p["port"] for r in policy["ingress"] for p in r["ports"]}
-    assert ingress_ports == {"http"}
+    assert ingress_ports == {"http", "metrics"}
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_metrics_reach_prometheus_only(rendering: str, request: pytest.FixtureRequest) -> None:
+    """Metrics are on their own port, open to the monitoring namespace only, not in the Service."""
+    objects = request.getfixturevalue(rendering)
+    metrics = _effective(objects).config.metrics
+    assert metrics.port is not None, "the Kubernetes config serves metrics on their own port"
+    ports = {p["name"]: p["containerPort"] for p in _container(objects)["ports"]}
+    assert ports["metrics"] == metrics.port != ports["http"]
+    policy = only(objects, "NetworkPolicy")["spec"]
+    for rule in policy["ingress"]:
+        sources = {
+            peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            for peer in rule["from"]
+        }
+        names = {p["port"] for p in rule["ports"]}
+        assert ("metrics" in names) == (sources == {"monitoring"}), rule
+    service = only(objects, "Service")["spec"]
+    assert {p["targetPort"] for p in service["ports"]} == {"http"}
 
 
 def test_image_is_pinned(production_objects: list[dict[str, Any]]) -> None:

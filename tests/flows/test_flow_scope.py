@@ -252,6 +252,19 @@ async def test_client_sent_identity_headers_are_replaced(
     await world.verify(token, "portal-api")
 
 
+@pytest.mark.parametrize(
+    "path", ["/openbaar/x", "/dashboard", f"/werkgevers/{CLIENT_WITH_MANDATE}/x"]
+)
+async def test_client_sent_authorization_never_reaches_a_backend_of_a_bearer_route(
+    world: LoginWorld, direct: aiohttp.ClientSession, path: str
+) -> None:
+    """With a bearer route configured, a client's Authorization is removed on every route."""
+    forged = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJldmlsIiwiYXVkIjoicG9ydGFsLWFwaSJ9."
+    async with direct.get(world.url(path), headers={"Authorization": f"Bearer {forged}"}) as resp:
+        assert resp.status == 200
+    assert "authorization" not in world.upstream_headers()
+
+
 async def test_each_route_gets_a_token_for_its_own_audience(
     world: LoginWorld, direct: aiohttp.ClientSession
 ) -> None:

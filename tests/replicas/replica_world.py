@@ -190,12 +190,14 @@ async def replica_world(
     count: int = 3,
     drain_delay_seconds: float = 0.5,
     health_interval: float = 0.1,
+    workers: int = 1,
     overrides: dict[str, Any] | None = None,
+    **sections: Any,
 ) -> AsyncIterator[ReplicaWorld]:
     """Start ``count`` gateway processes behind a splitter; stop everything afterwards.
 
-    ``overrides``: config sections merged into every replica's file (not ``store``
-    or ``server``, which the world sets).
+    ``workers`` per process. ``overrides`` and ``sections``: config sections merged
+    into every replica's file (not ``store`` or ``server``, which the world sets).
     """
     directory.mkdir(parents=True, exist_ok=True)
     mandates_file = directory / "mandates.yaml"
@@ -223,8 +225,10 @@ async def replica_world(
                 server={
                     "drain_delay_seconds": drain_delay_seconds,
                     "shutdown_grace_seconds": 10,
+                    "workers": workers,
                 },
                 **(overrides or {}),
+                **sections,
             )
             config = parse_config(yaml.safe_dump(data), file="<replicas>", environ={})
             assert config.saml is not None

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
+import shutil
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import jwt
 import pytest
+from aiohttp import web
+from aiohttp.pytest_plugin import AiohttpServer
 
+from gateway.cli import main
 from gateway.tokens import (
     KeyFileError,
     KeySet,
@@ -25,6 +31,7 @@ from gateway.tokens import (
     TokenSettings,
     TokenSubject,
     generate_key,
+    init_keys_dir,
     min_rotation_interval,
     retire_previous,
     rotate,
@@ -136,16 +143,15 @@ async def test_unknown_kid_refresh_is_rate_limited(
 def test_rotate_moves_files_and_keeps_them_private(keys_dir: Callable[[str], Path]) -> None:
     """Rotation makes next current, current previous, writes a new next; all mode 0600."""
     d = keys_dir("EdDSA")
-    before = {name: (d / name).read_bytes() for name in ("current.pem", "next.pem")}
+    before = KeySet(TokenKeyFiles.in_dir(d), "EdDSA").kids
     rotate(d, min_next_age=0)
-    assert (d / "current.pem").read_bytes() == before["next.pem"]
-    assert (d / "previous.pem").read_bytes() == before["current.pem"]
-    assert (d / "next.pem").read_bytes() not in before.values()
+    keys = KeySet(TokenKeyFiles.in_dir(d), "EdDSA")  # the new next is the same algorithm
+    assert keys.kids["current"] == before["next"]
+    assert keys.kids["previous"] == before["current"]
+    assert keys.kids["next"] not in before.values()
     for name in ("current.pem", "next.pem", "previous.pem"):
         assert stat.S_IMODE((d / name).stat().st_mode) == 0o600
     assert sorted(p.name for p in d.iterdir()) == ["current.pem", "next.pem", "previous.pem"]
-    keys = KeySet(TokenKeyFiles.in_dir(d), "EdDSA")  # the new next is the same algorithm
-    assert set(keys.kids) == {"current", "next", "previous"}
 
 
 def test_rotate_refuses_a_next_key_published_too_recently(keys_dir: Callable[[str], Path]) -> None:
@@ -155,9 +161,7 @@ def test_rotate_refuses_a_next_key_published_too_recently(keys_dir: Callable[[st
     with pytest.raises(KeyFileError, match="published at least"):
         rotate(d)
     assert (d / "current.pem").read_bytes() == before
-    old = (d / "next.pem").stat().st_mtime - 3600
-    os.utime(d / "next.pem", (old, old))
-    rotate(d)
+    rotate(d, now=time.time() + 601)
     assert (d / "previous.pem").read_bytes() == before
 
 
@@ -195,3 +199,107 @@ def test_verifier_is_documented_pyjwt() -> None:
     v = IdentityVerifier("https://gw.example/.well-known/jwks.json", issuer="i", audience="a")
     assert isinstance(v.jwks, jwt.PyJWKClient)
     assert (v.algorithms, v.leeway, v.jwks.cooldown_duration) == (["ES256"], 30, 30)
+
+
+def test_rotate_a_copied_key_set_judges_next_by_when_it_was_published(
+    keys_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """A key set copied out of a Kubernetes Secret an hour later rotates: file times are not age."""
+    made = keys_dir("ES256")
+    later = time.time() + 3600
+    copy = tmp_path / "copied-from-secret"
+    copy.mkdir()
+    for name in ("current.pem", "next.pem"):
+        shutil.copyfile(made / name, copy / name)  # written now, as kubectl or kubelet would
+        os.utime(copy / name, (later, later))
+    rotate(copy, now=later)
+    keys = KeySet(TokenKeyFiles.in_dir(copy), "ES256")
+    before = KeySet(TokenKeyFiles.in_dir(made), "ES256")
+    assert keys.kids["current"] == before.kids["next"]
+    assert keys.kids["previous"] == before.kids["current"]
+
+
+def _kubelet_mount(source: Path, mount: Path) -> None:
+    """Lay ``source``'s files out as the kubelet mounts a Secret: all written now, read-only.
+
+    A timestamped directory holds the files (mode 0440), ``..data`` points at it,
+    and each key name is a symlink through ``..data``.
+    """
+    data_dir = mount / "..2026_01_01_00_00_00.000000001"
+    data_dir.mkdir(parents=True)
+    for f in sorted(source.iterdir()):
+        shutil.copyfile(f, data_dir / f.name)
+        (data_dir / f.name).chmod(0o440)
+        (mount / f.name).symlink_to(f"..data/{f.name}")
+    (mount / "..data").symlink_to(data_dir.name)
+    data_dir.chmod(0o555)
+    mount.chmod(0o555)
+
+
+def test_rotate_from_a_freshly_mounted_secret_into_a_new_directory(tmp_path: Path) -> None:
+    """A Secret mounted a moment ago rotates (by stamps, not file times); the mount is untouched."""
+    made = tmp_path / "made"
+    init_keys_dir(made, now=time.time() - 3600)  # the set the Secret was created from
+    mount = tmp_path / "secret"
+    _kubelet_mount(made, mount)
+    before = {p.name: p.read_bytes() for p in mount.iterdir() if p.name.endswith(".pem")}
+    rotate(mount, out=tmp_path / "rotated")
+    assert {p.name: p.read_bytes() for p in mount.iterdir() if p.name.endswith(".pem")} == before
+    old = KeySet(TokenKeyFiles.in_dir(mount), "ES256").kids
+    new = KeySet(TokenKeyFiles.in_dir(tmp_path / "rotated"), "ES256").kids
+    assert (new["current"], new["previous"]) == (old["next"], old["current"])
+    assert new["next"] not in old.values()
+    for name in ("current.pem", "next.pem", "previous.pem"):
+        assert stat.S_IMODE((tmp_path / "rotated" / name).stat().st_mode) == 0o600
+    with pytest.raises(KeyFileError, match="not empty"):
+        rotate(mount, out=tmp_path / "rotated")
+
+
+def _doc_commands(doc: str, section: str) -> list[list[str]]:
+    """The ``gateway ...`` command lines (continuations joined) of a section's shell block."""
+    text = (Path(__file__).parents[2] / "docs" / doc).read_text(encoding="utf-8")
+    block = text.split(section, 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    joined = block.replace("\\\n", " ")
+    return [shlex.split(line)[1:] for line in joined.splitlines() if line.startswith("gateway ")]
+
+
+async def test_kubernetes_rotation_procedure_in_deploy_docs(
+    tmp_path: Path,
+    aiohttp_server: AiohttpServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The documented commands rotate keys copied out of the Secret, checked with the live JWKS."""
+    deployed = tmp_path / "deployed"  # what the Secret holds and the pods publish
+    init_keys_dir(deployed, now=time.time() - 3600)
+    published = KeySet(TokenKeyFiles.in_dir(deployed), "ES256")
+    app = web.Application()
+
+    async def jwks(_: web.Request) -> web.Response:
+        return web.Response(body=published.jwks_bytes())
+
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    server = await aiohttp_server(app)
+    jwks_url = f"http://127.0.0.1:{server.port}/.well-known/jwks.json"
+    work = tmp_path / "workstation"
+    (work / "tokens").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    for key in ("current", "next"):  # what `kubectl get secret ... | base64 -d` writes, now
+        shutil.copyfile(deployed / f"{key}.pem", work / "tokens" / f"{key}.pem")
+    commands = _doc_commands("deploy.md", "### Rotating the token signing key")
+    assert [c[:3] for c in commands] == [["keys", "tokens", "show"], ["keys", "tokens", "rotate"]]
+    for command in commands:
+        argv = [jwks_url if a.endswith("/.well-known/jwks.json") else a for a in command]
+        assert await asyncio.to_thread(main, argv) == 0, capsys.readouterr().err
+    shown = capsys.readouterr().out
+    assert f"next     kid={published.kids['next']}" in shown and "by its stamp" in shown
+    rotated = KeySet(TokenKeyFiles.in_dir(work / "tokens-rotated"), "ES256").kids
+    assert rotated["current"] == published.kids["next"]
+
+    # A next key the pods do not publish yet (never rolled out) is not promoted.
+    shutil.rmtree(work / "tokens-rotated")
+    (work / "tokens" / "next.pem").unlink()
+    generate_key(work / "tokens" / "next.pem", now=time.time() - 3600)
+    argv = [jwks_url if a.endswith("/.well-known/jwks.json") else a for a in commands[1]]
+    assert await asyncio.to_thread(main, argv) == 1
+    assert "is not in the published JWKS" in capsys.readouterr().err
