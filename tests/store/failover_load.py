@@ -45,7 +45,10 @@ class LoadReport:
     failure_times: list[float] = field(default_factory=list)
     create_latencies: list[float] = field(default_factory=list)
     trigger_at: float | None = None
+    settled_at: float | None = None
+    created_at: list[float] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+    before: float = 1.0
 
     def since_trigger(self, now: float) -> float:
         return now - self.trigger_at if self.trigger_at is not None else -1.0
@@ -56,6 +59,12 @@ class LoadReport:
         lat = sorted(self.create_latencies)
         p99 = lat[int(len(lat) * 0.99)] * 1000 if lat else 0.0
         worst = lat[-1] * 1000 if lat else 0.0
+        settled = report_span = 0.0
+        if self.trigger_at is not None and self.settled_at is not None:
+            settled = self.settled_at - self.trigger_at
+        before = sum(1 for t in self.created_at if t < 0)
+        during = sum(1 for t in self.created_at if 0 <= t < settled)
+        report_span = max(settled, 1e-9)
         return (
             f"{label}: sessions acknowledged={len(self.acknowledged)} "
             f"lost={len(self.lost)} | creates ok={self.created_ok} "
@@ -63,7 +72,9 @@ class LoadReport:
             f"failed={self.read_failed} missing={self.read_missing} | "
             f"failures after trigger: {window} "
             f"(recovered {failures[-1] if failures else 0.0:.2f} s after the trigger) | "
-            f"create latency p99={p99:.1f} ms max={worst:.1f} ms"
+            f"create latency p99={p99:.1f} ms max={worst:.1f} ms | "
+            f"creates/s before={before / self.before:.0f} "
+            f"during the {settled:.1f} s until settled={during / report_span:.0f}"
         )
 
 
@@ -84,6 +95,7 @@ async def _worker(
             report.failure_times.append(report.since_trigger(time.monotonic()))
         else:
             report.create_latencies.append(time.monotonic() - started)
+            report.created_at.append(report.since_trigger(time.monotonic()))
             report.created_ok += 1
             report.acknowledged.append(session)
         if report.acknowledged:
@@ -112,7 +124,7 @@ async def run_load(
 ) -> LoadReport:
     """Run traffic for ``before`` s, await ``trigger()`` (the failover, until it has
     settled), run ``after`` s more, stop. Failures before the trigger count too."""
-    report = LoadReport()
+    report = LoadReport(before=before)
     writer = SessionManager(store, SessionSettings(), ref_secret=REF_SECRET)
     reader = SessionManager(store, SessionSettings(cache_seconds=0), ref_secret=REF_SECRET)
     stop = asyncio.Event()
@@ -123,6 +135,7 @@ async def run_load(
         await asyncio.sleep(before)
         report.trigger_at = time.monotonic()
         await trigger()
+        report.settled_at = time.monotonic()
         await asyncio.sleep(after)
     finally:
         stop.set()

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.store.factory import StoreSettings, create_store
 from tests.store.failover_load import find_lost, run_load
-from tests.support.redis import SentinelSetup
+from tests.support.redis import ClusterSetup, SentinelSetup
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +57,48 @@ async def test_sentinel_primary_kill_loses_no_acknowledged_session() -> None:
             await store.close()
         await find_lost(setup.url, report)
         print("\n" + report.summary("sentinel kill -9 primary"))
+        assert report.acknowledged
+        assert report.lost == []
+        assert report.read_missing == 0
+
+
+async def test_cluster_manual_failover_loses_no_acknowledged_session() -> None:
+    """``CLUSTER FAILOVER`` of one shard under login traffic: every acknowledged session stays."""
+    with ClusterSetup(size=3, replicas=1) as cluster:
+        store = create_store(StoreSettings(url=cluster.url), environ={})
+        primary = cluster.primaries()[0]
+
+        async def failover() -> None:
+            await asyncio.to_thread(cluster.manual_failover, primary)
+            await asyncio.to_thread(cluster.wait_replicating, primary)
+
+        try:
+            report = await run_load(store, failover, after=2.0)
+        finally:
+            await store.close()
+        await find_lost(cluster.url, report)
+        print("\n" + report.summary("cluster CLUSTER FAILOVER"))
+        assert report.acknowledged
+        assert report.lost == []
+        assert report.read_missing == 0
+
+
+async def test_cluster_primary_kill_loses_no_acknowledged_session() -> None:
+    """``kill -9`` of one shard's primary under login traffic: every acknowledged session stays."""
+    with ClusterSetup(size=3, replicas=1) as cluster:
+        store = create_store(StoreSettings(url=cluster.url), environ={})
+        # Not a seed node, so the loss check below starts from a live node too.
+        primary = next(p for p in cluster.primaries() if p not in cluster.nodes[:2])
+
+        async def crash() -> None:
+            await asyncio.to_thread(cluster.kill, primary)
+
+        try:
+            report = await run_load(store, crash, after=2.0)
+        finally:
+            await store.close()
+        await find_lost(cluster.url, report)
+        print("\n" + report.summary("cluster kill -9 primary"))
         assert report.acknowledged
         assert report.lost == []
         assert report.read_missing == 0

@@ -470,6 +470,18 @@ class ClusterSetup:
         self.wait_ok(timeout)
         return replica
 
+    def wait_replicating(self, node: RedisServer, timeout: float = 30.0) -> None:
+        """Wait until ``node`` (a former primary) replicates its successor, link up."""
+        _wait(
+            lambda: (
+                "role:slave" in (info := node.cli("INFO", "replication"))
+                and "master_link_status:up" in info
+                and "master_sync_in_progress:0" in info
+            ),
+            f"node {node.port} to replicate",
+            timeout,
+        )
+
     def wait_ok(self, timeout: float = 30.0) -> None:
         for node in self.nodes:
             if node.running:
