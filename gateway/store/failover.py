@@ -193,7 +193,7 @@ class SentinelView:
     config_epoch: int
     failover_in_progress: bool
     usable: bool
-    """Flagged as a master and neither subjectively nor objectively down."""
+    """Flagged as a master, and neither subjectively nor objectively down."""
 
 
 def parse_sentinel_master(reply: object) -> SentinelView:
@@ -216,7 +216,9 @@ def parse_sentinel_master(reply: object) -> SentinelView:
         address=(pairs["ip"], int(pairs["port"])),
         config_epoch=int(pairs.get("config-epoch", "0")),
         failover_in_progress="failover_in_progress" in flags and acting,
-        usable="master" in flags and not flags & {"s_down", "o_down", "disconnected"},
+        # "disconnected" is not in the list: right after a switch a sentinel's link to
+        # the new primary is still being set up, which says nothing about the primary.
+        usable="master" in flags and not flags & {"s_down", "o_down"},
     )
 
 

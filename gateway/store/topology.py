@@ -86,6 +86,10 @@ Command = tuple[Any, ...]
 _CONNECT_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 # The slot's node changed while a write was on its way; follow at most this many.
 _MAX_REDIRECTS = 5
+# After a +switch-master: ask the sentinels this often, this many times, until
+# their newest configuration names a primary the store can adopt.
+_FOLLOW_ATTEMPTS = 20
+_FOLLOW_INTERVAL = 0.25
 
 
 @dataclass(frozen=True)
@@ -414,7 +418,7 @@ class SentinelTopology:
                         continue
                     address = parse_switch_message(message["data"], self._service)
                     if address is not None and address != self.primary:
-                        await self.refresh(force=True, hint=address)
+                        await self._follow(address)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -431,6 +435,17 @@ class SentinelTopology:
                         await pubsub.aclose()
             await asyncio.sleep(backoff * (0.5 + random.random() / 2))
             backoff = min(backoff * 2, self._backoff_max)
+
+    async def _follow(self, announced: Address) -> None:
+        """After a ``+switch-master``: ask until the sentinels' newest view is adopted.
+
+        The announcing sentinel may answer for a moment with the configuration
+        it is still writing; a few more questions settle it.
+        """
+        for _ in range(_FOLLOW_ATTEMPTS):
+            if await self.refresh(force=True, hint=announced) or self.primary == announced:
+                return
+            await asyncio.sleep(_FOLLOW_INTERVAL)
 
     async def aclose(self) -> None:
         self._closed = True
