@@ -174,7 +174,8 @@ class RedisStore:
                 if tries < self._retries and may_retry(op, failure):
                     tries += 1
                     with contextlib.suppress(*_FAILURES):
-                        await self._topology.recover(failure, generation)
+                        # A health check answers for now; it does not wait for a failover.
+                        await self._topology.recover(failure, generation, patient=op != "ping")
                     continue
                 # Only the failure's name reaches the log: redis-py messages can
                 # quote hosts and, for some errors, command arguments (our values).

@@ -119,8 +119,9 @@ class Topology(Protocol):
     async def confirm_primary(self, address: Address) -> bool:
         """Whether ``address`` is confirmed as the primary, with no failover under way."""
 
-    async def recover(self, failure: Failure, generation: int) -> None:
-        """Prepare the one retry after ``failure`` (an attempt begun at ``generation``)."""
+    async def recover(self, failure: Failure, generation: int, *, patient: bool = True) -> None:
+        """Prepare the one retry after ``failure`` (an attempt begun at ``generation``);
+        ``patient``: a failover under way may be waited for."""
 
     async def aclose(self) -> None:
         """Stop background work and close every connection."""
@@ -203,7 +204,7 @@ class StandaloneTopology:
         except _CONNECT_FAILURES:
             return False
 
-    async def recover(self, failure: Failure, generation: int) -> None:
+    async def recover(self, failure: Failure, generation: int, *, patient: bool = True) -> None:
         await asyncio.sleep(random.uniform(0.01, 0.03))
 
     async def aclose(self) -> None:
@@ -365,10 +366,10 @@ class SentinelTopology:
             return False
         return True
 
-    async def recover(self, failure: Failure, generation: int) -> None:
+    async def recover(self, failure: Failure, generation: int, *, patient: bool = True) -> None:
         if self._generation != generation or await self.refresh():
             return
-        if failure.outcome is Outcome.FINAL:
+        if failure.outcome is Outcome.FINAL or not patient:
             return
         if not failure.primary_lost and await self._answers():
             # One broken connection to a healthy primary: retry at once.
@@ -558,7 +559,7 @@ class ClusterTopology:
             )
         return is_master and healthy
 
-    async def recover(self, failure: Failure, generation: int) -> None:
+    async def recover(self, failure: Failure, generation: int, *, patient: bool = True) -> None:
         # The retry's own initialize() runs the refresh the failure asked for.
         await asyncio.sleep(random.uniform(0.02, 0.06))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -53,28 +54,34 @@ class LoadReport:
     def since_trigger(self, now: float) -> float:
         return now - self.trigger_at if self.trigger_at is not None else -1.0
 
+    def stall(self) -> tuple[float, float]:
+        """(longest time after the trigger without a completed login, when it began)."""
+        if self.trigger_at is None:
+            return 0.0, 0.0
+        points = sorted([0.0, *(t for t in self.created_at if t >= 0)])
+        gaps = [(b - a, a) for a, b in itertools.pairwise(points)]
+        return max(gaps, default=(0.0, 0.0))
+
     def summary(self, label: str) -> str:
         failures = [t for t in self.failure_times if t >= 0]
-        window = f"{failures[0]:+.2f}..{failures[-1]:+.2f} s" if failures else "none"
+        window = f"+{failures[0]:.2f}..+{failures[-1]:.2f} s" if failures else "none"
         lat = sorted(self.create_latencies)
         p99 = lat[int(len(lat) * 0.99)] * 1000 if lat else 0.0
         worst = lat[-1] * 1000 if lat else 0.0
-        settled = report_span = 0.0
+        settled = 0.0
         if self.trigger_at is not None and self.settled_at is not None:
             settled = self.settled_at - self.trigger_at
         before = sum(1 for t in self.created_at if t < 0)
         during = sum(1 for t in self.created_at if 0 <= t < settled)
-        report_span = max(settled, 1e-9)
+        gap, gap_at = self.stall()
         return (
-            f"{label}: sessions acknowledged={len(self.acknowledged)} "
-            f"lost={len(self.lost)} | creates ok={self.created_ok} "
-            f"failed={self.create_failed} | reads ok={self.read_ok} "
-            f"failed={self.read_failed} missing={self.read_missing} | "
-            f"failures after trigger: {window} "
-            f"(recovered {failures[-1] if failures else 0.0:.2f} s after the trigger) | "
-            f"create latency p99={p99:.1f} ms max={worst:.1f} ms | "
-            f"creates/s before={before / self.before:.0f} "
-            f"during the {settled:.1f} s until settled={during / report_span:.0f}"
+            f"{label}: lost {len(self.lost)} of {len(self.acknowledged)} acknowledged "
+            f"sessions | failed: creates {self.create_failed}, reads {self.read_failed} "
+            f"(reads finding nothing: {self.read_missing}) | failures after the trigger: "
+            f"{window} | longest time without a completed login: {gap:.2f} s "
+            f"(from +{gap_at:.2f} s) | create latency p99 {p99:.0f} ms, max {worst:.0f} ms | "
+            f"logins/s before {before / self.before:.0f}, in the {settled:.1f} s "
+            f"until settled {during / max(settled, 1e-9):.0f}"
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pydantic import ValidationError
 
 from gateway.errors import StoreUnavailable
 from gateway.store.factory import StoreSettings, create_store
@@ -178,3 +179,25 @@ async def test_lost_reply_repeats_a_set_but_never_a_consume_once_take(
     finally:
         await store.close()
         await proxy.close()
+
+
+def test_durability_defaults_follow_the_deployment_kind() -> None:
+    """``replica_acks: auto`` waits for one replica with Sentinel or Cluster, none for one
+    server; the other knobs pass through."""
+    settings = StoreSettings(replica_ack_timeout=0.2, unreplicated_writes="fail")
+    assert settings.durability("sentinel").replica_acks == 1
+    assert settings.durability("cluster").replica_acks == 1
+    assert settings.durability("standalone").replica_acks == 0
+    assert settings.durability("sentinel").timeout_ms == 200
+    assert settings.durability("sentinel").unreplicated == "fail"
+    assert StoreSettings(replica_acks=2).durability("standalone").replica_acks == 2
+
+
+def test_durability_settings_are_checked() -> None:
+    """A WAIT longer than the socket timeout, or an impossible replica count, is a config error."""
+    with pytest.raises(ValidationError, match="replica_ack_timeout"):
+        StoreSettings(replica_ack_timeout=0.5, socket_timeout=0.5)
+    with pytest.raises(ValidationError, match="replica_acks"):
+        StoreSettings(replica_acks=9)
+    with pytest.raises(ValidationError, match="unreplicated_writes"):
+        StoreSettings(unreplicated_writes="maybe")  # type: ignore[arg-type]

@@ -11,6 +11,8 @@ creation was acknowledged. Failed operations and recovery time are printed
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +104,57 @@ async def test_cluster_primary_kill_loses_no_acknowledged_session() -> None:
         assert report.acknowledged
         assert report.lost == []
         assert report.read_missing == 0
+
+
+def _doc_block(first_line: str) -> list[str]:
+    """The ```conf block of docs/state.md that starts with ``first_line`` (without comments)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "state.md").read_text()
+    for block in re.findall(r"```conf\n(.*?)```", text, re.S):
+        lines = block.strip().splitlines()
+        if lines[0] == first_line:
+            return [line for line in lines if line and not line.startswith("#")]
+    raise AssertionError(f"no conf block starting {first_line!r} in docs/state.md")
+
+
+async def test_documented_redis_settings_lose_nothing_when_the_primary_is_killed() -> None:
+    """The redis.conf and sentinel.conf of docs/state.md (two replicas, three sentinels,
+    min-replicas-to-write 1): ``kill -9`` of the primary under login traffic loses no
+    acknowledged session, and logins go on after the failover."""
+    data_args = [
+        arg
+        for line in _doc_block(
+            "# redis.conf on every data node of the gateway's Redis (primary and replicas)"
+        )
+        for arg in ("--" + line.split()[0], *line.split()[1:])
+    ]
+    sentinel_lines = _doc_block("# sentinel.conf on each of three sentinels (quorum 2)")
+
+    def sentinel_text(port: int) -> str:
+        # The documented file, pointed at this test's primary on loopback.
+        lines = [
+            line.replace("gateway 10.0.0.11 6379", f"gateway 127.0.0.1 {port}")
+            for line in sentinel_lines
+        ]
+        return "\n".join([*lines, "sentinel resolve-hostnames no", ""])
+
+    with SentinelSetup(
+        "gateway", replicas=2, sentinels=3, data_args=data_args, sentinel_text=sentinel_text
+    ) as setup:
+        assert setup.primary.cli("CONFIG", "GET", "min-replicas-to-write").split()[1] == "1"
+        store = create_store(StoreSettings(url=setup.url), environ={})
+
+        async def crash() -> None:
+            await asyncio.to_thread(setup.kill_primary, 60.0)
+            await asyncio.to_thread(setup.wait_replicated, 60.0)
+
+        try:
+            report = await run_load(store, crash, after=2.0)
+        finally:
+            await store.close()
+        await find_lost(setup.url, report)
+        print("\n" + report.summary("documented settings, kill -9 primary"))
+        assert report.acknowledged
+        assert report.lost == []
+        assert report.read_missing == 0
+        settled = report.settled_at - report.trigger_at  # type: ignore[operator]
+        assert any(t > settled for t in report.created_at)

@@ -249,22 +249,25 @@ class SentinelSetup:
         replicas: int = 1,
         sentinels: int = 1,
         quorum: int | None = None,
+        data_args: Sequence[str] = (),
+        sentinel_text: Callable[[int], str] | None = None,
     ) -> None:
+        """``data_args`` go to every data server's command line; ``sentinel_text(port)``
+        replaces the test sentinel config (``port``: the first primary's)."""
         self.master_name = master_name
-        self.primary = RedisServer()
+        self.primary = RedisServer(extra_args=list(data_args))
         self.replicas = [
-            RedisServer(extra_args=["--replicaof", "127.0.0.1", str(self.primary.port)])
+            RedisServer(extra_args=[*data_args, "--replicaof", "127.0.0.1", str(self.primary.port)])
             for _ in range(replicas)
         ]
         self.data_servers = [self.primary, *self.replicas]
         q = quorum if quorum is not None else sentinels // 2 + 1
-        self.sentinels = [
-            RedisServer(
-                sentinel=True,
-                config_text=sentinel_config(master_name, self.primary.port, quorum=q),
-            )
-            for _ in range(sentinels)
-        ]
+        text = (
+            sentinel_text(self.primary.port)
+            if sentinel_text is not None
+            else sentinel_config(master_name, self.primary.port, quorum=q)
+        )
+        self.sentinels = [RedisServer(sentinel=True, config_text=text) for _ in range(sentinels)]
 
     @property
     def replica(self) -> RedisServer:
