@@ -207,11 +207,12 @@ def parse_sentinel_master(reply: object) -> SentinelView:
         raise ValueError("unexpected SENTINEL MASTER reply")
     flags = set(pairs.get("flags", "").split(","))
     state = pairs.get("failover-state", "")
-    # A sentinel that lost the leader election keeps the flag in state wait_start
-    # until its attempt times out, even after it learnt the winner's new
-    # configuration; without a reason (the primary objectively down, or an
-    # operator's SENTINEL FAILOVER) such an attempt cannot go on, so it does not count.
-    acting = state not in ("", "none", "wait_start") or bool(flags & {"o_down", "force_failover"})
+    # Only a failover that has gone past wait_start (the leader acting on replicas)
+    # or one an operator forced (SENTINEL FAILOVER) counts. Sentinels that lost a
+    # leader election keep the flag in wait_start until their attempt times out,
+    # even after they learnt the winner's new configuration, sometimes with stale
+    # s_down/o_down flags on the new primary; such an attempt cannot go on.
+    acting = state not in ("", "none", "wait_start") or "force_failover" in flags
     return SentinelView(
         address=(pairs["ip"], int(pairs["port"])),
         config_epoch=int(pairs.get("config-epoch", "0")),
@@ -226,43 +227,47 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _newest(views: list[SentinelView]) -> SentinelView | None:
-    """The view of the newest configuration, if every sentinel holding it agrees."""
+def _newest(views: list[SentinelView]) -> list[SentinelView]:
+    """The views of the newest configuration, if the sentinels holding it agree on the
+    primary; else none."""
     if not views:
-        return None
+        return []
     epoch = max(v.config_epoch for v in views)
     newest = [v for v in views if v.config_epoch == epoch]
     if any(v.address != newest[0].address for v in newest):
-        return None
-    return newest[0]
+        return []
+    return newest
 
 
 def newest_primary(views: list[SentinelView]) -> tuple[str, int] | None:
-    """The primary named by the sentinels with the newest configuration, if usable.
+    """The primary named by the sentinels with the newest configuration, if one of them
+    sees it up.
 
     Sentinels that missed a switch still name the old primary with an older
     ``config-epoch`` until the others' hello messages reach them (about 2 s).
     """
     newest = _newest(views)
-    return newest.address if newest is not None and newest.usable else None
+    return newest[0].address if any(v.usable for v in newest) else None
 
 
 def primary_confirmed(views: list[SentinelView], address: tuple[str, int]) -> bool:
     """Whether the sentinels that answered confirm ``address`` as the primary, with no
     failover of it under way.
 
-    A failover in progress is shown only by the sentinel running it, against the
-    configuration it is replacing: it counts if it concerns ``address`` or the
-    newest configuration. A sentinel that lost the election for an already
-    finished failover keeps its flag, on the old primary and an older epoch, until
-    the winner's hello reaches it; that one does not count.
+    The sentinels with the newest configuration must name ``address`` and most of
+    them see it up (a primary that we reach but most sentinels do not is about
+    to be replaced). A failover in progress is shown only by the sentinel running
+    it, against the configuration it is replacing: it counts if it concerns
+    ``address`` or the newest configuration.
     """
     newest = _newest(views)
-    if newest is None or not newest.usable or newest.address != address:
+    if not newest or newest[0].address != address:
         return False
+    if sum(v.usable for v in newest) * 2 <= len(newest):
+        return False
+    epoch = newest[0].config_epoch
     return not any(
-        v.failover_in_progress and (v.address == address or v.config_epoch >= newest.config_epoch)
-        for v in views
+        v.failover_in_progress and (v.address == address or v.config_epoch >= epoch) for v in views
     )
 
 

@@ -377,6 +377,8 @@ class SentinelTopology:
         # The node is gone, read-only or being replaced and the sentinels still name
         # it: a failover is under way (or about to be). Wait for the switch, asking
         # now and then in case the announcement is missed.
+        # Also done when the current primary answers and the sentinels settle on it
+        # (just after a switch they briefly show stale down flags on the new one).
         deadline = time.monotonic() + self._failover_wait
         while self._generation == generation:
             left = deadline - time.monotonic()
@@ -385,7 +387,14 @@ class SentinelTopology:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=min(0.25, left))
             if self._generation == generation:
-                await self.refresh()
+                views = await self.views()
+                current = self.primary
+                if self._adopt(views) or (
+                    current is not None
+                    and primary_confirmed(views, current)
+                    and await self._answers()
+                ):
+                    return
 
     # -- following +switch-master ----------------------------------------------------
 

@@ -131,6 +131,7 @@ def test_the_newest_configuration_names_the_primary() -> None:
     """A sentinel that missed the switch (older epoch) is outvoted by the newer epoch."""
     assert newest_primary([_view(P, 0), _view(R, 1), _view(P, 0)]) == R
     assert newest_primary([_view(P, 3, flags="s_down,o_down,master,disconnected")]) is None
+    assert newest_primary([_view(R, 2), _view(R, 2, flags="s_down,master")]) == R
     assert newest_primary([_view(P, 1), _view(R, 1)]) is None  # disagreement
     assert newest_primary([]) is None
 
@@ -150,16 +151,30 @@ def test_primary_not_confirmed_during_a_manual_failover() -> None:
 
 def test_primary_confirmed_after_the_switch_despite_a_stale_election_loser() -> None:
     """After a crash failover a sentinel that lost the election may still show a wait_start
-    attempt on the new primary; with no reason (not o_down, not forced) it is ignored."""
+    attempt, even stale down flags, on the new primary; an attempt that is neither past
+    wait_start nor forced is ignored, and most sentinels seeing it up is enough."""
     views = [
         _view(R, 1),
         _view(R, 1),
-        _view(R, 1, flags="master,failover_in_progress", state="wait_start"),
+        _view(R, 1, flags="s_down,o_down,master,failover_in_progress", state="wait_start"),
     ]
     assert primary_confirmed(views, R)
     assert not primary_confirmed(views, P)
     # A sentinel that has not heard of the switch yet still names P with epoch 0.
     assert primary_confirmed([_view(R, 1), _view(P, 0, flags="s_down,o_down,master")], R)
+    # The leader acting on the replicas (past wait_start) does count.
+    acting = _view(R, 1, flags="master,failover_in_progress", state="select_slave")
+    assert not primary_confirmed([_view(R, 1), _view(R, 1), acting], R)
+
+
+def test_primary_most_sentinels_cannot_reach_is_not_confirmed() -> None:
+    """A primary the store reaches but most sentinels see down is about to be replaced
+    (a partition): writes on it do not count; one sentinel seeing it up is not enough."""
+    down = "s_down,master,disconnected"
+    assert not primary_confirmed([_view(P, 0), _view(P, 0, flags=down), _view(P, 0, flags=down)], P)
+    assert primary_confirmed([_view(P, 0), _view(P, 0), _view(P, 0, flags=down)], P)
+    # ... while the store still follows a new primary one sentinel already sees up.
+    assert newest_primary([_view(R, 1), _view(R, 1, flags=down)]) == R
 
 
 def test_switch_messages_name_the_new_primary_of_our_service_only() -> None:
