@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-NAMES = {"proxy": "bench.proxy", "logins": "bench.logins", "tokens": "bench.tokens"}
+NAMES = {
+    "proxy": "bench.proxy",
+    "logins": "bench.logins",
+    "tokens": "bench.tokens",
+    "failover": "bench.failover",
+}
 
 
 def main() -> int:

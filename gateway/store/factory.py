@@ -10,6 +10,11 @@ URLs (``StoreSettings.url``)::
     redis+cluster://[user@]h1:7000,h2:7001               Cluster (seed nodes; db is always 0)
     rediss+cluster://...                                 Cluster over TLS
 
+Durability and failover (``replica_acks``, ``replica_ack_timeout``,
+``unreplicated_writes``, ``failover_wait``, ``retries``) are explained in
+:mod:`gateway.store.failover`, :mod:`gateway.store.topology` and
+``docs/state.md``.
+
 Passwords are never part of the URL (a URL ends up in config files, process
 listings and log lines): a URL with a password is refused. The password comes
 from ``password_file`` (a mounted secret; trailing newline ignored) or else from
@@ -27,16 +32,23 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 
 from gateway.store.base import Store
+from gateway.store.failover import UnreplicatedMode
 from gateway.store.memory import MemoryStore
-from gateway.store.redis_store import RedisStore
+from gateway.store.redis_store import Durability, RedisStore
+from gateway.store.topology import (
+    Address,
+    ClusterTopology,
+    SentinelTopology,
+    StandaloneTopology,
+    Topology,
+)
 
 Kind = Literal["memory", "standalone", "sentinel", "cluster"]
 
@@ -72,7 +84,21 @@ class StoreSettings(BaseModel):
     connect_timeout: float = Field(default=0.5, gt=0, le=30)
     """Seconds to wait for a TCP/TLS connection."""
     retries: int = Field(default=1, ge=0, le=5)
-    """Retries of a command after a connection error (covers one dropped connection)."""
+    """Times an operation is sent again after a failure, where that is safe: reads, ``set``
+    and ``delete`` after any failure; ``add`` and ``take`` only when the first attempt
+    certainly did not take effect (docs/state.md, "Failover")."""
+    replica_acks: int | Literal["auto"] = "auto"
+    """After every write, ``WAIT`` until this many replicas have it. ``auto``: 1 with
+    Sentinel or Cluster, 0 (no ``WAIT``) for a single server."""
+    replica_ack_timeout: float = Field(default=0.1, gt=0, le=5)
+    """Seconds a write waits for the replica acknowledgements; shorter than ``socket_timeout``."""
+    unreplicated_writes: UnreplicatedMode = "accept_on_primary"
+    """A write no replica acknowledged in time: ``accept_on_primary`` keeps it if the node
+    that ran it is confirmed as the primary with no failover under way (else 503);
+    ``fail`` always answers 503 (strict: no write without a replica copy)."""
+    failover_wait: float = Field(default=2.0, ge=0, le=30)
+    """Sentinel: seconds an operation that hit a gone or read-only primary waits for
+    the sentinels to name a new one before it fails (503)."""
     max_connections: int = Field(default=64, ge=1)
     """Connection pool size per process (per node on Cluster)."""
     health_check_interval: float = Field(default=15.0, ge=0)
@@ -95,6 +121,35 @@ class StoreSettings(BaseModel):
     def _url_parses(cls, value: str) -> str:
         parse_store_url(value)
         return value
+
+    @field_validator("replica_acks")
+    @classmethod
+    def _acks_in_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 5:
+            raise ValueError("replica_acks must be auto or a number from 0 to 5")
+        return value
+
+    @model_validator(mode="after")
+    def _ack_timeout_fits(self) -> StoreSettings:
+        if self.replica_ack_timeout >= self.socket_timeout:
+            # WAIT's reply comes after replica_ack_timeout; a shorter socket timeout
+            # would turn every unacknowledged write into a broken connection.
+            raise ValueError(
+                f"replica_ack_timeout ({self.replica_ack_timeout}) must be shorter than "
+                f"socket_timeout ({self.socket_timeout})"
+            )
+        return self
+
+    def durability(self, kind: Kind) -> Durability:
+        """The ``WAIT`` policy for a deployment of ``kind``."""
+        acks = self.replica_acks
+        if acks == "auto":
+            acks = 1 if kind in ("sentinel", "cluster") else 0
+        return Durability(
+            replica_acks=acks,
+            timeout=self.replica_ack_timeout,
+            unreplicated=self.unreplicated_writes,
+        )
 
 
 @dataclass(frozen=True)
@@ -201,7 +256,9 @@ def _connection_kwargs(
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": settings.connect_timeout,
         "health_check_interval": settings.health_check_interval,
-        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), settings.retries),
+        # The store decides about retries itself (gateway.store.failover): redis-py
+        # would also repeat a GETDEL whose reply was lost.
+        "retry": Retry(NoBackoff(), 0),
         "max_connections": settings.max_connections,
     }
     if target.tls:
@@ -223,38 +280,50 @@ def create_store(settings: StoreSettings, environ: Mapping[str, str] | None = No
     if target.kind == "memory":
         return MemoryStore(sweep_interval=settings.memory_sweep_interval)
     kwargs = _connection_kwargs(settings, target, _password(settings, env))
-    client: Redis | RedisCluster
-    also_close: list[Redis] = []
+    topology: Topology
     if target.kind == "standalone":
         ((host, port),) = target.hosts
-        client = Redis(host=host, port=port, db=target.db, **kwargs)
+        topology = StandaloneTopology(Redis(host=host, port=port, db=target.db, **kwargs))
     elif target.kind == "sentinel":
         assert target.service_name is not None
         sentinel_kwargs: dict[str, Any] = {
             "socket_timeout": settings.socket_timeout,
             "socket_connect_timeout": settings.connect_timeout,
+            "retry": Retry(NoBackoff(), 0),
         }
         if settings.sentinel_password_file is not None:
             sentinel_kwargs["password"] = _read_secret(settings.sentinel_password_file)
         if target.tls:
             # Sentinels and data nodes share one TLS setup in this URL form.
             sentinel_kwargs.update({k: v for k, v in kwargs.items() if k.startswith("ssl")})
-        kwargs.pop("max_connections")
-        sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
-        also_close = list(sentinel.sentinels)
-        client = sentinel.master_for(
-            target.service_name, db=target.db, max_connections=settings.max_connections
+        sentinels = [Redis(host=h, port=p, **sentinel_kwargs) for h, p in target.hosts]
+        db = target.db
+
+        def data_client(address: Address) -> Redis:
+            return Redis(host=address[0], port=address[1], db=db, **kwargs)
+
+        topology = SentinelTopology(
+            sentinels,
+            target.service_name,
+            data_client,
+            failover_wait=settings.failover_wait,
+            # Long enough for a command already running on the old primary to end.
+            retire_after=2 * (settings.socket_timeout + settings.connect_timeout),
+            backoff_max=settings.subscribe_backoff_max,
         )
     else:
-        client = RedisCluster(
-            startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
-            require_full_coverage=True,
-            **kwargs,
+        topology = ClusterTopology(
+            RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
+                require_full_coverage=True,
+                **kwargs,
+            )
         )
     return RedisStore(
-        client,
+        topology,
         key_prefix=settings.key_prefix,
         description=target.describe(),
+        durability=settings.durability(target.kind),
+        retries=settings.retries,
         subscribe_backoff_max=settings.subscribe_backoff_max,
-        also_close=also_close,
     )

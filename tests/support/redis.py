@@ -233,52 +233,150 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> No
 
 
 class SentinelSetup:
-    """A primary, one replica and one sentinel (quorum 1) on free ports.
+    """A primary, ``replicas`` replicas and ``sentinels`` sentinels on free ports.
 
-    ``url`` is the store URL; ``failover()`` kills the primary and waits until the
-    sentinel has promoted the replica.
+    ``url`` is the store URL (every sentinel). The roles move on a failover:
+    ``primary`` is always the server sentinels name now (``refresh_roles``), and
+    ``replicas`` the other data servers. ``kill_primary()`` crashes the primary
+    and waits for the promotion; ``manual_failover()`` runs ``SENTINEL FAILOVER``
+    and waits until the sentinels name the new primary.
     """
 
-    def __init__(self, master_name: str = "gwmaster") -> None:
+    def __init__(
+        self,
+        master_name: str = "gwmaster",
+        *,
+        replicas: int = 1,
+        sentinels: int = 1,
+        quorum: int | None = None,
+        data_args: Sequence[str] = (),
+        sentinel_text: Callable[[int], str] | None = None,
+    ) -> None:
+        """``data_args`` go to every data server's command line; ``sentinel_text(port)``
+        replaces the test sentinel config (``port``: the first primary's)."""
         self.master_name = master_name
-        self.primary = RedisServer()
-        self.replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(self.primary.port)])
-        self.sentinel = RedisServer(
-            sentinel=True, config_text=sentinel_config(master_name, self.primary.port)
+        self.primary = RedisServer(extra_args=list(data_args))
+        self.replicas = [
+            RedisServer(extra_args=[*data_args, "--replicaof", "127.0.0.1", str(self.primary.port)])
+            for _ in range(replicas)
+        ]
+        self.data_servers = [self.primary, *self.replicas]
+        q = quorum if quorum is not None else sentinels // 2 + 1
+        text = (
+            sentinel_text(self.primary.port)
+            if sentinel_text is not None
+            else sentinel_config(master_name, self.primary.port, quorum=q)
         )
+        self.sentinels = [RedisServer(sentinel=True, config_text=text) for _ in range(sentinels)]
+
+    @property
+    def replica(self) -> RedisServer:
+        """The first replica (the one a single-replica setup promotes)."""
+        return self.replicas[0]
+
+    @property
+    def sentinel(self) -> RedisServer:
+        """The first sentinel that is running."""
+        return next(s for s in self.sentinels if s.running)
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.master_name}/0"
+        hosts = ",".join(s.address for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.master_name}/0"
 
     def start(self) -> None:
         self.primary.start()
-        self.replica.start()
-        _wait(
-            lambda: "master_link_status:up" in self.replica.cli("INFO", "replication"),
-            "replica to sync",
-        )
-        self.sentinel.start()
-        _wait(
-            lambda: (
-                str(self.replica.port)
-                in self.sentinel.cli("SENTINEL", "replicas", self.master_name)
-            ),
-            "sentinel to discover the replica",
-        )
+        for replica in self.replicas:
+            replica.start()
+            _wait(
+                lambda r=replica: "master_link_status:up" in r.cli("INFO", "replication"),
+                "replica to sync",
+            )
+        for sentinel in self.sentinels:
+            sentinel.start()
+        others = len(self.sentinels) - 1
+        for sentinel in self.sentinels:
+            _wait(
+                lambda s=sentinel: all(
+                    str(r.port) in s.cli("SENTINEL", "replicas", self.master_name)
+                    for r in self.replicas
+                ),
+                "sentinel to discover the replicas",
+            )
+            _wait(
+                lambda s=sentinel: self._master_field(s, "num-other-sentinels") == str(others),
+                "sentinels to discover each other",
+                timeout=30,
+            )
+
+    def _master_field(self, sentinel: RedisServer, name: str) -> str | None:
+        lines = sentinel.cli("SENTINEL", "master", self.master_name).split("\n")
+        fields = dict(zip(lines[0::2], lines[1::2], strict=False))
+        return fields.get(name)
 
     def current_primary_port(self) -> int:
         out = self.sentinel.cli("SENTINEL", "get-master-addr-by-name", self.master_name)
         return int(out.split()[1])
 
+    def server(self, port: int) -> RedisServer:
+        return next(s for s in self.data_servers if s.port == port)
+
+    def refresh_roles(self) -> None:
+        """Set ``primary``/``replicas`` from what the sentinels say now."""
+        self.primary = self.server(self.current_primary_port())
+        self.replicas = [s for s in self.data_servers if s is not self.primary]
+
+    def _all_sentinels_name(self, port: int) -> bool:
+        for sentinel in self.sentinels:
+            if not sentinel.running:
+                continue
+            out = sentinel.cli("SENTINEL", "get-master-addr-by-name", self.master_name)
+            if out.split()[1:2] != [str(port)]:
+                return False
+        return True
+
+    def _wait_promoted(self, old: RedisServer, timeout: float) -> RedisServer:
+        _wait(lambda: self.current_primary_port() != old.port, "sentinel failover", timeout)
+        new = self.server(self.current_primary_port())
+        _wait(lambda: "role:master" in new.cli("INFO", "replication"), "promotion", timeout)
+        _wait(lambda: self._all_sentinels_name(new.port), "every sentinel to agree", timeout)
+        self.refresh_roles()
+        return new
+
+    def kill_primary(self, timeout: float = 30.0) -> RedisServer:
+        """Crash the primary (SIGKILL) and wait until a replica is the new primary."""
+        old = self.primary
+        old.kill()
+        return self._wait_promoted(old, timeout)
+
+    def manual_failover(self, timeout: float = 30.0) -> RedisServer:
+        """``SENTINEL FAILOVER`` (a planned switch) and wait until the new primary is named."""
+        old = self.primary
+        self.sentinel.cli("SENTINEL", "FAILOVER", self.master_name)
+        return self._wait_promoted(old, timeout)
+
+    def wait_replicated(self, timeout: float = 30.0) -> None:
+        """Wait until every running non-primary server replicates the primary, link up."""
+        for server in self.replicas:
+            if not server.running:
+                continue
+            _wait(
+                lambda s=server: (
+                    "role:slave" in (info := s.cli("INFO", "replication"))
+                    and f"master_port:{self.primary.port}" in info
+                    and "master_link_status:up" in info
+                    and "master_sync_in_progress:0" in info
+                ),
+                f"server {server.port} to replicate the new primary",
+                timeout,
+            )
+
     def failover(self) -> None:
         """Crash the primary and wait until the replica is the new primary."""
-        self.primary.kill()
-        _wait(lambda: self.current_primary_port() == self.replica.port, "sentinel failover")
-        _wait(lambda: "role:master" in self.replica.cli("INFO", "replication"), "promotion")
+        self.kill_primary()
 
     def cleanup(self) -> None:
-        for server in (self.sentinel, self.replica, self.primary):
+        for server in (*self.sentinels, *self.data_servers):
             server.cleanup()
 
     def __enter__(self) -> SentinelSetup:
@@ -294,9 +392,10 @@ class SentinelSetup:
 
 
 class ClusterSetup:
-    """A Redis Cluster of ``size`` primaries (no replicas) on free ports."""
+    """A Redis Cluster of ``size`` primaries with ``replicas`` replicas each, on free ports."""
 
-    def __init__(self, size: int = 3) -> None:
+    def __init__(self, size: int = 3, *, replicas: int = 0) -> None:
+        self.replicas_per_primary = replicas
         self.nodes = [
             RedisServer(
                 free_cluster_port(),
@@ -309,7 +408,7 @@ class ClusterSetup:
                     "2000",
                 ],
             )
-            for _ in range(size)
+            for _ in range(size * (1 + replicas))
         ]
 
     @property
@@ -319,12 +418,81 @@ class ClusterSetup:
     def start(self) -> None:
         for node in self.nodes:
             node.start()
-        self.nodes[0].cli("--cluster", "create", *(n.address for n in self.nodes), "--cluster-yes")
+        self.nodes[0].cli(
+            "--cluster",
+            "create",
+            *(n.address for n in self.nodes),
+            "--cluster-replicas",
+            str(self.replicas_per_primary),
+            "--cluster-yes",
+        )
         for node in self.nodes:
             _wait(
                 lambda node=node: "cluster_state:ok" in node.cli("CLUSTER", "INFO"),
                 "cluster state ok",
+                timeout=30,
             )
+        if self.replicas_per_primary:
+            for node in self.replicas():
+                _wait(
+                    lambda node=node: "master_link_status:up" in node.cli("INFO", "replication"),
+                    "cluster replica to sync",
+                    timeout=30,
+                )
+
+    def role(self, node: RedisServer) -> str:
+        return node.cli("ROLE").split("\n")[0].strip()
+
+    def primaries(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.running and self.role(n) == "master"]
+
+    def replicas(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.running and self.role(n) == "slave"]
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        """A running replica of ``primary``."""
+        for node in self.replicas():
+            info = node.cli("INFO", "replication")
+            if f"master_port:{primary.port}" in info:
+                return node
+        raise RuntimeError(f"no replica of {primary.address}")
+
+    def manual_failover(self, primary: RedisServer, timeout: float = 30.0) -> RedisServer:
+        """``CLUSTER FAILOVER`` on a replica of ``primary`` (a planned switch); returns it."""
+        replica = self.replica_of(primary)
+        replica.cli("CLUSTER", "FAILOVER")
+        _wait(lambda: self.role(replica) == "master", "cluster manual failover", timeout)
+        self.wait_ok(timeout)
+        return replica
+
+    def kill(self, primary: RedisServer, timeout: float = 30.0) -> RedisServer:
+        """SIGKILL ``primary`` and wait until its replica took over its slots."""
+        replica = self.replica_of(primary)
+        primary.kill()
+        _wait(lambda: self.role(replica) == "master", "cluster failover", timeout)
+        self.wait_ok(timeout)
+        return replica
+
+    def wait_replicating(self, node: RedisServer, timeout: float = 30.0) -> None:
+        """Wait until ``node`` (a former primary) replicates its successor, link up."""
+        _wait(
+            lambda: (
+                "role:slave" in (info := node.cli("INFO", "replication"))
+                and "master_link_status:up" in info
+                and "master_sync_in_progress:0" in info
+            ),
+            f"node {node.port} to replicate",
+            timeout,
+        )
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            if node.running:
+                _wait(
+                    lambda node=node: "cluster_state:ok" in node.cli("CLUSTER", "INFO"),
+                    "cluster state ok",
+                    timeout,
+                )
 
     def cleanup(self) -> None:
         for node in self.nodes:
