@@ -277,13 +277,14 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
     shared: list[Any] = [
         structlog.processors.add_log_level,
         _UtcTimestamp(),
-        redact,
     ]
     renderer: Any
     if fmt == "console":
+        shared.append(redact)
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     else:
-        shared.append(_format_exc_info_if_any)
+        # Tracebacks become text before redaction, so their text is checked too.
+        shared += [_format_exc_info_if_any, redact]
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     structlog.configure(
         processors=[*shared, renderer],
@@ -304,6 +305,9 @@ class _StructlogHandler(logging.Handler):
             msg = record.getMessage()
         except Exception:  # a broken library log call must not break us
             msg = str(record.msg)
-        structlog.get_logger(record.name).log(
-            record.levelno, "library_logged", logger=record.name, message=msg
-        )
+        fields: dict[str, Any] = {"logger": record.name, "message": msg}
+        if record.exc_info and record.exc_info[1] is not None:
+            # Keep the traceback (aiohttp's "Error handling request", asyncio's
+            # accept() failures): without it such a line says nothing useful.
+            fields["exc_info"] = record.exc_info
+        structlog.get_logger(record.name).log(record.levelno, "library_logged", **fields)
