@@ -17,6 +17,7 @@ The tree::
     │   └── CsrfFailed                a state-changing gateway form without a valid token
     ├── BadRequest            400     malformed input the gateway itself parses
     ├── BodyTooLarge          413     request body over the route's limit
+    ├── RequestTimeout        408     the client stopped sending its request body
     ├── LoginFailed           4xx     the eHerkenning login could not complete
     │   ├── SamlInvalid       400     a SAML message failed a check (audited with the reason)
     │   ├── LoginCancelled    400     the user cancelled at the broker
@@ -29,7 +30,8 @@ The tree::
     └── ServiceUnavailable    503     a dependency is down; fail closed
         ├── StoreUnavailable          Redis (or the configured store) is unreachable
         ├── RegistryUnavailable       the fund's mandate registry is unreachable
-        └── BrokerUnavailable         the eHerkenning broker is unreachable
+        ├── BrokerUnavailable         the eHerkenning broker is unreachable
+        └── Overloaded                too many connections, or no file descriptors left
 
 ``ConfigInvalid`` is separate: it is raised while loading configuration, never
 while serving, and carries every problem found (file, path, message).
@@ -139,6 +141,21 @@ class BodyTooLarge(GatewayError):
     title_en = "Upload too large"
     text_nl = "Wat u verstuurt is groter dan hier is toegestaan."
     text_en = "What you are sending is larger than allowed here."
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    code = "request_timeout"
+    title_nl = "Verzoek duurde te lang"
+    title_en = "Request took too long"
+    text_nl = (
+        "Het verzoek duurde te lang: er kwamen te lang geen gegevens meer binnen. "
+        "Controleer uw verbinding en probeer het opnieuw."
+    )
+    text_en = (
+        "The request took too long: no more data arrived for too long. "
+        "Check your connection and try again."
+    )
 
 
 class LoginFailed(GatewayError):
@@ -263,6 +280,12 @@ class BrokerUnavailable(ServiceUnavailable):
     code = "broker_unavailable"
     text_nl = "eHerkenning is op dit moment niet bereikbaar. Probeer het later opnieuw."
     text_en = "eHerkenning cannot be reached right now. Please try again later."
+
+
+class Overloaded(ServiceUnavailable):
+    code = "overloaded"
+    text_nl = "Het portaal is op dit moment erg druk. Probeer het over enkele minuten opnieuw."
+    text_en = "The portal is very busy right now. Please try again in a few minutes."
 
 
 @dataclass(frozen=True)
