@@ -29,6 +29,7 @@ from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from gateway import pages
+from gateway.config import ServerSettings
 from gateway.connections import client_key, connection_cap, descriptor_exhaustion
 from gateway.errors import UpstreamUnavailable
 from gateway.logs import configure_logging
@@ -478,3 +479,23 @@ def test_descriptor_exhaustion_is_found_behind_wrapping_errors() -> None:
     assert found is not None and found.errno == errno.EMFILE
     assert descriptor_exhaustion(UpstreamUnavailable("refused")) is None
     assert descriptor_exhaustion(ConnectionRefusedError(errno.ECONNREFUSED, "refused")) is None
+
+
+EDGE_SETTINGS = (
+    "client_keepalive_seconds",
+    "client_header_timeout_seconds",
+    "client_body_timeout_seconds",
+    "max_connections",
+    "max_connections_per_client",
+)
+
+
+def test_example_config_and_docs_give_every_connection_limit_with_its_default() -> None:
+    """config/gateway.example.yaml states each limit's real default; docs/operations.md has it."""
+    root = Path(__file__).resolve().parents[2]
+    example = yaml.safe_load((root / "config" / "gateway.example.yaml").read_text())["server"]
+    docs = (root / "docs" / "operations.md").read_text()
+    defaults = ServerSettings()
+    for key in EDGE_SETTINGS:
+        assert example[key] == getattr(defaults, key), key
+        assert f"| `server.{key}` |" in docs, key
