@@ -229,7 +229,7 @@ async def edge(request: web.Request, handler: Handler | None = None) -> web.Stre
                     "path": redact_text(request.path),
                     "query": safe_query(request.query_string),
                     "status": status,
-                    "bytes": _bytes_sent(resp),
+                    "bytes": _bytes_sent(request, resp),
                     "duration_ms": round(elapsed * 1000, 2),
                     "upstream_ms": (
                         round(timing["upstream"] * 1000, 2) if "upstream" in timing else None
@@ -294,12 +294,14 @@ def _report_exhaustion(request: web.Request, exc: OSError) -> None:
         log.error("descriptors_exhausted", where="request", exc_info=exc)
 
 
-def _bytes_sent(resp: web.StreamResponse | None) -> int:
+def _bytes_sent(request: web.BaseRequest, resp: web.StreamResponse | None) -> int:
     """Body bytes of the answer: counted while streaming, or the size of a ready body."""
     if resp is None:
         return 0
     if resp.prepared:
-        return resp.body_length
+        # body_length is only set once the answer ended; a client that left
+        # mid-answer got what the writer wrote so far.
+        return resp.body_length or request.writer.output_size
     return resp.content_length or 0  # returned, not yet written (the gateway's own pages)
 
 

@@ -30,8 +30,9 @@ the reference (docs/operations.md compares every setting):
   asyncio's loop, ``AcceptGuard`` answers them with the same 503 page using one
   descriptor kept in reserve, instead of leaving them in the backlog.
 - **Client gone** (499): when a client closes its connection during a proxied
-  request, the request is cancelled (nginx: ``proxy_ignore_client_abort off``),
-  which stops the upstream exchange; ``gateway.app.edge`` logs it as 499.
+  request before the answer's head was sent, the request is cancelled (nginx:
+  ``proxy_ignore_client_abort off``), which stops the upstream exchange;
+  ``gateway.app.edge`` logs it as 499.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from typing import Any, cast
 
 import structlog
 from aiohttp import web
-from aiohttp.streams import StreamReader
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.config import ServerSettings
@@ -328,15 +329,15 @@ class EdgeProtocol(RequestHandler):
         # Runs for every read: keep the common case (a whole request head in
         # one read, no body) to a few attribute reads.
         count = self._request_count
-        super().data_received(data)
+        RequestHandler.data_received(self, data)
         if self._request_count != count:
             # One or more request heads are complete; only the last one's body
-            # can still be arriving.
+            # can still be arriving (a request without one has EMPTY_PAYLOAD).
             self._head_pending = False
             messages = self._messages
             if messages:
                 payload = messages[-1][1]
-                if not payload.is_eof():
+                if payload is not EMPTY_PAYLOAD and not payload.is_eof():
                     self._watch_body(payload)
                     return
             if self._body is not None:
@@ -416,9 +417,12 @@ class EdgeProtocol(RequestHandler):
             request is not None
             and task is not None
             and not task.done()
+            and request.writer.output_size == 0
             and self._guard.cancel_when_gone(request)
         ):
-            # Nobody is waiting for the answer: stop the upstream exchange.
+            # Nobody is waiting for the answer: stop the upstream exchange. Once
+            # the answer's head has left, the proxy finds out at its next write
+            # and logs the status it sent (as nginx does).
             task.cancel()
 
 

@@ -444,6 +444,23 @@ def restore_structlog() -> Iterator[None]:
     root.setLevel(level)
 
 
+async def test_client_leaving_mid_download_keeps_the_status_it_got(
+    start_gateway: GatewayStarter, upstream_log: UpstreamLog
+) -> None:
+    """A client that leaves after the answer's head arrived is logged with that status (nginx)."""
+    gw = await start_gateway()
+    conn = await gw.connect()
+    conn[1].write(b"GET /download HTTP/1.1\r\nHost: gw\r\n\r\n")
+    async with asyncio.timeout(BOUND):
+        assert (await conn[0].readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        await conn[0].readuntil(b"first-chunk;")
+    conn[1].close()
+    await asyncio.sleep(0.3)
+    upstream_log.release_download.set()
+    line = await gw.access_line("/download")
+    assert line["status"] == 200 and line["bytes"] >= len("first-chunk;")
+
+
 # -- the pure decisions behind the caps ---------------------------------------------
 
 
