@@ -24,6 +24,7 @@ from aiohttp import web, web_urldispatcher
 from gateway.audit import audit
 from gateway.backend_api import backend_routes
 from gateway.config import GatewayConfig, RouteSettings, load_config
+from gateway.connections import EdgeProtocol, descriptor_exhaustion
 from gateway.context import ERROR_EXTRA, FORM_FIELDS, REQUEST_ID, ROUTE_NAME, TIMING, Handler
 from gateway.errors import (
     BadRequest,
@@ -31,6 +32,8 @@ from gateway.errors import (
     GatewayError,
     MethodNotAllowed,
     NotFound,
+    Overloaded,
+    RequestTimeout,
 )
 from gateway.forward_auth import forward_auth_routes
 from gateway.gate import Respond, authorize
@@ -190,11 +193,7 @@ async def edge(request: web.Request, handler: Handler | None = None) -> web.Stre
                 else:
                     resp = await request.app[FORWARDER].forward(request, *plan)
         except GatewayError as err:
-            if err.status >= 500:
-                log.warning(
-                    "request_failed", code=err.code, detail=err.detail, request_id=request_id
-                )
-            resp = error_response(request, err, request_id, **request.get(ERROR_EXTRA, {}))
+            resp = _error_answer(request, err, request_id)
         except web.HTTPException as exc:
             # aiohttp's own answers from a handler (e.g. a bad form body).
             mapped: GatewayError = (
@@ -204,15 +203,18 @@ async def edge(request: web.Request, handler: Handler | None = None) -> web.Stre
                 if exc.status == 404
                 else BadRequest(exc.reason)
             )
-            resp = error_response(request, mapped, request_id)
+            resp = _error_answer(request, mapped, request_id)
         except asyncio.CancelledError:
-            status = 499  # client went away
+            # The client left (its proxied request is cancelled then, see
+            # gateway.connections), or shutdown ended a request past its grace.
+            status = CLIENT_CLOSED if request.transport is None else 503
             raise
-        except Exception:
-            log.exception("request_crashed", request_id=request_id)
-            resp = error_response(request, GatewayError("unexpected"), request_id)
+        except Exception as exc:
+            resp = _crash_answer(request, exc, request_id)
         if not resp.prepared:
             resp.headers.setdefault(header, request_id)
+            if handler is not None and request.transport is None:
+                resp = _client_gone()  # an own page nobody is left to read
         status = resp.status
         return resp
     finally:
@@ -231,7 +233,7 @@ async def edge(request: web.Request, handler: Handler | None = None) -> web.Stre
                     "path": redact_path(request.path),
                     "query": safe_query(request.query_string),
                     "status": status,
-                    "bytes": _bytes_sent(resp),
+                    "bytes": _bytes_sent(request, resp),
                     "duration_ms": round(elapsed * 1000, 2),
                     "upstream_ms": (
                         round(timing["upstream"] * 1000, 2) if "upstream" in timing else None
@@ -241,12 +243,69 @@ async def edge(request: web.Request, handler: Handler | None = None) -> web.Stre
             )
 
 
-def _bytes_sent(resp: web.StreamResponse | None) -> int:
+# nginx's "client closed request": the client went away before its answer was sent.
+CLIENT_CLOSED = 499
+
+
+def _client_gone() -> web.Response:
+    """What ``edge`` returns for a client that has gone: never sent, logged as 499."""
+    resp = web.Response(status=CLIENT_CLOSED)
+    resp.force_close()
+    return resp
+
+
+def _error_answer(request: web.Request, err: GatewayError, request_id: str) -> web.Response:
+    """The answer for ``err``, after asking whether the client's connection caused it.
+
+    A client that left, or stopped sending its body, makes the request fail in
+    whatever step was reading: that step's error (400 for a short body, say) is
+    replaced by the client's own failure (499, 408). A step that ran out of
+    file descriptors is the gateway's overload (503), not the upstream's fault.
+    """
+    if request.transport is None:
+        return _client_gone()
+    if getattr(request.protocol, "body_timed_out", False) and not isinstance(err, RequestTimeout):
+        err = RequestTimeout(f"request body stalled ({err.code})")
+    exhausted = descriptor_exhaustion(err)
+    if exhausted is not None:
+        _report_exhaustion(request, exhausted)
+        err = Overloaded(f"out of descriptors: {err.detail}")
+    elif err.status >= 500:
+        log.warning("request_failed", code=err.code, detail=err.detail, request_id=request_id)
+    resp = error_response(request, err, request_id, **request.get(ERROR_EXTRA, {}))
+    if err.status == 408:
+        resp.force_close()  # the rest of the body will never come
+    return resp
+
+
+def _crash_answer(request: web.Request, exc: Exception, request_id: str) -> web.Response:
+    """The answer for an error nobody expected: 500, unless the client or descriptors caused it."""
+    if request.transport is None:
+        return _client_gone()  # e.g. reading the body of a client that left
+    exhausted = descriptor_exhaustion(exc)
+    if exhausted is not None:
+        _report_exhaustion(request, exhausted)
+        return error_response(request, Overloaded("out of descriptors"), request_id)
+    log.exception("request_crashed", request_id=request_id)
+    return error_response(request, GatewayError("unexpected"), request_id)
+
+
+def _report_exhaustion(request: web.Request, exc: OSError) -> None:
+    protocol = request.protocol
+    if isinstance(protocol, EdgeProtocol):
+        protocol.guard.exhausted("request", exc)  # throttled: a burst writes one traceback
+    else:
+        log.error("descriptors_exhausted", where="request", exc_info=exc)
+
+
+def _bytes_sent(request: web.BaseRequest, resp: web.StreamResponse | None) -> int:
     """Body bytes of the answer: counted while streaming, or the size of a ready body."""
     if resp is None:
         return 0
     if resp.prepared:
-        return resp.body_length
+        # body_length is only set once the answer ended; a client that left
+        # mid-answer got what the writer wrote so far.
+        return resp.body_length or request.writer.output_size
     return resp.content_length or 0  # returned, not yet written (the gateway's own pages)
 
 

@@ -169,6 +169,41 @@ class ServerSettings(Model):
         description="Cookies whose name starts with one of these belong to the gateway and "
         "are never forwarded upstream.",
     )
+    # Client connections (docs/operations.md, "Client connections: deadlines and caps").
+    client_keepalive_seconds: float = Field(
+        75.0,
+        gt=0,
+        description="Close a client's keep-alive connection after this long without a new "
+        "request (nginx keepalive_timeout: 75 s). Keep it above your load balancer's idle "
+        "timeout.",
+    )
+    client_header_timeout_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="The whole request head (request line and headers) must arrive within "
+        "this time: from the connection's start for its first request, from the first byte "
+        "for later ones. Otherwise the connection is closed (nginx client_header_timeout: 60 s).",
+    )
+    client_body_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Longest pause between two reads of a request body; past it the client "
+        "gets a 408 page and the connection is closed (nginx client_body_timeout: 60 s).",
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="Client connections one worker keeps open; more get a 503 page and are "
+        "closed. Default (null): what the descriptor limit leaves after a reserve for "
+        "upstream connections, at most 4096.",
+    )
+    max_connections_per_client: int = Field(
+        256,
+        ge=1,
+        description="Client connections one worker keeps open per client address (IPv6: per "
+        "/64); more get a 503 page and are closed. Peers in trusted_proxies count only toward "
+        "max_connections.",
+    )
 
     @field_validator("reserved_prefix")
     @classmethod

@@ -20,6 +20,7 @@ The tree::
     ├── NotImplementedHere    501     a transfer coding the gateway does not apply (RFC 9112 6.1)
     ├── VersionNotSupported   505     an HTTP version other than 1.x on the request line
     ├── TooManyLogins         429     this address started too many logins; wait and retry
+    ├── RequestTimeout        408     the client stopped sending its request body
     ├── LoginFailed           4xx     the eHerkenning login could not complete
     │   ├── SamlInvalid       400     a SAML message failed a check (audited with the reason)
     │   ├── LoginCancelled    400     the user cancelled at the broker
@@ -34,6 +35,7 @@ The tree::
         ├── RegistryUnavailable       the fund's mandate registry is unreachable
         ├── BrokerUnavailable         the eHerkenning broker is unreachable
         └── LoginsBusy                the deployment's login-start limit is reached
+        └── Overloaded                too many connections, or no file descriptors left
 
 ``ConfigInvalid`` is separate: it is raised while loading configuration, never
 while serving, and carries every problem found (file, path, message).
@@ -178,6 +180,21 @@ class TooManyLogins(GatewayError):
     )
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    code = "request_timeout"
+    title_nl = "Verzoek duurde te lang"
+    title_en = "Request took too long"
+    text_nl = (
+        "Het verzoek duurde te lang: er kwamen te lang geen gegevens meer binnen. "
+        "Controleer uw verbinding en probeer het opnieuw."
+    )
+    text_en = (
+        "The request took too long: no more data arrived for too long. "
+        "Check your connection and try again."
+    )
+
+
 class LoginFailed(GatewayError):
     status = 400
     code = "login_failed"
@@ -308,6 +325,12 @@ class LoginsBusy(ServiceUnavailable):
     title_en = "Temporarily too busy"
     text_nl = "Er wordt op dit moment erg veel ingelogd. Probeer het zo opnieuw."
     text_en = "A great many people are logging in right now. Please try again shortly."
+
+
+class Overloaded(ServiceUnavailable):
+    code = "overloaded"
+    text_nl = "Het portaal is op dit moment erg druk. Probeer het over enkele minuten opnieuw."
+    text_en = "The portal is very busy right now. Please try again in a few minutes."
 
 
 @dataclass(frozen=True)

@@ -361,6 +361,7 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
     ]
     renderer: Any
     if fmt == "console":
+        shared.append(redact)
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
@@ -383,6 +384,9 @@ class _StructlogHandler(logging.Handler):
             msg = record.getMessage()
         except Exception:  # a broken library log call must not break us
             msg = str(record.msg)
-        structlog.get_logger(record.name).log(
-            record.levelno, "library_logged", logger=record.name, message=msg
-        )
+        fields: dict[str, Any] = {"logger": record.name, "message": msg}
+        if record.exc_info and record.exc_info[1] is not None:
+            # Keep the traceback (aiohttp's "Error handling request", asyncio's
+            # accept() failures): without it such a line says nothing useful.
+            fields["exc_info"] = record.exc_info
+        structlog.get_logger(record.name).log(record.levelno, "library_logged", **fields)

@@ -280,6 +280,28 @@ class Metrics:
         )
         self._watchers: list[Callable[[float], None]] = []
         self._states_at = 0.0
+        # Client connections (gateway.connections): per connection, not per request.
+        self.client_connections = Gauge(
+            "gateway_client_connections",
+            "Client connections open now.",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self._client_connections = 0
+        self.client_refused = Counter(
+            "gateway_client_connections_refused",
+            "Client connections answered 503 and closed at once, by reason "
+            "(per_client, total: a cap; descriptors: none left to accept with).",
+            ["reason"],
+            registry=reg,
+        )
+        self.client_timeouts = Counter(
+            "gateway_client_timeouts",
+            "Client connections closed by a deadline, by kind (header: request head "
+            "incomplete; body: request body stalled; keepalive: idle between requests).",
+            ["kind"],
+            registry=reg,
+        )
 
     # -- the hot path: plain additions ------------------------------------------------
 
@@ -292,6 +314,12 @@ class Metrics:
         key = (route, method, status)
         self._counts[key] = self._counts.get(key, 0) + 1
         self._observe(self._durations, route, seconds)
+
+    def connection_opened(self) -> None:
+        self._client_connections += 1
+
+    def connection_closed(self) -> None:
+        self._client_connections -= 1
 
     def observe_upstream(self, route: str, seconds: float) -> None:
         self._observe(self._upstream, route, seconds)
@@ -362,6 +390,7 @@ class Metrics:
                     update(now)
                 except Exception:  # a broken figure must never break the scrape
                     log.exception("metrics_update_failed")
+        self.client_connections.set(self._client_connections)
 
     def render(self) -> bytes:
         self.flush(states=True)

@@ -12,6 +12,9 @@
   port (SO_REUSEPORT, the kernel spreads connections), forwards signals to
   them, and restarts a worker that dies unexpectedly. One worker per core is
   the rule (the aiohttp HTTP code is the bottleneck, see docs/operations.md).
+- Client connections get deadlines and caps (``gateway.connections``): each
+  worker raises its descriptor limit to the hard limit, sizes its connection
+  cap from it, and logs the figures as ``client_connection_limits``.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from gateway.app import METRICS, RUNTIME, Runtime, build_app
+from gateway.app import METRICS, RUNTIME, Runtime, build_app, edge
 from gateway.config import GatewayConfig, ServerSettings
+from gateway.connections import AcceptGuard, ConnectionGuard, EdgeRunner, raise_descriptor_limit
 from gateway.errors import ConfigInvalid
 from gateway.metrics import enable_multiprocess, mark_worker_dead
 
@@ -85,8 +89,19 @@ async def run_app_until_stopped(
     server = config.server
     runtime = app[RUNTIME]
     app.on_response_prepare.append(_close_connection_when_draining(runtime))
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=server.shutdown_grace_seconds
+    guard = ConnectionGuard(
+        server, app[METRICS], raise_descriptor_limit(), cancel_when_gone=_is_proxied
+    )
+    loop = asyncio.get_running_loop()
+    accept_guard = AcceptGuard(guard)
+    accept_guard.install(loop)
+    runner = EdgeRunner(
+        app,
+        guard,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=server.shutdown_grace_seconds,
+        keepalive_timeout=server.client_keepalive_seconds,
     )
     try:
         await runner.setup()
@@ -99,10 +114,27 @@ async def run_app_until_stopped(
         raise _startup_failure(exc, server) from exc
     port = _bound_port(runner)
     log.info("gateway_started", host=server.host, port=port, pid=os.getpid())
+    log.info(
+        "client_connection_limits",
+        descriptor_limit=guard.descriptor_limit,
+        max_connections=guard.max_connections,
+        max_connections_per_client=guard.per_client,
+        keepalive_seconds=server.client_keepalive_seconds,
+        header_timeout_seconds=server.client_header_timeout_seconds,
+        body_timeout_seconds=server.client_body_timeout_seconds,
+    )
+    # Each client connection may hold one upstream connection, up to the pool size.
+    upstream = min(server.upstream_pool_size, guard.max_connections)
+    if guard.max_connections + upstream > guard.descriptor_limit:
+        log.warning(
+            "descriptor_limit_low",
+            detail="max_connections plus upstream_pool_size exceed the descriptor limit: "
+            "under load, requests get 503 pages when descriptors run out",
+            descriptor_limit=guard.descriptor_limit,
+        )
     if on_started is not None:
         on_started(port)
 
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     metrics = app[METRICS]
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -119,7 +151,20 @@ async def run_app_until_stopped(
             loop.remove_signal_handler(sig)
         started = time.monotonic()
         await runner.cleanup()
+        accept_guard.close()
         log.info("gateway_stopped", drained_seconds=round(time.monotonic() - started, 3))
+
+
+def _is_proxied(request: web.BaseRequest) -> bool:
+    """A request on its way to an upstream (not one of the gateway's own endpoints).
+
+    Only these are cancelled when their client leaves: an own endpoint (a login
+    completing, a logout) always finishes what it started.
+    """
+    if not isinstance(request, web.Request):
+        return False
+    match_info = request.match_info  # None until routed
+    return match_info is not None and match_info.handler is edge
 
 
 def _close_connection_when_draining(

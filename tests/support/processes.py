@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -24,7 +25,13 @@ def free_port() -> int:
 class GatewayProcess:
     """``python -m gateway ARGS`` as a child process, with its output kept for assertions."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ):
         self.log_path = (
             Path(os.environ.get("TMPDIR", "/tmp")) / f"gw-{os.getpid()}-{time.monotonic_ns()}.log"
         )
@@ -37,6 +44,8 @@ class GatewayProcess:
             cwd=cwd,
             # Its own process group: stop() can then end a supervisor's workers too.
             start_new_session=True,
+            # E.g. a lower descriptor limit (resource.setrlimit) for exhaustion tests.
+            preexec_fn=preexec_fn,
         )
 
     async def wait_http(self, url: str, timeout: float = 20) -> None:
