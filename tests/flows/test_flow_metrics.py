@@ -85,7 +85,7 @@ async def world(
     async with login_world(
         directory,
         store={"url": redis.url},
-        mandate_settings={"source": source, "cache_ttl": 0.1, "failure_hold": 0},
+        mandate_settings={"source": source, "failure_hold": 0},
         tokens={
             "keys": {
                 "current": str(keys / "current.pem"),

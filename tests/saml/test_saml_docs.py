@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from tests.support.login_world import gateway_config
+from tests.support.login_world import gateway_config, rsa_keypair
 from tests.support.schemas import catalogue_schema, metadata_schema, schema_errors
 
 LOGIN_MD = Path(__file__).resolve().parents[2] / "docs" / "login.md"
@@ -31,7 +31,31 @@ def _blocks(kind: str) -> list[str]:
     return re.findall(rf"```{kind}\n(.*?)```", _walkthrough(), re.DOTALL)
 
 
+def _lay_out_files(tmp_path: Path, saml: dict[str, Any]) -> dict[str, Any]:
+    """The files the snippet names, made here (generated keys), and the snippet pointed at them.
+
+    check-config opens every file a configuration names, as ``serve`` would: a
+    reader's copy works once their files are in place, and so does this one.
+    """
+    saml = dict(saml)
+    files = tmp_path / "broker-files"
+    if "tls_client" in saml:
+        client = rsa_keypair("tls-client")
+        client.write(files / "tls.key", files / "tls.crt")
+        saml["tls_client"] = {
+            "key_file": str(files / "tls.key"),
+            "cert_file": str(files / "tls.crt"),
+        }
+    for key in ("tls_ca_file", "broker_metadata_cert"):
+        if key in saml:
+            pair = rsa_keypair(key)
+            pair.write(files / f"{key}.key", files / f"{key}.pem")
+            saml[key] = str(files / f"{key}.pem")
+    return saml
+
+
 def _config(tmp_path: Path, saml: dict[str, Any]) -> Path:
+    saml = _lay_out_files(tmp_path, saml)
     mandates = tmp_path / "mandates.yaml"
     mandates.write_text("version: 1\nmandates: []\n")
     data = gateway_config(tmp_path, 8080, "http://127.0.0.1:9", "x", mandates)

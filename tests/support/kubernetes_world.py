@@ -164,6 +164,8 @@ class KubernetesWorld:
 
         services = self.config["saml"]["services"]
         simulator = {
+            # The simulator plays the broker the ConfigMap names (its entityID).
+            "entity_id": self.config["saml"]["broker_entity_id"],
             "base_url": self.simulator_url,
             "signing_key_file": str(broker_key),
             "signing_cert_file": str(broker_crt),
