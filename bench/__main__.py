@@ -9,6 +9,7 @@ NAMES = {
     "proxy": "bench.proxy",
     "logins": "bench.logins",
     "tokens": "bench.tokens",
+    "store": "bench.store",
     "failover": "bench.failover",
 }
 

@@ -54,7 +54,7 @@ from gateway.mandates.model import KVK_PATTERN, Mandate, is_kvk
 from gateway.mandates.rules import Decision, allowed_employers, fund_today
 from gateway.mandates.settings import MandateSettings
 from gateway.mandates.source import MandateSource, build_source
-from gateway.store.base import Store
+from gateway.store.base import GAP, Store
 
 log = structlog.get_logger("gateway.mandates")
 
@@ -428,6 +428,10 @@ class MandateService:
         re-check when their answer stops being fresh, so a lost message only delays.
         """
         async for raw in self.store.subscribe(INVALIDATION_CHANNEL):
+            if raw == GAP:
+                # Pushes may have been lost: sessions still re-check within R
+                # (gateway.mandates.freshness), which is the bound a push shortens.
+                continue
             try:
                 kvk = json.loads(raw)["administrator_kvk"]
             except (ValueError, TypeError, KeyError):

@@ -66,7 +66,7 @@ from gateway.sessions.keys import (
 )
 from gateway.sessions.record import Session, decode_session, encode_session
 from gateway.sessions.settings import SessionSettings
-from gateway.store.base import Store
+from gateway.store.base import GAP, Store
 
 _log = structlog.get_logger("gateway.sessions")
 
@@ -168,6 +168,12 @@ class SessionManager:
         while True:
             try:
                 async for message in self._store.subscribe(INVALIDATE_CHANNEL):
+                    if message == GAP:
+                        # Invalidations may have been lost: no cached copy can be
+                        # trusted any more, so every session is read again.
+                        self._cache.clear()
+                        self._hashes.clear()
+                        continue
                     origin, _, session_hash = message.decode("ascii", "replace").partition(":")
                     if origin != self._instance:
                         self._cache_drop(session_hash)

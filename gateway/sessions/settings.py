@@ -69,9 +69,12 @@ class SessionSettings(BaseModel):
     """DEVELOPMENT ONLY, NEVER IN PRODUCTION: send cookies without ``Secure`` (and so
     without the ``__Host-`` prefix) so a plain-HTTP demo on localhost works. With it,
     cookies travel in clear text and can be set by other hosts."""
-    cache_seconds: float = Field(default=2.0, ge=0, le=30)
+    cache_seconds: float = Field(default=30.0, ge=0, le=300)
     """How long a replica may serve a session from its in-process cache (0 = no cache).
-    Changes elsewhere reach it by pub/sub at once, or after this long if a message is lost."""
+    Changes elsewhere reach it by pub/sub at once; when messages may have been lost (the
+    subscription broke and came back) the whole cache is dropped, so this is only the
+    bound for a loss nobody noticed. Beyond ``touch_interval`` it changes little: a
+    session is re-read from the store at its next touch anyway."""
     cache_max_entries: int = Field(default=10_000, ge=1)
     """Bound on the in-process session cache (least recently used entries are dropped)."""
     mandate_recheck_interval: Duration = dt.timedelta(seconds=60)

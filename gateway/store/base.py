@@ -21,6 +21,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
+GAP = b""
+"""What ``Store.subscribe`` yields where messages may have been lost."""
+
 
 @runtime_checkable
 class Store(Protocol):
@@ -49,8 +52,10 @@ class Store(Protocol):
         """Yield messages published to ``channel`` from now on, until cancelled.
 
         The iterator survives outages of the backing service: it reconnects by
-        itself (messages sent while disconnected are lost, which callers allow
-        for by also expiring what the message would have invalidated).
+        itself. Messages sent while disconnected are lost; after every such gap
+        (a resubscription, a dropped backlog) it yields ``GAP`` (an empty
+        message, which no publisher sends), so a caller holding state that a
+        message would have invalidated can drop all of it.
         """
 
     async def take_token(self, key: str, *, rate: float, burst: int) -> float:

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 
 from gateway.errors import StoreUnavailable
 from gateway.store import token_bucket
+from gateway.store.base import GAP
 
 Clock = Callable[[], float]
 
@@ -146,7 +147,11 @@ class MemoryStore:
         self._check_open()
         for queue in tuple(self._subscribers.get(channel, ())):
             if queue.full():
+                # The oldest unread messages are dropped: the subscriber hears of
+                # the gap first (base.GAP), then the newest messages.
                 queue.get_nowait()
+                queue.get_nowait()
+                queue.put_nowait(GAP)
             queue.put_nowait(bytes(message))
 
     def subscribe(self, channel: str) -> AsyncIterator[bytes]:

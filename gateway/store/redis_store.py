@@ -79,6 +79,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.errors import StoreUnavailable
+from gateway.store.base import GAP
 from gateway.store.failover import (
     NotConnected,
     NotDurable,
@@ -330,6 +331,7 @@ class RedisStore:
     async def _subscription(self, channel: str) -> AsyncIterator[bytes]:
         backoff = self._backoff_initial
         lost = False
+        subscribed_before = False
         while True:
             pubsub: Any = None
             try:
@@ -344,6 +346,11 @@ class RedisStore:
                 if lost:
                     _log.info("store_subscription_restored", store=self.description)
                     lost = False
+                if subscribed_before:
+                    # Whatever was published between the old subscription and this
+                    # one is lost: say so (base.GAP), so caches can drop everything.
+                    yield GAP
+                subscribed_before = True
                 backoff = self._backoff_initial
                 # After a switch to another primary, subscribe there (messages are
                 # published on the new primary).

@@ -9,14 +9,16 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
+import redis.asyncio
 import structlog
 
 from gateway.sessions.keys import digest, session_key
 from gateway.sessions.manager import SessionManager, new_session_id
 from gateway.sessions.settings import SessionSettings
 from gateway.store.base import Store
+from gateway.store.factory import StoreSettings, create_store
 from tests.sessions.conftest import Clock, make_employers, make_identity
-from tests.support.redis import eventually
+from tests.support.redis import RedisServer, eventually
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 
@@ -355,7 +357,11 @@ async def test_aged_out_cache_entry_is_reused_only_if_unchanged(store: Store, cl
     """After the cache time a session is re-read, and decoded again only if it changed."""
     ticks = [0.0]
     a = SessionManager(
-        store, SessionSettings(), ref_secret=SECRET, clock=clock, monotonic=lambda: ticks[0]
+        store,
+        SessionSettings(cache_seconds=2),
+        ref_secret=SECRET,
+        clock=clock,
+        monotonic=lambda: ticks[0],
     )
     b = _manager(store, clock)
     try:
@@ -456,7 +462,11 @@ async def test_load_quiet_leaves_everything_else_to_load(store: Store, clock: Cl
     """Absent, garbage, uncached, aged-out and ended sessions get ``None`` (ask ``load``)."""
     ticks = [0.0]
     a = SessionManager(
-        store, SessionSettings(), ref_secret=SECRET, clock=clock, monotonic=lambda: ticks[0]
+        store,
+        SessionSettings(cache_seconds=2),
+        ref_secret=SECRET,
+        clock=clock,
+        monotonic=lambda: ticks[0],
     )
     b = _manager(store, clock)
     try:
@@ -534,3 +544,45 @@ async def test_id_hash_memo_holds_exactly_the_cached_sessions(store: Store, cloc
     finally:
         await m.aclose()
     assert not m._hashes
+
+
+async def test_a_broken_subscription_drops_the_whole_cache(redis_server: RedisServer) -> None:
+    """Invalidations lost while a replica's subscription was down cannot leave a stale session.
+
+    Real Redis: replica A caches a session; its pub/sub connection is killed
+    (CLIENT KILL TYPE pubsub) and replica B ends the session at once, so the
+    invalidation is published while A hears nothing. When A's subscription is
+    back, A must no longer serve the session from its cache (it would for
+    ``cache_seconds``, 30 s by default, if it trusted its copy).
+    """
+    store_a = create_store(StoreSettings(url=redis_server.url))
+    store_b = create_store(StoreSettings(url=redis_server.url))
+    settings = SessionSettings()
+    assert settings.cache_seconds >= 30
+    a = SessionManager(store_a, settings, ref_secret=SECRET)
+    b = SessionManager(store_b, settings, ref_secret=SECRET)
+    await a.start()
+    try:
+        session = await a.create(make_identity(), make_employers(3))
+        assert a.load_quiet(session.id) is session
+        admin = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            for _ in range(50):  # A's subscription is up once Redis lists it
+                if await admin.pubsub_numsub("gw:sess:invalidate") != [(b"gw:sess:invalidate", 0)]:
+                    break
+                await asyncio.sleep(0.05)
+            await admin.client_kill_filter(_type="pubsub")
+            await b.destroy(session)  # published while A is not listening
+        finally:
+            await admin.aclose()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while a.load_quiet(session.id) is not None and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert a.load_quiet(session.id) is None
+        assert await a.load(session.id) is None
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await store_a.close()
+        await store_b.close()
