@@ -163,7 +163,7 @@ class ReplicaWorld:
         assert replica.process is None, "stop it first"
         replica.process = GatewayProcess(["serve", "--config", str(replica.config_path)])
 
-    async def wait_ready(self, index: int, timeout: float = 30) -> None:
+    async def wait_ready(self, index: int, timeout: float = 90) -> None:
         """Until the replica's own readiness says 200 and the splitter has seen it too."""
         replica = self.replicas[index]
         assert replica.process is not None

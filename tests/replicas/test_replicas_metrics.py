@@ -73,6 +73,10 @@ def _worker_pids(world: ReplicaWorld) -> set[int]:
 
 async def test_figures_add_up_over_both_workers(world: ReplicaWorld) -> None:
     """Logins, requests and tokens counted by either worker appear summed in every scrape."""
+    loop = asyncio.get_running_loop()
+    started = loop.time() + 30  # the second worker may log its start after the port answers
+    while len(_worker_pids(world)) < 2 and loop.time() < started:
+        await asyncio.sleep(0.1)
     assert len(_worker_pids(world)) == 2
     browser = world.browser()
     await world.login(browser, "direct", "/dashboard")
