@@ -34,6 +34,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from gateway import http_fields
 from gateway.config import RouteSettings, ServerSettings
 from gateway.errors import BadRequest, BodyTooLarge, UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import Metrics
@@ -49,21 +50,8 @@ from gateway.upstream_client import (
 
 log = structlog.get_logger("gateway.proxy")
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "expect",
-    }
-)
+# Hop-by-hop headers never cross in either direction (one list: gateway.http_fields).
+HOP_BY_HOP = http_fields.HOP_BY_HOP
 # Recomputed by us for every request; client copies are never passed on as-is.
 _FORWARDING = frozenset(
     {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
