@@ -21,11 +21,21 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 def start_nginx(
-    env: Env, name: str, location_body: str, *, pin: bool = True
+    env: Env,
+    name: str,
+    location_body: str = "",
+    *,
+    server_extra: str = "",
+    http_extra: str = "",
+    pin: bool = True,
 ) -> tuple[int, subprocess.Popen[bytes]]:
     """Start an nginx whose ``location /`` has ``location_body`` (empty: serve the page).
 
-    Returns its port and process; ``pin``: on the server core (else on the load side).
+    ``server_extra`` and ``http_extra`` go into the ``server`` and ``http`` blocks
+    (more locations, more upstreams: an ``auth_request`` setup needs both); a
+    non-empty ``location_body`` may ``proxy_pass http://portal``, the upstream
+    page's connection pool. Returns the port and the process; ``pin``: on the
+    server core (else on the load side).
     """
     folder = env.folder(name)
     (folder / "page.html").write_bytes(env.page)
@@ -57,9 +67,11 @@ http {{
     keepalive_requests 1000000;
     keepalive_timeout 75s;
 {upstream}
+{http_extra}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location / {{ {body.format(folder=folder)} }}
+{server_extra}
     }}
 }}
 """

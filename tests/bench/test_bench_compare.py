@@ -117,3 +117,23 @@ def test_wrk_rotates_session_cookies_and_counts_answers_other_than_200(
     # wrk itself would count a 303 as a success; the script counts it (the ones
     # that finished within the run, so at most as many as the server answered).
     assert 0 < result.errors <= redirects
+
+
+def test_the_commands_in_the_performance_doc_name_real_rows_and_options() -> None:
+    """Every `./dev bench` line in docs/performance.md parses, and its row keys exist."""
+    from bench.compare import PRESETS, parse_args, select
+    from bench.targets import all_targets
+
+    doc = (ROOT / "docs" / "performance.md").read_text()
+    block = doc.split("## Commands", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].split() for line in block.strip().splitlines()]
+    assert commands, "no commands in the doc"
+    targets = all_targets()
+    for words in commands:
+        assert words[:2] == ["./dev", "bench"], words
+        if words[2] == "compare":
+            args = parse_args(words[3:])
+            assert select(targets, args.rows), words
+        else:
+            assert words[2] in PRESETS, words
+            assert select(targets, PRESETS[words[2]]), words
