@@ -350,6 +350,12 @@ def chart(summaries: list[Summary], info: dict[str, str], path: Path) -> None:
             if v > 0:
                 ax.text(v, y, " " + fmt.format(v), va="center", fontsize=8)
         ax.set_xlim(right=max(clean) * 8 if any(clean) else 10)
+    # A line between the kinds of work (pages, authenticated, login start, login).
+    kinds = [s.row.kind for s in summaries][::-1]
+    for y in range(1, len(kinds)):
+        if kinds[y] != kinds[y - 1]:
+            for ax in (left, right):
+                ax.axhline(y - 0.5, color="#444444", linewidth=0.8)
     left.tick_params(axis="y", labelsize=9)
     fig.suptitle(
         f"Gateway (blue) and the alternatives (grey), one run on {info['date']}: {info['cpu']}",
