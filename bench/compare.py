@@ -29,6 +29,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -375,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not shutil.which("wrk"):
         print("wrk is not installed (./dev bench installs it)", file=sys.stderr)
         return 2
+    # The servers run in their own sessions (so a terminal's Ctrl-C reaches only
+    # this process): a TERM must still unwind into the cleanup that stops them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     summaries, info = run(args)
     print(report(summaries, info, args))
     if args.chart:

@@ -39,7 +39,7 @@ def _number(cell: str) -> float:
 def test_quick_compare_measures_two_rows_and_draws_the_chart(tmp_path: Path) -> None:
     """`bench compare --quick` on two servers prints req/s, p99, CPU per request; draws a chart."""
     chart = tmp_path / "chart.png"
-    done = subprocess.run(
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -54,11 +54,17 @@ def test_quick_compare_measures_two_rows_and_draws_the_chart(tmp_path: Path) -> 
             str(chart),
         ],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
-        check=False,
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # TERM: the benchmark stops its servers before it exits
+        stdout, stderr = proc.communicate(timeout=30)
+        pytest.fail(f"bench compare --quick did not finish in 120 s:\n{stderr[-3000:]}")
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _table_rows(done.stdout)
     assert set(rows) == {"nginx, static file", "bare aiohttp proxy"}, done.stdout
