@@ -1,4 +1,4 @@
-"""``python -m bench [NAME]``: run one benchmark (default: proxy)."""
+"""``python -m bench [NAME]``: run one benchmark (default: compare)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib
 import sys
 
 NAMES = {
+    "compare": "bench.compare",
     "proxy": "bench.proxy",
     "logins": "bench.logins",
     "tokens": "bench.tokens",
@@ -15,7 +16,7 @@ NAMES = {
 
 
 def main() -> int:
-    name = sys.argv[1] if len(sys.argv) > 1 else "proxy"
+    name = sys.argv[1] if len(sys.argv) > 1 else "compare"
     if name not in NAMES:
         print(f"unknown benchmark {name!r}; choose from {', '.join(NAMES)}", file=sys.stderr)
         return 2
