@@ -184,6 +184,7 @@ TARGET_MODULES = (
     "bench.targets.apache",
     "bench.targets.bare",
     "bench.targets.gateway",
+    "bench.targets.forward_auth",
 )
 """Modules whose ``targets()`` make up the comparison, in table order."""
 

@@ -98,6 +98,14 @@ class GatewayInstance:
         # of the run's reach.
         data["sessions"]["mandate_recheck_interval"] = 3600
         data["sessions"]["mandate_max_staleness"] = 3600
+        # And the login-start limits: every bench login comes from 127.0.0.1, as
+        # fast as it can; the rows measure the login path, not the throttle.
+        data["sessions"]["login_limits"] = {
+            "per_address_burst": 100_000,
+            "per_address_per_minute": 1_000_000,
+            "total_burst": 1_000_000,
+            "total_per_second": 100_000,
+        }
         data["saml"].pop("verify_pool", None)
         data["mandates"]["source"].pop("check_interval", None)
         data["routes"] = [

@@ -1,0 +1,115 @@
+"""nginx carrying the bytes, the gateway answering its auth subrequests (forward-auth mode).
+
+nginx runs the shipped ``deploy/nginx/gateway-forward-auth.conf`` as it is,
+with only its three addresses (gateway, portal, cache folder) and the listen
+port set for this run, the same way the test suite runs it. The gateway is the
+bench's usual gateway instance with ``forward_auth`` on and nginx (loopback)
+as its trusted proxy. Both are pinned to the server core and both count: the
+row's CPU per request is nginx's plus the gateway's.
+
+Sessions are the gateway's own; the auth cache (keyed by the session cookie and
+the employer part of the path, ``forward_auth.cache_seconds``: 5 s) decides how
+many requests reach Python at all.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.harness import free_port, wait_http
+from bench.targets import PAGE_PATH, Env, Row, Target
+from bench.targets.gateway import GatewayInstance
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "deploy" / "nginx" / "gateway-forward-auth.conf"
+NGINX = "/usr/sbin/nginx"
+
+
+def shipped_config(folder: Path, gateway: str, portal: str, port: int) -> str:
+    """The shipped conf.d file with its addresses replaced (and nothing else)."""
+    text = SHIPPED.read_text()
+    for old, new in {
+        "server 127.0.0.1:8080;": f"server {gateway};",
+        "server 127.0.0.1:9000;": f"server {portal};",
+        "/var/cache/nginx/gateway-auth": str(folder / "auth-cache"),
+        "listen 80;": f"listen 127.0.0.1:{port};",
+    }.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return text
+
+
+@dataclass
+class ForwardAuth(Target):
+    """nginx + the gateway in forward-auth mode, authenticated requests."""
+
+    instance: GatewayInstance | None = None
+
+    def start(self, env: Env) -> None:
+        self.instance = GatewayInstance(
+            self.name,
+            config_overrides={
+                "forward_auth": {"enabled": True, "cache_seconds": 5},
+                "server": {"trusted_proxies": ["127.0.0.1/32"]},
+            },
+        )
+        self.instance.start(env)
+        folder = env.folder(self.name + "-nginx")
+        port = free_port()
+        gateway = self.instance.base_url.removeprefix("http://")
+        portal = env.upstream_url.removeprefix("http://")
+        temp = "\n".join(
+            f"    {kind}_temp_path {folder / kind};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        (folder / "nginx.conf").write_text(
+            f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {folder / "nginx.pid"};
+error_log {folder / "error.log"} warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {folder / "access.log"} combined buffer=64k;
+{temp}
+{shipped_config(folder, gateway, portal, port)}
+}}
+"""
+        )
+        args = [NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", "stderr"]
+        subprocess.run([*args, "-t"], check=True, capture_output=True)
+        log = folder / "nginx.log"
+        proc = env.processes.start(env.server_cmd(args), log=log)
+        self.base_url = f"http://127.0.0.1:{port}"
+        wait_http(f"{self.base_url}/_gateway/healthz", proc=proc, log=log)
+        self._pids = [proc.pid, self.instance.pid]
+
+    def auth_url(self) -> str:
+        return self.base_url + PAGE_PATH
+
+    def sessions(self, env: Env, count: int) -> list[str]:
+        assert self.instance is not None
+        return self.instance.sessions(env, count)
+
+
+def targets() -> list[Target]:
+    bare = ("bare", "bare-uvloop")
+    return [
+        ForwardAuth(
+            name="forward-auth",
+            ours=True,
+            rows=(
+                Row(
+                    "fa-auth-10k",
+                    "nginx + gateway forward-auth, authenticated, 10,000 sessions",
+                    "forward-auth",
+                    "auth",
+                    sessions=10_000,
+                    compare_with=("mellon-auth", *bare),
+                ),
+            ),
+        )
+    ]
