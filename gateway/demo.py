@@ -36,7 +36,7 @@ from cryptography import x509
 from gateway.app import build_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.demo_splitter import RoundRobinSplitter, free_port
-from gateway.devkeys import rsa_keypair, signing_key_pem
+from gateway.devkeys import rsa_keypair
 from gateway.errors import ConfigInvalid, ConfigProblem
 from gateway.logs import configure_logging
 from gateway.portal import PortalSettings, build_portal_app
@@ -44,6 +44,7 @@ from gateway.portal.demo_data import write_demo_mandates
 from gateway.saml.keys import load_sp_keys
 from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
 from gateway.simulator import Simulator, SimulatorSettings, running_simulator
+from gateway.tokens.rotation import signing_key_pem
 
 # What each demo scenario shows; printed at start and listed on /demo.
 GUIDE: tuple[tuple[str, str], ...] = (
