@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return _serve(args.config)
     if cmd == "demo":
-        from gateway.demo import run_demo
+        from gateway_dev.demo import run_demo
 
         return _config_errors_to_exit(
             lambda: run_demo(
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd == "portal":
         from aiohttp import web
 
-        from gateway.portal import build_portal_app
+        from gateway_dev.portal import build_portal_app
 
         web.run_app(build_portal_app(), host=args.host, port=args.port, access_log=None)
         return 0
@@ -228,8 +228,8 @@ def _saml_document(cmd: str, path: Path | None) -> int:
 def _keys(args: argparse.Namespace) -> int:
     import secrets
 
-    from gateway.devkeys import rsa_keypair
     from gateway.tokens.rotation import init_keys_dir, retire_previous, rotate
+    from gateway_dev.devkeys import rsa_keypair
 
     kind = args.keys_command
     try:
@@ -301,8 +301,8 @@ def _show_keys(keys_dir: Path) -> None:
 
 def _simulator(path: Path, host: str | None, port: int | None, public_url: str | None) -> int:
     from gateway.logs import configure_logging
-    from gateway.simulator import load_simulator_settings
-    from gateway.simulator.server import run_simulator
+    from gateway_dev.simulator import load_simulator_settings
+    from gateway_dev.simulator.server import run_simulator
 
     settings = load_simulator_settings(path)
     if public_url is not None:

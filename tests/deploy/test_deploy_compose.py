@@ -9,9 +9,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.simulator import load_simulator_settings
-from gateway.simulator.settings import SimulatorSettings
 from gateway.store.factory import parse_store_url
+from gateway_dev.simulator import load_simulator_settings
+from gateway_dev.simulator.settings import SimulatorSettings
 from tests.support.deploy import (
     COMPOSE,
     REPO,

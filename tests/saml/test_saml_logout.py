@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from lxml import etree
 
-from gateway.devkeys import KeyPair
 from gateway.errors import SamlInvalid
 from gateway.identity import Identity, Loa
 from gateway.saml.keys import load_sp_keys
@@ -32,6 +31,7 @@ from gateway.saml.verify import VerifyContext, verify_response
 from gateway.saml.xml import NS, instant, q
 from gateway.sessions.record import Session, decode_session, encode_session
 from gateway.store.memory import MemoryStore
+from gateway_dev.devkeys import KeyPair
 from tests.saml.conftest import expect
 from tests.support.saml import BROKER_ID, SP_ID, ResponseSpec, SamlWorld, sign, to_bytes
 

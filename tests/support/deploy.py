@@ -531,8 +531,8 @@ def lay_out_files(
     """
     from gateway.config_files import path_settings
     from gateway.config_source import format_loc
-    from gateway.devkeys import rsa_keypair
     from gateway.tokens.rotation import signing_key_pem
+    from gateway_dev.devkeys import rsa_keypair
 
     config = parse_config(yaml.safe_dump(dict(data)), file="<lay-out>", environ=environ or {})
     out = copy.deepcopy(dict(data))
