@@ -42,6 +42,7 @@ _TEXT_FILES = [
     *sorted((ROOT / "config").glob("*.yaml")),
     *sorted((ROOT / "deploy").rglob("*.yaml")),
     *sorted((ROOT / "gateway").rglob("*.py")),
+    *sorted((ROOT / "gateway_dev").rglob("*.py")),
 ]
 # `gateway serve`, ``gateway keys tokens rotate``: the lower-case words after "gateway".
 _QUOTED = re.compile(r"`{1,2}gateway((?: [a-z][a-z-]*)+)")

@@ -215,13 +215,20 @@ def is_subcommand(name: str) -> bool:
 
 
 def command_problem(args: list[str]) -> str | None:
-    """Why ``gateway *args`` would be refused at start-up, or ``None`` if it parses."""
-    from gateway.cli import _parser  # the real parser: a typo in a flag fails here
+    """Why ``gateway *args`` would be refused at start-up, or ``None`` if it parses.
+
+    A development command (``gateway.cli.DEV_COMMANDS``) is parsed by
+    ``gateway_dev``'s parser, the one ``gateway`` hands it to.
+    """
+    # the real parsers: a typo in a flag fails here
+    from gateway.cli import DEV_COMMANDS, _parser
+    from gateway_dev.cli import parser as dev_parser
 
     if not args or not is_subcommand(args[0]):
         return f"{args}: not a gateway subcommand"
+    dev = any(tuple(args[: len(words)]) == words for words in DEV_COMMANDS)
     try:
-        _parser().parse_args(args)
+        (dev_parser() if dev else _parser()).parse_args(args)
     except SystemExit:
         return f"{args}: rejected by the gateway's argument parser"
     return None
