@@ -168,7 +168,7 @@ def _dev_command(words: tuple[str, ...], argv: list[str]) -> int:
     """Hand a development command to ``gateway_dev``; without that package, say so in one line."""
     try:
         # By name, not an import statement: production code never depends on
-        # gateway_dev (tests/core/test_import_graph.py), it only hands over to it.
+        # gateway_dev (tests/core/test_dev_boundary.py), it only hands over to it.
         dev_cli = importlib.import_module("gateway_dev.cli")
     except ModuleNotFoundError as exc:
         if exc.name not in ("gateway_dev", "gateway_dev.cli"):

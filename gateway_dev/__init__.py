@@ -10,5 +10,5 @@
 The wheel is built from ``gateway/`` alone (``[tool.hatch.build.targets.wheel]``
 in pyproject.toml); ``./dev`` installs the repository editable, which puts this
 package on the path too. Code here may import ``gateway``; ``gateway`` never
-imports this package (tests/core/test_import_graph.py).
+imports this package (tests/core/test_dev_boundary.py).
 """
