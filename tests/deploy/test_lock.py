@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -238,6 +239,37 @@ def test_dockerfile_builder_recipe_installs_from_the_lock(tmp_path: Path) -> Non
     )
     assert (demo.returncode, demo.stdout) == (2, "")
     assert demo.stderr == "gateway demo: development-only: install the repository with ./dev\n"
+    # compose runs the development package on this very venv, its folder mounted
+    # on PYTHONPATH: every module of it imports with the runtime lock alone.
+    mounted = tmp_path / "mounted"
+    shutil.copytree(
+        REPO / "gateway_dev",
+        mounted / "gateway_dev",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    dev = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib, pkgutil, gateway, gateway_dev\n"
+            "found = pkgutil.walk_packages(gateway_dev.__path__, 'gateway_dev.')\n"
+            "names = [m.name for m in found]\n"
+            "for name in names:\n"
+            "    if name != 'gateway_dev.__main__':  # runs the CLI\n"
+            "        importlib.import_module(name)\n"
+            "print(len(names), gateway.__file__)\n",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(mounted)},
+        timeout=120,
+        check=False,
+    )
+    assert dev.returncode == 0, dev.stderr[-3000:]
+    count, gateway_file = dev.stdout.split()
+    assert int(count) > 20
+    assert Path(gateway_file).is_relative_to(root / "opt" / "venv"), "the wheel's gateway"
     frozen = subprocess.run(
         [str(python), "-m", "pip", "freeze", "--all"], capture_output=True, text=True, check=True
     ).stdout

@@ -593,16 +593,20 @@ def compose_binds(service: Mapping[str, Any]) -> list[tuple[str, PurePosixPath, 
 
 
 def lay_out_mounts(service: Mapping[str, Any], root: Path) -> dict[PurePosixPath, Path]:
-    """Copy the service's bind-mounted files to ``root``/<container path>; return the mapping.
+    """Copy the service's bind-mounted files and folders to ``root``/<container path>.
 
-    Named volumes are created as empty directories (what compose starts them as).
+    Returns the mapping. Named volumes are created as empty directories (what
+    compose starts them as); a mounted folder is copied without caches.
     """
     import shutil
 
     placed: dict[PurePosixPath, Path] = {}
     for source, target, _ in compose_binds(service):
         dest = root / target.relative_to("/")
-        if source.startswith("."):
+        if source.startswith(".") and (COMPOSE / source).is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(COMPOSE / source, dest, ignore=ignore, dirs_exist_ok=True)
+        elif source.startswith("."):
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(COMPOSE / source, dest)
         else:

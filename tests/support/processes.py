@@ -22,15 +22,26 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    """``python -m gateway ARGS`` as a child process, with its output kept for assertions."""
+    """``python -m gateway ARGS`` as a child process, with its output kept for assertions.
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None):
+    ``module`` names another runnable package (``gateway_dev`` for the
+    development commands run the way compose runs them).
+    """
+
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        *,
+        module: str = "gateway",
+    ):
         self.log_path = (
             Path(os.environ.get("TMPDIR", "/tmp")) / f"gw-{os.getpid()}-{time.monotonic_ns()}.log"
         )
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", *args],
+            [sys.executable, "-m", module, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
