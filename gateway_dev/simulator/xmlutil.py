@@ -1,27 +1,32 @@
-"""XML plumbing for the simulator: namespaces, a hardened parser, IDs and instants.
+"""XML plumbing for the simulator: namespaces, the hardened parser, IDs and instants.
 
 The simulator parses input from the SP (AuthnRequests, ArtifactResolves,
-metadata), so every parse goes through :func:`parse_xml`, which refuses DTDs,
-entity expansion and network access: a DOCTYPE is rejected outright because
-no legitimate SAML message carries one.
+metadata) with the gateway's own hardened parser (``gateway.saml.xml.parse_xml``:
+no DOCTYPE, no entities, no network, processing instructions and comments kept
+so signatures cover what was signed), so the two ends of every test read XML
+alike. Its refusals become :class:`XmlRejected`, which the simulator turns into
+SOAP faults and error pages.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 
-SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
-SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"
-MD = "urn:oasis:names:tc:SAML:2.0:metadata"
-DS = "http://www.w3.org/2000/09/xmldsig#"
-XENC = "http://www.w3.org/2001/04/xmlenc#"
-XENC11 = "http://www.w3.org/2009/xmlenc11#"
-XS = "http://www.w3.org/2001/XMLSchema"
-XSI = "http://www.w3.org/2001/XMLSchema-instance"
-SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
+from gateway.errors import SamlInvalid
+from gateway.saml import xml as saml_xml
+from gateway.saml.xml import instant as instant  # SAML dateTime: the gateway's formatter
+
+SAML = saml_xml.NS["saml"]
+SAMLP = saml_xml.NS["samlp"]
+MD = saml_xml.NS["md"]
+DS = saml_xml.NS["ds"]
+XENC = saml_xml.NS["xenc"]
+XENC11 = saml_xml.NS["xenc11"]
+XS = saml_xml.NS["xs"]
+XSI = saml_xml.NS["xsi"]
+SOAP = saml_xml.NS["soap"]
 
 NS = {
     "saml": SAML,
@@ -48,33 +53,12 @@ class XmlRejected(ValueError):
     """Input that is not acceptable XML (malformed, too large, or carries a DOCTYPE)."""
 
 
-def _parser() -> etree.XMLParser:
-    # A fresh parser per call: lxml parsers are not thread-safe, and these
-    # options are the whole point (no DTD loading, no entities, no network).
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_comments=False,
-        remove_pis=True,
-        collect_ids=False,
-    )
-
-
 def parse_xml(data: bytes) -> etree._Element:
-    """Parse untrusted XML, refusing DOCTYPEs, entities and oversized input."""
-    if len(data) > MAX_XML_BYTES:
-        raise XmlRejected("XML message too large")
+    """Parse untrusted XML with the gateway's parser; a refusal is ``XmlRejected(reason)``."""
     try:
-        root = etree.fromstring(data, parser=_parser())
-    except etree.XMLSyntaxError as exc:
-        raise XmlRejected(f"malformed XML: {exc}") from exc
-    tree = root.getroottree()
-    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
-        raise XmlRejected("DOCTYPE is not allowed in SAML messages")
-    return root
+        return saml_xml.parse_xml(data, max_bytes=MAX_XML_BYTES)
+    except SamlInvalid as exc:
+        raise XmlRejected(exc.detail) from None
 
 
 def q(ns: str, local: str) -> str:
@@ -85,11 +69,6 @@ def q(ns: str, local: str) -> str:
 def new_id() -> str:
     """A SAML ID: starts with a letter (xs:ID) and carries 160 random bits."""
     return "_" + secrets.token_hex(20)
-
-
-def instant(when: dt.datetime) -> str:
-    """SAML ``dateTime`` in UTC with second precision and a ``Z``."""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def to_bytes(el: etree._Element) -> bytes:
