@@ -23,12 +23,12 @@ from gateway.saml.logout import (
     slo_skip_reason,
     verify_logout_response,
 )
-from gateway.saml.logout_state import PendingLogout, PendingLogouts
 from gateway.saml.metadata import BINDING_REDIRECT, BrokerMetadata, parse_broker_metadata
 from gateway.saml.settings import SamlSettings
 from gateway.saml.sp_metadata import sp_metadata_xml
 from gateway.saml.verify import VerifyContext, verify_response
 from gateway.saml.xml import NS, instant, q
+from gateway.sessions.pending import PendingLogout, PendingLogouts
 from gateway.sessions.record import Session, decode_session, encode_session
 from gateway.store.memory import MemoryStore
 from gateway_dev.devkeys import KeyPair
