@@ -108,6 +108,8 @@ def _kind(path: Path, doc: Any) -> str:
         return "simulator"
     if path.parent.name == "forward-auth":
         return "forward-auth"  # Traefik and Envoy: test_forward_auth_examples.py
+    if "rule_files" in doc and "tests" in doc:
+        return "promtool-tests"  # `promtool test rules`: test_deploy_observability.py
     return "unknown"
 
 
@@ -166,7 +168,9 @@ def test_each_non_gateway_file_loads_with_its_own_loader(path: Path, tmp_path: P
             assert parse_mandate_file(tmp_path / "mandates.yaml")
         else:
             # gateway configs: the tests below; manifests and compose: test_deploy_*.
-            assert kind in {"gateway", "kubernetes", "compose", "forward-auth"}, path
+            assert kind in {"gateway", "kubernetes", "compose", "forward-auth", "promtool-tests"}, (
+                path
+            )
 
 
 @pytest.mark.parametrize(("name", "data"), GATEWAY_CONFIGS, ids=[n for n, _ in GATEWAY_CONFIGS])
