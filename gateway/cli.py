@@ -158,6 +158,7 @@ def _check_config(path: Path, *, files: bool) -> int:
 
 
 def print_problems(exc: ConfigInvalid) -> None:
+    """A count line, then one line per problem (naming file and path), on stderr."""
     n = len(exc.problems)
     print(f"configuration invalid: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
     for problem in exc.problems:
