@@ -6,8 +6,11 @@
 #   docker run --read-only -p 8080:8080 -e GATEWAY__SERVER__HOST=0.0.0.0 \
 #       -v "$PWD/gateway.yaml:/etc/gateway/gateway.yaml:ro" eherkenning-gateway:dev
 #
-# One image serves every role: `gateway serve` (default), and with another
-# command the broker simulator and the sample portal (deploy/compose/).
+# The image holds the gateway only: the wheel is built from gateway/, and the
+# development package gateway_dev/ (broker simulator, sample portal, demo,
+# development keys) is not in the build context. deploy/compose/ runs the
+# simulator and the portal on this image by mounting gateway_dev/ into those
+# two containers.
 # tests/deploy/ checks this file against the code (port, health path, UID,
 # commands), so it cannot drift silently.
 

@@ -35,7 +35,6 @@ from aiohttp import web
 from lxml import etree
 from yarl import URL
 
-from gateway.devkeys import rsa_keypair
 from gateway.saml import SamlSettings, ServiceProvider, ServiceSettings
 from gateway.saml.artifact import artifact_resolve_envelope, parse_artifact
 from gateway.saml.authn_request import new_id
@@ -43,6 +42,7 @@ from gateway.saml.keys import load_sp_keys
 from gateway.saml.settings import KeyPairFiles
 from gateway.saml.sp_metadata import sp_metadata_xml
 from gateway.saml.xml import q
+from gateway_dev.devkeys import rsa_keypair
 
 SP_ID = "urn:etoegang:DV:00000001234567890000:entities:0"
 SERVICE_ID = "urn:etoegang:DV:00000001234567890000:services:0"
@@ -52,8 +52,8 @@ ACS = "http://127.0.0.1:1/_gateway/saml/acs"
 SIM_SCRIPT = """
 import sys
 from pathlib import Path
-from gateway.simulator import SimulatorSettings
-from gateway.simulator.server import run_simulator
+from gateway_dev.simulator import SimulatorSettings
+from gateway_dev.simulator.server import run_simulator
 root = Path(sys.argv[3])
 settings = SimulatorSettings(
     base_url=f"http://127.0.0.1:{sys.argv[1]}", sp_metadata=sys.argv[2],

@@ -8,6 +8,7 @@ traceback).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -19,6 +20,18 @@ from gateway.config import CheckedConfig, check_config, config_json_schema
 from gateway.errors import ConfigInvalid
 
 DEFAULT_CONFIG_ENV = "GATEWAY_CONFIG"
+
+# The development commands live in the repository's gateway_dev package (the
+# broker simulator, the sample portal, the demo, throw-away SAML keys), which the
+# production wheel leaves out. They are listed here so ``gateway --help`` shows
+# them; ``main`` hands them over when the package is installed.
+DEV_COMMANDS: dict[tuple[str, ...], str] = {
+    ("demo",): "run the demo: gateway + broker simulator + sample portal (development only)",
+    ("simulator",): "run the eHerkenning broker simulator (development only)",
+    ("portal",): "run only the sample legacy portal (development only)",
+    ("keys", "saml"): "self-signed SP signing + encryption key pairs (development only)",
+}
+DEV_ONLY = "development-only: install the repository with ./dev"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,15 +63,6 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("config-schema", help="print the JSON Schema of the configuration file")
     sub.add_parser("version", help="print the version")
 
-    d = sub.add_parser("demo", help="run the demo: gateway + sample portal, nothing to install")
-    d.add_argument("--config", type=Path, default=Path("config/demo.yaml"))
-    d.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
-    d.add_argument("--portal-port", type=int, default=9081, help="sample portal port")
-    d.add_argument("--simulator-port", type=int, default=0, help="broker simulator (0: any)")
-    d.add_argument("--state-dir", type=Path, default=Path("var/demo"), help="keys and data")
-    d.add_argument("--redis", default=None, metavar="URL", help="keep state in Redis")
-    d.add_argument("--replicas", type=int, default=1, help="gateway processes (needs --redis)")
-
     md = sub.add_parser("sp-metadata", help="print our signed SAML SP metadata (for the broker)")
     md.add_argument("--config", type=Path, default=os.environ.get(DEFAULT_CONFIG_ENV))
     cat = sub.add_parser(
@@ -68,9 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="generate and rotate keys (development and operations)")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="KIND")
-    ks = ksub.add_parser("saml", help="self-signed SP signing + encryption key pairs (dev only)")
-    ks.add_argument("--dir", type=Path, required=True)
-    ks.add_argument("--common-name", default="gateway-dev")
+    ksub.add_parser("saml", help=DEV_COMMANDS[("keys", "saml")])
     kt = ksub.add_parser("tokens", help="identity-token signing keys: init, rotate, retire, show")
     kt.add_argument("action", choices=["init", "rotate", "retire", "show"])
     kt.add_argument("--dir", type=Path, required=True, help="the keys directory")
@@ -98,25 +100,18 @@ def _parser() -> argparse.ArgumentParser:
     kx = ksub.add_parser("secret", help="a random secret file (session-ref secret, admin token)")
     kx.add_argument("file", type=Path)
 
-    sim = sub.add_parser("simulator", help="run the eHerkenning broker simulator")
-    sim.add_argument("--config", type=Path, default=Path("config/simulator.example.yaml"))
-    sim.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
-    sim.add_argument("--port", type=int, default=None, help="port (default 8081)")
-    sim.add_argument(
-        "--public-url",
-        default=None,
-        help="base URL browsers and the gateway use to reach the simulator "
-        "(default: base_url from the file, else http://HOST:PORT)",
-    )
-
-    pt = sub.add_parser("portal", help="run only the sample legacy portal")
-    pt.add_argument("--host", default="127.0.0.1")
-    pt.add_argument("--port", type=int, default=9081)
+    for words, help_text in DEV_COMMANDS.items():
+        if len(words) == 1:
+            sub.add_parser(words[0], help=help_text)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    dev = next((w for w in DEV_COMMANDS if tuple(words[: len(w)]) == w), None)
+    if dev is not None:
+        return _dev_command(dev, words)
+    args = _parser().parse_args(words)
     cmd = args.command
     if cmd == "version":
         print(f"gateway {__version__}")
@@ -133,35 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         return _serve(args.config)
-    if cmd == "demo":
-        from gateway.demo import run_demo
-
-        return _config_errors_to_exit(
-            lambda: run_demo(
-                args.config,
-                args.port,
-                args.portal_port,
-                simulator_port=args.simulator_port,
-                state_dir=args.state_dir,
-                redis_url=args.redis,
-                replicas=args.replicas,
-            )
-        )
     if cmd in ("sp-metadata", "service-catalogue"):
         return _saml_document(cmd, args.config)
     if cmd == "keys":
         return _keys(args)
-    if cmd == "simulator":
-        return _config_errors_to_exit(
-            lambda: _simulator(args.config, args.host, args.port, args.public_url)
-        )
-    if cmd == "portal":
-        from aiohttp import web
-
-        from gateway.portal import build_portal_app
-
-        web.run_app(build_portal_app(), host=args.host, port=args.port, access_log=None)
-        return 0
     raise AssertionError(cmd)  # argparse rejects unknown commands
 
 
@@ -169,7 +139,7 @@ def _check_config(path: Path, *, files: bool) -> int:
     try:
         checked = check_config(path, files=files)
     except ConfigInvalid as exc:
-        _print_problems(exc)
+        print_problems(exc)
         return 2
     for warning in checked.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -187,21 +157,26 @@ def _check_config(path: Path, *, files: bool) -> int:
     return 0
 
 
-def _print_problems(exc: ConfigInvalid) -> None:
+def print_problems(exc: ConfigInvalid) -> None:
+    """A count line, then one line per problem (naming file and path), on stderr."""
     n = len(exc.problems)
     print(f"configuration invalid: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
     for problem in exc.problems:
         print(f"  {problem}", file=sys.stderr)
 
 
-def _config_errors_to_exit(run: object) -> int:
-    assert callable(run)
+def _dev_command(words: tuple[str, ...], argv: list[str]) -> int:
+    """Hand a development command to ``gateway_dev``; without that package, say so in one line."""
     try:
-        result = run()
-    except ConfigInvalid as exc:
-        _print_problems(exc)
+        # By name, not an import statement: production code never depends on
+        # gateway_dev (tests/core/test_dev_boundary.py), it only hands over to it.
+        dev_cli = importlib.import_module("gateway_dev.cli")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("gateway_dev", "gateway_dev.cli"):
+            raise  # a broken development install: show what is missing
+        print(f"gateway {' '.join(words)}: {DEV_ONLY}", file=sys.stderr)
         return 2
-    return int(result or 0)
+    return int(dev_cli.main(argv))
 
 
 def _saml_document(cmd: str, path: Path | None) -> int:
@@ -214,7 +189,7 @@ def _saml_document(cmd: str, path: Path | None) -> int:
     try:
         config = check_config(path).config
     except ConfigInvalid as exc:
-        _print_problems(exc)
+        print_problems(exc)
         return 2
     if config.saml is None:
         print(f"{path}: has no saml section", file=sys.stderr)
@@ -228,17 +203,11 @@ def _saml_document(cmd: str, path: Path | None) -> int:
 def _keys(args: argparse.Namespace) -> int:
     import secrets
 
-    from gateway.devkeys import rsa_keypair
     from gateway.tokens.rotation import init_keys_dir, retire_previous, rotate
 
     kind = args.keys_command
     try:
-        if kind == "saml":
-            for use in ("signing", "encryption"):
-                pair = rsa_keypair(f"{args.common_name}-{use}", bits=3072)
-                pair.write(args.dir / f"{use}.key", args.dir / f"{use}.crt")
-            print(f"wrote signing.key/.crt and encryption.key/.crt to {args.dir} (dev only)")
-        elif kind == "secret":
+        if kind == "secret":
             if args.file.exists():
                 print(f"{args.file} exists; not overwriting a secret", file=sys.stderr)
                 return 1
@@ -299,24 +268,6 @@ def _show_keys(keys_dir: Path) -> None:
         print(line)
 
 
-def _simulator(path: Path, host: str | None, port: int | None, public_url: str | None) -> int:
-    from gateway.logs import configure_logging
-    from gateway.simulator import load_simulator_settings
-    from gateway.simulator.server import run_simulator
-
-    settings = load_simulator_settings(path)
-    if public_url is not None:
-        settings = settings.model_copy(update={"base_url": public_url.rstrip("/")})
-    elif settings.base_url is None:
-        # The URLs the simulator publishes follow where it actually listens.
-        base = f"http://{host or '127.0.0.1'}:{port or 8081}"
-        settings = settings.model_copy(update={"base_url": base})
-    configure_logging("console", "info")
-    print(f"eHerkenning broker simulator on {settings.base_url}/")
-    run_simulator(settings, host or "127.0.0.1", port or 8081)
-    return 0
-
-
 def _serve(path: Path) -> int:
     """Start only what ``check-config`` passes; any start-up failure is one line, exit 2."""
     import structlog
@@ -327,7 +278,7 @@ def _serve(path: Path) -> int:
     try:
         checked: CheckedConfig = check_config(path)
     except ConfigInvalid as exc:
-        _print_problems(exc)
+        print_problems(exc)
         return 2
     config = checked.config
     configure_logging(config.logging.format, config.logging.level)

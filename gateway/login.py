@@ -35,7 +35,6 @@ from gateway.identity import Identity, Loa
 from gateway.pages import PAGE_HEADERS, error_response, html_response, render
 from gateway.proxy import client_view
 from gateway.saml.authn_request import AuthnRequestHttp, build_authn_request
-from gateway.saml.logout_state import PendingLogout, PendingLogouts, browser_cookie_value
 from gateway.services import SERVICES, Services
 from gateway.sessions import Session, new_relay_state
 from gateway.sessions.cookies import (
@@ -47,6 +46,7 @@ from gateway.sessions.cookies import (
     set_session_cookie,
 )
 from gateway.sessions.next_path import safe_next_path
+from gateway.sessions.pending import PendingLogout, PendingLogouts, browser_cookie_value
 
 log = structlog.get_logger("gateway.login")
 

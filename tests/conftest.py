@@ -1,8 +1,12 @@
-"""Fixtures shared by every test area: a real upstream and a gateway in front of it."""
+"""Fixtures shared by every test area: a real upstream and a gateway in front of it.
+
+Every test is also marked ``unit``, ``integration`` or ``browser`` here, by the
+rule in tests/support/markers.py (``./dev test -m unit`` runs the quick part).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,8 +19,26 @@ from gateway.config import GatewayConfig, parse_config
 from gateway.store.base import Store
 from gateway.store.factory import StoreSettings, create_store
 from gateway.store.memory import MemoryStore
+from tests.support.markers import forbid_peers, kind_of
 from tests.support.redis import RedisServer, redis_server  # noqa: F401 (fixture)
 from tests.support.upstream import UPSTREAM_LOG, UpstreamLog, build_upstream_app
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(kind_of(item))
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_peers(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """A test marked unit that starts a process or listens on a socket fails, naming the rule."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    with forbid_peers(monkeypatch):
+        yield
 
 
 @pytest.fixture(params=["memory", "redis"])

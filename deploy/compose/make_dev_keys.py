@@ -16,7 +16,8 @@ import os
 import secrets
 from pathlib import Path
 
-from gateway.devkeys import rsa_keypair, signing_key_pem
+from gateway.tokens.rotation import signing_key_pem
+from gateway_dev.devkeys import rsa_keypair
 
 # File name -> what the compose gateway.yaml uses it for.
 FILES = (

@@ -2,7 +2,7 @@
 
 Modules: ``settings`` (``SessionSettings``), ``record`` (``Session`` and its
 encoding), ``manager`` (``SessionManager``), ``cookies`` (cookie helpers),
-``login_state`` (``LoginStateStore``), ``replay`` (``ReplayCache``),
+``pending`` (``LoginStateStore``, ``PendingLogouts``), ``replay`` (``ReplayCache``),
 ``next_path`` (``safe_next_path``), ``keys`` (every store key and its TTL).
 """
 
@@ -16,14 +16,14 @@ from gateway.sessions.cookies import (
     set_prelogin_cookie,
     set_session_cookie,
 )
-from gateway.sessions.login_state import (
+from gateway.sessions.manager import SessionManager, new_session_id
+from gateway.sessions.next_path import safe_next_path
+from gateway.sessions.pending import (
     LoginStateStore,
     PendingLogin,
     new_relay_state,
     new_request_id,
 )
-from gateway.sessions.manager import SessionManager, new_session_id
-from gateway.sessions.next_path import safe_next_path
 from gateway.sessions.record import Session, decode_session, encode_session
 from gateway.sessions.replay import ReplayCache
 from gateway.sessions.settings import SessionSettings

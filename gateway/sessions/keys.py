@@ -51,18 +51,27 @@ def ref_key(session_ref: str) -> str:
     return f"sref:{{{session_ref}}}"
 
 
+def pending_key(kind: str, prelogin_cookie: str, relay_hash: str) -> str:
+    """A pending login or logout (``kind``) from the RelayState's hash, as a browser's list
+    holds it (``gateway.sessions.pending``)."""
+    return f"{kind}:{{{digest(prelogin_cookie)}}}:{relay_hash}"
+
+
+def pending_list_key(kind: str, prelogin_cookie: str) -> str:
+    """The list of one browser's pending logins (same slot as the logins themselves)."""
+    return f"{kind}:{{{digest(prelogin_cookie)}}}:pending"
+
+
 def login_key(prelogin_cookie: str, relay_state: str) -> str:
-    return login_key_for(prelogin_cookie, digest(relay_state))
+    return pending_key("login", prelogin_cookie, digest(relay_state))
 
 
 def pending_logins_key(prelogin_cookie: str) -> str:
-    """The list of one browser's pending logins (same slot as the logins themselves)."""
-    return f"login:{{{digest(prelogin_cookie)}}}:pending"
+    return pending_list_key("login", prelogin_cookie)
 
 
-def login_key_for(prelogin_cookie: str, relay_hash: str) -> str:
-    """``login_key`` from the RelayState's hash, as the browser's list holds it."""
-    return f"login:{{{digest(prelogin_cookie)}}}:{relay_hash}"
+def logout_key(prelogin_cookie: str, relay_state: str) -> str:
+    return pending_key("logout", prelogin_cookie, digest(relay_state))
 
 
 def login_rate_key(client: str) -> str:

@@ -50,10 +50,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from gateway.devkeys import signing_key_pem
 from gateway.tokens.keys import (
     KeyFileError,
+    PrivateKey,
     algorithm_for_key,
     derive_kid,
     load_private_key,
@@ -71,6 +73,25 @@ PUBLISHED_AT = "Gateway-Key-Published-At"
 SIGNING_SINCE = "Gateway-Key-Signing-Since"
 _STAMP_LINE = re.compile(rb"^([A-Za-z-]+): *([0-9T:Z-]+)\r?$")
 _PEM_BEGIN = b"-----BEGIN "
+
+
+def signing_key_pem(algorithm: str = "ES256") -> bytes:
+    """A new private key for signing identity tokens, PEM (PKCS#8, unencrypted): ES256
+    (P-256), EdDSA (Ed25519) or RS256 (2048 bits). What ``init`` and ``rotate`` write."""
+    key: PrivateKey
+    if algorithm == "ES256":
+        key = ec.generate_private_key(ec.SECP256R1())
+    elif algorithm == "EdDSA":
+        key = ed25519.Ed25519PrivateKey.generate()
+    elif algorithm == "RS256":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        raise ValueError(f"unsupported token algorithm {algorithm!r}")
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 def min_rotation_interval(settings: TokenSettings, *, backend_leeway: int = 30) -> int:

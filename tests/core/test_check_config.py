@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from gateway.cli import main
-from gateway.devkeys import rsa_keypair
+from gateway_dev.devkeys import rsa_keypair
 from tests.support.login_world import gateway_config
 from tests.support.processes import free_port
 

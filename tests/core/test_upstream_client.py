@@ -19,7 +19,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.devkeys import rsa_keypair
 from gateway.upstream_client import (
     Origin,
     RequestBodyError,
@@ -27,6 +26,7 @@ from gateway.upstream_client import (
     UpstreamError,
     UpstreamResponse,
 )
+from gateway_dev.devkeys import rsa_keypair
 from tests.conftest import GatewayFactory
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Scripted"], Awaitable[None]]

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from gateway.simulator.settings import load_scenarios
+from gateway_dev.simulator.settings import load_scenarios
 from tests.support.compose_world import ComposeWorld
 from tests.support.deploy import CONFIG_DIR, REPO
 from tests.support.login_world import follow_redirects, login_by_form

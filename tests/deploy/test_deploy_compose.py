@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -9,9 +10,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.simulator import load_simulator_settings
-from gateway.simulator.settings import SimulatorSettings
 from gateway.store.factory import parse_store_url
+from gateway_dev.simulator import load_simulator_settings
+from gateway_dev.simulator.settings import SimulatorSettings
 from tests.support.deploy import (
     COMPOSE,
     REPO,
@@ -28,6 +29,8 @@ from tests.support.redis import RedisServer
 TOP_LEVEL = {"name", "services", "volumes", "networks", "configs", "secrets"}
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 GATEWAY_IMAGE = "eherkenning-gateway:dev"
+# The services that run the development package next to the image's gateway.
+DEV_SERVICES = {"keys", "portal", "simulator"}
 
 
 def _services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -81,6 +84,44 @@ def test_commands_are_real_gateway_commands(compose: dict[str, Any]) -> None:
         if service["image"] != GATEWAY_IMAGE or "entrypoint" in service:
             continue
         assert command_problem(service["command"]) is None, name
+
+
+def _dev_package_mounts(service: dict[str, Any]) -> list[tuple[str, PurePosixPath, bool]]:
+    return [
+        (source, target, ro)
+        for source, target, ro in _binds(service)
+        if source.startswith(".") and (COMPOSE / source).resolve() == REPO / "gateway_dev"
+    ]
+
+
+def test_only_the_development_services_get_the_development_package(
+    compose: dict[str, Any],
+) -> None:
+    """keys, portal and simulator mount gateway_dev/ read-only on their PYTHONPATH; the gateway
+    service runs the image as production does, without it."""
+    for name, service in _services(compose).items():
+        mounts = _dev_package_mounts(service)
+        environment = service.get("environment") or {}
+        if name in DEV_SERVICES:
+            ((_, target, read_only),) = mounts
+            assert read_only, name
+            assert target.name == "gateway_dev", name
+            assert environment["PYTHONPATH"] == str(target.parent), name
+        else:
+            assert mounts == [], name
+            assert "PYTHONPATH" not in environment, name
+
+
+def test_development_services_run_commands_of_the_development_package(
+    compose: dict[str, Any],
+) -> None:
+    """portal and simulator run `python -m gateway_dev` with a command its parser accepts."""
+    from gateway_dev.cli import parser
+
+    for name in ("portal", "simulator"):
+        service = _services(compose)[name]
+        assert service["entrypoint"] == ["python", "-m", "gateway_dev"], name
+        parser().parse_args(service["command"])  # exits on an unknown command or flag
 
 
 def test_depends_on_conditions_can_be_met(compose: dict[str, Any]) -> None:
@@ -145,15 +186,19 @@ def test_keys_service_creates_every_key_file_the_gateway_names(
     entry = keys["entrypoint"]
     assert entry[0] == "python"
     script_target = PurePosixPath(entry[1])
-    script = next(s for s, t, _ in _binds(keys) if t == script_target)
     out_volume = next(s for s, t, _ in _binds(keys) if t == PurePosixPath(entry[2]))
     keys_dir = next(t for s, t, _ in _binds(gateway) if s == out_volume)
+    # The script and the development package as the service mounts them.
+    root = tmp_path / "keys-service"
+    placed = lay_out_mounts(keys, root)
+    pythonpath = root / PurePosixPath(keys["environment"]["PYTHONPATH"]).relative_to("/")
     done = subprocess.run(
-        [sys.executable, str(COMPOSE / script), str(tmp_path / "k")],
+        [sys.executable, str(placed[script_target]), str(tmp_path / "k")],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=REPO,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(pythonpath)},
         check=False,
     )
     assert done.returncode == 0, done.stderr

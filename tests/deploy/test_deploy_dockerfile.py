@@ -207,6 +207,8 @@ def test_build_context_holds_what_the_build_copies(dockerfile: list[Instruction]
         "var/keys/signing.key",
         "var/simulator/tls.crt",
         "gateway/dev-signing.pem",
+        "gateway_dev/simulator/app.py",
+        "gateway_dev/devkeys.py",
         "tests/deploy/test_deploy_dockerfile.py",
         "test-artifacts/report.xml",
         "deploy/compose/gateway.yaml",
@@ -215,7 +217,8 @@ def test_build_context_holds_what_the_build_copies(dockerfile: list[Instruction]
     ],
 )
 def test_dockerignore_keeps_local_state_and_keys_out(path: str) -> None:
-    """Virtualenvs, git data, local state, tests and key material never enter the context."""
+    """Virtualenvs, git data, local state, tests, key material and the development package
+    (simulator, sample portal, dev keys) never enter the context."""
     ignore = DockerIgnore.parse((REPO / ".dockerignore").read_text())
     assert ignore.ignored(path)
 

@@ -220,6 +220,7 @@ def test_probes_use_registered_gateway_routes(
         assert urlsplit(saml.acs_url).path in routes
 
 
+@pytest.mark.integration  # command_problem runs `gateway COMMAND --help` as a process
 @pytest.mark.parametrize("rendering", RENDERINGS)
 def test_container_command_is_a_real_gateway_command(
     rendering: str, request: pytest.FixtureRequest

@@ -4,7 +4,7 @@
 ConfigMap unchanged, its Secrets made up, two workers on Redis over TLS)
 with real peers. A browser logs in through the broker simulator, then asks
 for employer pages: its own employer reaches the portal with a token that
-the documented verifier (``gateway/portal/verify.py``, audience ``portal``)
+the documented verifier (``gateway_dev/portal/verify.py``, audience ``portal``)
 accepts, a foreign employer is refused with the gateway's 403 before the
 portal sees anything.
 """

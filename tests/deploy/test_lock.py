@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,49 @@ def test_dev_script_installs_from_the_lock_with_hashes() -> None:
     assert "cmd_lock" in script and "pip-compile" in script
 
 
+# What the production wheel must not carry: the development package and any
+# module of the broker simulator, the sample portal, the demo or the dev keys.
+_DEV_ONLY = re.compile(r"(^|/)(gateway_dev|simulator|portal|demo|demo_splitter|devkeys)(/|\.py$)")
+
+
+def _tracked_sources(prefix: str) -> set[str]:
+    out = subprocess.run(
+        ["git", "ls-files", prefix], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout.split()
+    return set(out)
+
+
+def _check_production_wheel(wheel: Path) -> None:
+    """The wheel holds gateway/ (every tracked file of it) and its metadata, nothing else."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    dev = [n for n in names if _DEV_ONLY.search(n)]
+    assert dev == [], f"{wheel.name} carries development-only files: {dev}"
+    outside = [n for n in names if not n.startswith(("gateway/", "eherkenning_gateway-"))]
+    assert outside == [], f"{wheel.name}: {outside}"
+    assert {n for n in names if n.startswith("gateway/")} == _tracked_sources("gateway/")
+
+
+def test_wheel_built_from_the_repository_holds_no_development_code(tmp_path: Path) -> None:
+    """`pip wheel .` (the locked hatchling, no isolation) packs gateway/ only: no simulator,
+    sample portal, demo or development keys, although gateway_dev/ sits next to it."""
+    assert (REPO / "gateway_dev" / "simulator").is_dir()
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"),
+            *("-q", "-w", str(tmp_path), "."),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (wheel,) = tmp_path.glob("eherkenning_gateway-*.whl")
+    _check_production_wheel(wheel)
+
+
 def _builder_run(dockerfile_text: str) -> str:
     builder = stages(parse_dockerfile(dockerfile_text))[0]
     runs = [i.body() for i in builder if i.keyword == "RUN"]
@@ -159,6 +204,72 @@ def test_dockerfile_builder_recipe_installs_from_the_lock(tmp_path: Path) -> Non
         check=True,
     )
     assert probe.stdout.strip() == "True"
+    # The image's wheel: gateway/ only; every module of it imports from the wheel
+    # and the locked runtime alone, and the development commands say where they are.
+    (wheel,) = (root / "wheels").glob("eherkenning_gateway-*.whl")
+    _check_production_wheel(wheel)
+    imports = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib, importlib.util, pkgutil, gateway\n"
+            "names = [m.name for m in pkgutil.walk_packages(gateway.__path__, 'gateway.')]\n"
+            "for name in names:\n"
+            "    if name != 'gateway.__main__':  # runs the CLI\n"
+            "        importlib.import_module(name)\n"
+            "print(len(names), importlib.util.find_spec('gateway_dev') is None)\n",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert imports.returncode == 0, imports.stderr[-3000:]
+    count, no_dev = imports.stdout.split()
+    assert int(count) > 50
+    assert no_dev == "True"
+    demo = subprocess.run(
+        [str(root / "opt" / "venv" / "bin" / "gateway"), "demo"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert (demo.returncode, demo.stdout) == (2, "")
+    assert demo.stderr == "gateway demo: development-only: install the repository with ./dev\n"
+    # compose runs the development package on this very venv, its folder mounted
+    # on PYTHONPATH: every module of it imports with the runtime lock alone.
+    mounted = tmp_path / "mounted"
+    shutil.copytree(
+        REPO / "gateway_dev",
+        mounted / "gateway_dev",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    dev = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib, pkgutil, gateway, gateway_dev\n"
+            "found = pkgutil.walk_packages(gateway_dev.__path__, 'gateway_dev.')\n"
+            "names = [m.name for m in found]\n"
+            "for name in names:\n"
+            "    if name != 'gateway_dev.__main__':  # runs the CLI\n"
+            "        importlib.import_module(name)\n"
+            "print(len(names), gateway.__file__)\n",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(mounted)},
+        timeout=120,
+        check=False,
+    )
+    assert dev.returncode == 0, dev.stderr[-3000:]
+    count, gateway_file = dev.stdout.split()
+    assert int(count) > 20
+    assert Path(gateway_file).is_relative_to(root / "opt" / "venv"), "the wheel's gateway"
     frozen = subprocess.run(
         [str(python), "-m", "pip", "freeze", "--all"], capture_output=True, text=True, check=True
     ).stdout

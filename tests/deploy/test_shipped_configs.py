@@ -32,9 +32,9 @@ from gateway.durations import Duration
 from gateway.errors import ConfigInvalid
 from gateway.identity import Loa
 from gateway.mandates.file_source import parse_mandate_file
-from gateway.portal.demo_data import write_demo_mandates
-from gateway.simulator import load_simulator_settings
-from gateway.simulator.settings import load_scenarios
+from gateway_dev.portal.demo_data import write_demo_mandates
+from gateway_dev.simulator import load_simulator_settings
+from gateway_dev.simulator.settings import load_scenarios
 from tests.support.config_models import (
     all_models,
     example_documents,

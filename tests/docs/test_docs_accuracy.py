@@ -27,7 +27,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from gateway.cli import _parser
-from gateway.simulator.settings import SimulatorSettings
+from gateway_dev.simulator.settings import SimulatorSettings
 from tests.support.deploy import parse_dockerfile
 from tests.support.processes import GatewayProcess, free_port
 
@@ -42,6 +42,7 @@ _TEXT_FILES = [
     *sorted((ROOT / "config").glob("*.yaml")),
     *sorted((ROOT / "deploy").rglob("*.yaml")),
     *sorted((ROOT / "gateway").rglob("*.py")),
+    *sorted((ROOT / "gateway_dev").rglob("*.py")),
 ]
 # `gateway serve`, ``gateway keys tokens rotate``: the lower-case words after "gateway".
 _QUOTED = re.compile(r"`{1,2}gateway((?: [a-z][a-z-]*)+)")
@@ -103,7 +104,7 @@ def test_pyjwt_version_told_to_backends_is_the_declared_minimum() -> None:
     """docs/backends.md's pip line names pyproject's pyjwt minimum, which the lock satisfies.
 
     2.14 is the first release whose PyJWKClient takes ``cooldown_duration``, which
-    the documented verifier (``gateway/portal/verify.py``) passes.
+    the documented verifier (``gateway_dev/portal/verify.py``) passes.
     """
     text = (DOCS / "backends.md").read_text(encoding="utf-8")
     (told,) = re.findall(r'pip install "pyjwt\[crypto\]>=([0-9.]+)"', text)
@@ -112,7 +113,7 @@ def test_pyjwt_version_told_to_backends_is_the_declared_minimum() -> None:
     assert declared >= Version("2.14")
     locked = re.search(r"^pyjwt==([0-9.]+)", (ROOT / "requirements/dev.txt").read_text(), re.M)
     assert locked is not None and Version(locked.group(1)) >= declared
-    verify = (ROOT / "gateway/portal/verify.py").read_text(encoding="utf-8")
+    verify = (ROOT / "gateway_dev/portal/verify.py").read_text(encoding="utf-8")
     assert "cooldown_duration=" in verify
 
 

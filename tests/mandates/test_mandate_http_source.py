@@ -11,10 +11,10 @@ import pytest
 from conftest import http_settings
 from structlog.testing import capture_logs
 
-from gateway.devkeys import rsa_keypair
 from gateway.errors import RegistryUnavailable
 from gateway.mandates import MandateStatus
 from gateway.mandates.http_source import HttpMandateSource
+from gateway_dev.devkeys import rsa_keypair
 from tests.support.registry import RegistryServer
 
 ADMIN = "11111111"

@@ -31,7 +31,7 @@ from gateway.config import GatewayConfig, parse_config
 from gateway.saml.keys import load_sp_keys
 from gateway.saml.sp_metadata import sp_metadata_xml
 from gateway.sessions.cookies import session_cookie_name
-from gateway.simulator import Simulator
+from gateway_dev.simulator import Simulator
 from tests.support.login_world import (
     DEFAULT_MANDATES,
     UUIDS,

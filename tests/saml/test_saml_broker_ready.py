@@ -22,7 +22,6 @@ from structlog.testing import capture_logs
 from yarl import URL
 
 from gateway.cli import main
-from gateway.devkeys import rsa_keypair
 from gateway.errors import BrokerUnavailable, SamlInvalid
 from gateway.saml import ServiceProvider
 from gateway.saml.keys import load_sp_keys
@@ -33,8 +32,9 @@ from gateway.saml.metadata import (
     parse_duration,
 )
 from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
-from gateway.simulator import MtlsSettings, SimulatorSettings, running_simulator
-from gateway.simulator.control import Simulator
+from gateway_dev.devkeys import rsa_keypair
+from gateway_dev.simulator import MtlsSettings, SimulatorSettings, running_simulator
+from gateway_dev.simulator.control import Simulator
 from tests.support.saml import ResponseSpec, SamlWorld
 from tests.support.schemas import BROKER_METADATA_IWELCOME
 from tests.support.simulator import EXAMPLE_SCENARIOS, acs_params, start_simulator

@@ -18,12 +18,12 @@ from lxml import etree
 
 from gateway.cli import main
 from gateway.config import load_config
-from gateway.devkeys import rsa_keypair
 from gateway.errors import ConfigInvalid
 from gateway.saml.keys import load_sp_keys
 from gateway.saml.settings import SamlSettings
 from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
 from gateway.saml.xml import NS
+from gateway_dev.devkeys import rsa_keypair
 from tests.support.schemas import catalogue_schema, metadata_schema, schema_errors
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"

@@ -26,7 +26,7 @@ from gateway.identity import Loa
 from gateway.saml import ServiceProvider
 from gateway.saml.keys import load_sp_keys
 from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
-from gateway.simulator import Simulator
+from gateway_dev.simulator import Simulator
 from tests.support.saml import SERVICE_ID, SamlWorld
 from tests.support.simulator import acs_params, start_simulator
 

@@ -40,10 +40,10 @@ from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
 from yarl import URL
 
-from gateway.devkeys import KeyPair, rsa_keypair
 from gateway.errors import SamlInvalid
 from gateway.saml import ServiceProvider
-from gateway.simulator import Simulator
+from gateway_dev.devkeys import KeyPair, rsa_keypair
+from gateway_dev.simulator import Simulator
 from tests.support.saml import ACS_URL, BROKER_ID, SERVICE_ID, SERVICE_UUID, SP_ID, SamlWorld
 from tests.support.simulator import MiniSp, start_simulator
 

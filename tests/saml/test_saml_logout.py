@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from lxml import etree
 
-from gateway.devkeys import KeyPair
 from gateway.errors import SamlInvalid
 from gateway.identity import Identity, Loa
 from gateway.saml.keys import load_sp_keys
@@ -24,14 +23,15 @@ from gateway.saml.logout import (
     slo_skip_reason,
     verify_logout_response,
 )
-from gateway.saml.logout_state import PendingLogout, PendingLogouts
 from gateway.saml.metadata import BINDING_REDIRECT, BrokerMetadata, parse_broker_metadata
 from gateway.saml.settings import SamlSettings
 from gateway.saml.sp_metadata import sp_metadata_xml
 from gateway.saml.verify import VerifyContext, verify_response
 from gateway.saml.xml import NS, instant, q
+from gateway.sessions.pending import PendingLogout, PendingLogouts
 from gateway.sessions.record import Session, decode_session, encode_session
 from gateway.store.memory import MemoryStore
+from gateway_dev.devkeys import KeyPair
 from tests.saml.conftest import expect
 from tests.support.saml import BROKER_ID, SP_ID, ResponseSpec, SamlWorld, sign, to_bytes
 

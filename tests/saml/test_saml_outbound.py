@@ -86,7 +86,7 @@ def test_relay_state_is_at_most_80_bytes(world: SamlWorld, settings: SamlSetting
 def test_sp_metadata_has_the_eherkenning_shape(world: SamlWorld) -> None:
     """Signed, both flags true, Artifact ACS with index, ServiceID as RequestedAttribute,
     current and next certificates, and no NameIDFormat."""
-    from gateway.devkeys import rsa_keypair
+    from gateway_dev.devkeys import rsa_keypair
 
     nxt = write_pair(rsa_keypair("next"), world.directory, "next-enc")
     settings = world.settings(encryption_next=nxt, signing_next=nxt)

@@ -337,7 +337,7 @@ def test_unexpected_internal_error_becomes_saml_invalid(
 
 def test_decryption_with_next_key_during_rollover(world: SamlWorld, tmp_path: object) -> None:
     """EncryptedIDs made for the next encryption key decrypt while it is configured."""
-    from gateway.devkeys import rsa_keypair
+    from gateway_dev.devkeys import rsa_keypair
 
     nxt = rsa_keypair("sp-encryption-next")
     files = forge.write_pair(nxt, world.directory, "sp-encryption-next")

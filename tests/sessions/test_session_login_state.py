@@ -9,7 +9,7 @@ import pytest
 
 from gateway.errors import LoginExpired
 from gateway.sessions.keys import login_key, pending_logins_key, replay_key
-from gateway.sessions.login_state import LoginStateStore
+from gateway.sessions.pending import LoginStateStore
 from gateway.sessions.replay import ReplayCache
 from gateway.sessions.settings import SessionSettings
 from gateway.store.base import Store

@@ -7,7 +7,7 @@ import hashlib
 
 import aiohttp
 
-from gateway.devkeys import rsa_keypair
+from gateway_dev.devkeys import rsa_keypair
 from tests.support.simulator import (
     NS,
     FakeClock,

@@ -9,7 +9,7 @@ from html import unescape
 import aiohttp
 from lxml import etree
 
-from gateway.devkeys import rsa_keypair
+from gateway_dev.devkeys import rsa_keypair
 from tests.support.simulator import (
     NS,
     RSA_SHA1,

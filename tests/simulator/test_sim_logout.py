@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from lxml import etree
 
-from gateway.devkeys import rsa_keypair
-from gateway.simulator import Simulator
+from gateway_dev.devkeys import rsa_keypair
+from gateway_dev.simulator import Simulator
 from tests.support.simulator import NS, RSA_SHA1, MiniSp, login_once, start_simulator
 
 REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"

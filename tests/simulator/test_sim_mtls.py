@@ -8,8 +8,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.devkeys import KeyPair, rsa_keypair
-from gateway.simulator import MtlsSettings
+from gateway_dev.devkeys import KeyPair, rsa_keypair
+from gateway_dev.simulator import MtlsSettings
 from tests.support.simulator import NS, MiniSp, acs_params, artifact_response, start_simulator
 
 

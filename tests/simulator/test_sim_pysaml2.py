@@ -15,7 +15,7 @@ from saml2.config import SPConfig
 from saml2.metadata import entity_descriptor
 from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
 
-from gateway.devkeys import KeyPair, rsa_keypair
+from gateway_dev.devkeys import KeyPair, rsa_keypair
 from tests.support.simulator import (
     NS,
     MiniSp,

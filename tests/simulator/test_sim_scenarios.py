@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 from lxml import etree
 
-from gateway.simulator import Company, Intermediary, Scenario
-from gateway.simulator.settings import load_scenarios
+from gateway_dev.simulator import Company, Intermediary, Scenario
+from gateway_dev.simulator.settings import load_scenarios
 from tests.support.simulator import (
     EXAMPLE_SCENARIOS,
     NS,
@@ -212,8 +212,8 @@ def test_pseudonym_differs_per_legal_subject_like_real_brokers() -> None:
 
 def test_example_config_loads_with_paths_resolved() -> None:
     """config/simulator.example.yaml validates and finds its scenarios file."""
-    from gateway.simulator import load_simulator_settings
-    from gateway.simulator.settings import all_scenarios
+    from gateway_dev.simulator import load_simulator_settings
+    from gateway_dev.simulator.settings import all_scenarios
 
     settings = load_simulator_settings(EXAMPLE_SCENARIOS.parent / "simulator.example.yaml")
     assert settings.scenarios_file == EXAMPLE_SCENARIOS
@@ -223,7 +223,7 @@ def test_example_config_loads_with_paths_resolved() -> None:
 def test_bad_config_reports_every_problem(tmp_path) -> None:
     """An invalid settings file raises ConfigInvalid naming each bad field."""
     from gateway.errors import ConfigInvalid
-    from gateway.simulator import load_simulator_settings
+    from gateway_dev.simulator import load_simulator_settings
 
     bad = tmp_path / "sim.yaml"
     bad.write_text("artifact_lifetime_seconds: -1\nacs_delivery: fax\nbogus: 1\n")

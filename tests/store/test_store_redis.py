@@ -10,12 +10,12 @@ import pytest
 import structlog
 from pydantic import ValidationError
 
-from gateway.devkeys import rsa_keypair
 from gateway.errors import StoreUnavailable
 from gateway.store.base import Store
 from gateway.store.factory import StoreSettings, StoreTarget, create_store, parse_store_url
 from gateway.store.memory import MemoryStore
 from gateway.store.redis_store import RedisStore
+from gateway_dev.devkeys import rsa_keypair
 from tests.support.redis import RedisServer, TlsFiles, eventually
 
 

@@ -8,10 +8,12 @@ What compose would do, done by hand and read from compose.yaml itself:
 - each service's bind mounts are copied under one root directory at their
   container paths; named volumes are empty directories there;
 - the one-shot ``keys`` service runs its own script into its volume;
-- ``redis`` is a real ``redis-server``; ``portal``, ``simulator`` and
-  ``gateway`` are ``python -m gateway <command>`` with the service's command,
-  the mounted configuration files unchanged except for those addresses and
-  the container paths (the gateway's listen address comes from
+- ``redis`` is a real ``redis-server``; ``gateway`` is ``python -m gateway
+  <command>`` (the image's entrypoint) and ``portal`` and ``simulator`` are
+  their entrypoint's ``python -m gateway_dev <command>``, with the service's
+  command and environment (``PYTHONPATH`` names the mounted copy of
+  ``gateway_dev/``), the mounted configuration files unchanged except for those
+  addresses and the container paths (the gateway's listen address comes from
   ``GATEWAY__SERVER__*`` variables, as an operator would set it).
 """
 
@@ -26,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from tests.support.deploy import COMPOSE, REPO, compose_binds, lay_out_mounts, load_one
+from tests.support.deploy import COMPOSE, compose_binds, lay_out_mounts, load_one
 from tests.support.processes import GatewayProcess, free_port
 from tests.support.redis import RedisServer
 
@@ -131,8 +133,8 @@ class ComposeWorld:
             capture_output=True,
             text=True,
             timeout=120,
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=self.root,
+            env={**os.environ, **self._environment("keys")},
             check=False,
         )
         assert done.returncode == 0, done.stderr
@@ -163,6 +165,19 @@ class ComposeWorld:
                 out.append(word)
         return out
 
+    def _environment(self, name: str) -> dict[str, str]:
+        """The service's environment with container paths mapped under the root."""
+        env = self.services[name].get("environment") or {}
+        return {k: self._host_path(name, str(v)) for k, v in env.items()}
+
+    def _module(self, name: str) -> str:
+        """The package the service's entrypoint runs: the image's ``gateway`` unless overridden."""
+        entry = self.services[name].get("entrypoint")
+        if entry is None:
+            return "gateway"
+        assert entry[:2] == ["python", "-m"] and len(entry) == 3, entry
+        return str(entry[2])
+
     def url(self, service: str) -> str:
         port = next(p for (s, _), p in self.addresses.items() if s == service)
         return f"http://127.0.0.1:{port}"
@@ -173,16 +188,22 @@ class ComposeWorld:
         self.redis = RedisServer(port=redis_port)
         self.redis.start()
         for name in ("portal", "simulator"):
-            self.processes[name] = GatewayProcess(self._command(name), cwd=self.root)
+            self.processes[name] = GatewayProcess(
+                self._command(name),
+                env=self._environment(name),
+                cwd=self.root,
+                module=self._module(name),
+            )
         await self.processes["portal"].wait_http(self.url("portal") + "/", timeout=60)
         await self.processes["simulator"].wait_http(
             self.url("simulator") + "/saml/metadata", timeout=60
         )
-        gateway = self.services["gateway"]
-        env = {k: self._host_path("gateway", v) for k, v in gateway["environment"].items()}
+        env = self._environment("gateway")
         port = next(p for (s, _), p in self.addresses.items() if s == "gateway")
         env |= {"GATEWAY__SERVER__HOST": "127.0.0.1", "GATEWAY__SERVER__PORT": str(port)}
-        self.processes["gateway"] = GatewayProcess(self._command("gateway"), env=env, cwd=self.root)
+        self.processes["gateway"] = GatewayProcess(
+            self._command("gateway"), env=env, cwd=self.root, module=self._module("gateway")
+        )
         await self.processes["gateway"].wait_http(
             self.url("gateway") + "/_gateway/readyz", timeout=90
         )

@@ -215,13 +215,20 @@ def is_subcommand(name: str) -> bool:
 
 
 def command_problem(args: list[str]) -> str | None:
-    """Why ``gateway *args`` would be refused at start-up, or ``None`` if it parses."""
-    from gateway.cli import _parser  # the real parser: a typo in a flag fails here
+    """Why ``gateway *args`` would be refused at start-up, or ``None`` if it parses.
+
+    A development command (``gateway.cli.DEV_COMMANDS``) is parsed by
+    ``gateway_dev``'s parser, the one ``gateway`` hands it to.
+    """
+    # the real parsers: a typo in a flag fails here
+    from gateway.cli import DEV_COMMANDS, _parser
+    from gateway_dev.cli import parser as dev_parser
 
     if not args or not is_subcommand(args[0]):
         return f"{args}: not a gateway subcommand"
+    dev = any(tuple(args[: len(words)]) == words for words in DEV_COMMANDS)
     try:
-        _parser().parse_args(args)
+        (dev_parser() if dev else _parser()).parse_args(args)
     except SystemExit:
         return f"{args}: rejected by the gateway's argument parser"
     return None
@@ -531,7 +538,8 @@ def lay_out_files(
     """
     from gateway.config_files import path_settings
     from gateway.config_source import format_loc
-    from gateway.devkeys import rsa_keypair, signing_key_pem
+    from gateway.tokens.rotation import signing_key_pem
+    from gateway_dev.devkeys import rsa_keypair
 
     config = parse_config(yaml.safe_dump(dict(data)), file="<lay-out>", environ=environ or {})
     out = copy.deepcopy(dict(data))
@@ -585,16 +593,20 @@ def compose_binds(service: Mapping[str, Any]) -> list[tuple[str, PurePosixPath, 
 
 
 def lay_out_mounts(service: Mapping[str, Any], root: Path) -> dict[PurePosixPath, Path]:
-    """Copy the service's bind-mounted files to ``root``/<container path>; return the mapping.
+    """Copy the service's bind-mounted files and folders to ``root``/<container path>.
 
-    Named volumes are created as empty directories (what compose starts them as).
+    Returns the mapping. Named volumes are created as empty directories (what
+    compose starts them as); a mounted folder is copied without caches.
     """
     import shutil
 
     placed: dict[PurePosixPath, Path] = {}
     for source, target, _ in compose_binds(service):
         dest = root / target.relative_to("/")
-        if source.startswith("."):
+        if source.startswith(".") and (COMPOSE / source).is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(COMPOSE / source, dest, ignore=ignore, dirs_exist_ok=True)
+        elif source.startswith("."):
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(COMPOSE / source, dest)
         else:

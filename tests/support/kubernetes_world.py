@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from gateway.devkeys import KeyPair, rsa_keypair
+from gateway_dev.devkeys import KeyPair, rsa_keypair
 from tests.support.deploy import KUSTOMIZE, REPO, kustomize_build, lay_out_files, only
 from tests.support.processes import GatewayProcess, free_port
 from tests.support.redis import RedisServer, TlsFiles

@@ -24,12 +24,13 @@ from yarl import URL
 
 from gateway.app import build_app
 from gateway.config import GatewayConfig, parse_config
-from gateway.devkeys import rsa_keypair, signing_key_pem
 from gateway.saml.keys import load_sp_keys
 from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
 from gateway.services import SERVICES, Services
 from gateway.sessions import Session
-from gateway.simulator import Simulator
+from gateway.tokens.rotation import signing_key_pem
+from gateway_dev.devkeys import rsa_keypair
+from gateway_dev.simulator import Simulator
 from tests.support.simulator import start_simulator
 from tests.support.tokens import IdentityVerifier
 from tests.support.upstream import UPSTREAM_LOG, UpstreamLog, build_upstream_app

@@ -23,7 +23,11 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    """``python -m gateway ARGS`` as a child process, with its output kept for assertions."""
+    """``python -m gateway ARGS`` as a child process, with its output kept for assertions.
+
+    ``module`` names another runnable package (``gateway_dev`` for the
+    development commands run the way compose runs them).
+    """
 
     def __init__(
         self,
@@ -31,13 +35,15 @@ class GatewayProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        *,
+        module: str = "gateway",
     ):
         self.log_path = (
             Path(os.environ.get("TMPDIR", "/tmp")) / f"gw-{os.getpid()}-{time.monotonic_ns()}.log"
         )
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", *args],
+            [sys.executable, "-m", module, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

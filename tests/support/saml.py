@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from lxml import etree
 
-from gateway.devkeys import KeyPair, rsa_keypair
 from gateway.identity import Loa
 from gateway.saml.settings import KeyPairFiles, SamlSettings, ServiceSettings
 from gateway.saml.xml import NS, instant, q
+from gateway_dev.devkeys import KeyPair, rsa_keypair
 
 _C = xmlsec.constants
 BROKER_ID = "urn:etoegang:HM:00000003520354760000:entities:9632"

@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from lxml import etree
 
-from gateway.devkeys import rsa_keypair
-from gateway.simulator import Simulator, SimulatorSettings, running_simulator
+from gateway_dev.devkeys import rsa_keypair
+from gateway_dev.simulator import Simulator, SimulatorSettings, running_simulator
 
 EXAMPLE_SCENARIOS = Path(__file__).resolve().parents[2] / "config" / "scenarios.example.yaml"
 

@@ -1,6 +1,6 @@
 """Reference backend verifier: exactly what docs/backends.md tells a Python backend to do.
 
-The code lives in ``gateway/portal/verify.py``, the sample portal's own token
+The code lives in ``gateway_dev/portal/verify.py``, the sample portal's own token
 check, which imports nothing else from ``gateway``: a backend has only the
 token, the JWKS URL, its own configuration and the documented rules. Tests use
 this same code, so the contract the docs state is the one the tests check.
@@ -9,7 +9,7 @@ this same code, so the contract the docs state is the one the tests check.
 ``employer_set`` through ``asyncio.to_thread`` (or uses ``employer_set_async``).
 """
 
-from gateway.portal.verify import (
+from gateway_dev.portal.verify import (
     REQUIRED_CLAIMS,
     IdentityVerifier,
     check_employers_document,

@@ -11,7 +11,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.devkeys import signing_key_pem
 from gateway.tokens import (
     KeyFileError,
     KeySet,
@@ -21,6 +20,7 @@ from gateway.tokens import (
     jwk_thumbprint,
     jwks_headers,
 )
+from gateway.tokens.rotation import signing_key_pem
 from gateway.tokens.settings import Algorithm
 
 KeysDir = Callable[[Algorithm], Path]

@@ -12,9 +12,9 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway.devkeys import signing_key_pem
 from gateway.errors import EmployerNotAllowed, NotAuthenticated
 from gateway.tokens import KeySet, TokenMinter, TokenSettings, TokenSubject
+from gateway.tokens.rotation import signing_key_pem
 from gateway.tokens.settings import Algorithm
 
 SubjectFactory = Callable[..., TokenSubject]

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 
-from gateway.simulator.authnrequest import AuthnRequest
-from gateway.simulator.catalogue import ServiceCatalogue
-from gateway.simulator.scenarios import (
+from gateway_dev.simulator.authnrequest import AuthnRequest
+from gateway_dev.simulator.catalogue import ServiceCatalogue
+from gateway_dev.simulator.scenarios import (
     QUALIFIER_KVK,
     QUALIFIER_PSEUDO,
     QUALIFIER_RSIN,
@@ -31,10 +31,10 @@ from gateway.simulator.scenarios import (
     STATUS_SUCCESS,
     Scenario,
 )
-from gateway.simulator.settings import SimulatorSettings
-from gateway.simulator.spmetadata import SpMetadata
-from gateway.simulator.xmlcrypto import Recipient, Signer, cert_der, encrypt_id
-from gateway.simulator.xmlutil import SAML, SAMLP, SOAP, XS, XSI, instant, new_id, q
+from gateway_dev.simulator.settings import SimulatorSettings
+from gateway_dev.simulator.spmetadata import SpMetadata
+from gateway_dev.simulator.xmlcrypto import Recipient, Signer, cert_der, encrypt_id
+from gateway_dev.simulator.xmlutil import SAML, SAMLP, SOAP, XS, XSI, instant, new_id, q
 
 ATTR_SERVICE_ID = "urn:etoegang:core:ServiceID"
 ATTR_SERVICE_UUID = "urn:etoegang:core:ServiceUUID"

@@ -24,16 +24,16 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway.devkeys import rsa_keypair
-from gateway.simulator.artifacts import ArtifactStore
-from gateway.simulator.authnrequest import AuthnRequest
-from gateway.simulator.catalogue import ServiceCatalogue, parse_service_catalogue
-from gateway.simulator.idpmetadata import ARS_PATH, METADATA_PATH, SLO_PATH, SSO_PATH
-from gateway.simulator.messages import Keys, Rewrite
-from gateway.simulator.scenarios import Scenario
-from gateway.simulator.settings import SimulatorSettings, all_scenarios
-from gateway.simulator.spmetadata import DocumentSource, SpMetadata, SpMetadataSource
-from gateway.simulator.xmlcrypto import Signer
+from gateway_dev.devkeys import rsa_keypair
+from gateway_dev.simulator.artifacts import ArtifactStore
+from gateway_dev.simulator.authnrequest import AuthnRequest
+from gateway_dev.simulator.catalogue import ServiceCatalogue, parse_service_catalogue
+from gateway_dev.simulator.idpmetadata import ARS_PATH, METADATA_PATH, SLO_PATH, SSO_PATH
+from gateway_dev.simulator.messages import Keys, Rewrite
+from gateway_dev.simulator.scenarios import Scenario
+from gateway_dev.simulator.settings import SimulatorSettings, all_scenarios
+from gateway_dev.simulator.spmetadata import DocumentSource, SpMetadata, SpMetadataSource
+from gateway_dev.simulator.xmlcrypto import Signer
 
 
 @dataclass(frozen=True)

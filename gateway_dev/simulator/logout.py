@@ -25,14 +25,14 @@ import structlog
 from aiohttp import web
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 
-from gateway.simulator.authnrequest import RequestUnreadable, decode_redirect
-from gateway.simulator.control import HTTP_SESSION, SIMULATOR, LogoutRecord, Simulator
-from gateway.simulator.idpmetadata import SLO_PATH
-from gateway.simulator.pages import error_page
-from gateway.simulator.scenarios import STATUS_REQUEST_DENIED, STATUS_REQUESTER, STATUS_SUCCESS
-from gateway.simulator.spmetadata import MetadataUnavailable, SpMetadata
-from gateway.simulator.xmlcrypto import SignatureInvalid, sign_redirect, verify_redirect
-from gateway.simulator.xmlutil import (
+from gateway_dev.simulator.authnrequest import RequestUnreadable, decode_redirect
+from gateway_dev.simulator.control import HTTP_SESSION, SIMULATOR, LogoutRecord, Simulator
+from gateway_dev.simulator.idpmetadata import SLO_PATH
+from gateway_dev.simulator.pages import error_page
+from gateway_dev.simulator.scenarios import STATUS_REQUEST_DENIED, STATUS_REQUESTER, STATUS_SUCCESS
+from gateway_dev.simulator.spmetadata import MetadataUnavailable, SpMetadata
+from gateway_dev.simulator.xmlcrypto import SignatureInvalid, sign_redirect, verify_redirect
+from gateway_dev.simulator.xmlutil import (
     BINDING_REDIRECT,
     SAML,
     SAMLP,
@@ -43,7 +43,7 @@ from gateway.simulator.xmlutil import (
     q,
 )
 
-log = structlog.get_logger("gateway.simulator")
+log = structlog.get_logger("gateway_dev.simulator")
 
 
 class _Refused(Exception):

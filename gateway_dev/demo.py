@@ -10,7 +10,7 @@ the first run into the state folder (``var/demo/``, git-ignored)::
 
 ``--redis URL`` keeps the state in Redis instead; ``--replicas N`` (needs
 Redis) runs N ``gateway serve`` child processes behind a round-robin TCP
-splitter (``gateway/demo_splitter.py``) on the public port, so sessions are
+splitter (``gateway_dev/demo_splitter.py``) on the public port, so sessions are
 visibly shared. Ctrl-C (or SIGTERM) stops everything and exits 0.
 """
 
@@ -35,15 +35,16 @@ from cryptography import x509
 
 from gateway.app import build_app
 from gateway.config import GatewayConfig, parse_config
-from gateway.demo_splitter import RoundRobinSplitter, free_port
-from gateway.devkeys import rsa_keypair, signing_key_pem
 from gateway.errors import ConfigInvalid, ConfigProblem
 from gateway.logs import configure_logging
-from gateway.portal import PortalSettings, build_portal_app
-from gateway.portal.demo_data import write_demo_mandates
 from gateway.saml.keys import load_sp_keys
 from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
-from gateway.simulator import Simulator, SimulatorSettings, running_simulator
+from gateway.tokens.rotation import signing_key_pem
+from gateway_dev.demo_splitter import RoundRobinSplitter, free_port
+from gateway_dev.devkeys import rsa_keypair
+from gateway_dev.portal import PortalSettings, build_portal_app
+from gateway_dev.portal.demo_data import write_demo_mandates
+from gateway_dev.simulator import Simulator, SimulatorSettings, running_simulator
 
 # What each demo scenario shows; printed at start and listed on /demo.
 GUIDE: tuple[tuple[str, str], ...] = (

@@ -7,8 +7,8 @@ import datetime as dt
 
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 
-from gateway.simulator.xmlcrypto import Signer, cert_der
-from gateway.simulator.xmlutil import (
+from gateway_dev.simulator.xmlcrypto import Signer, cert_der
+from gateway_dev.simulator.xmlutil import (
     BINDING_POST,
     BINDING_REDIRECT,
     BINDING_SOAP,

@@ -2,6 +2,8 @@
 
 Production keys are PKIoverheid certificates supplied by the fund; these
 helpers make throw-away equivalents for the demo, the simulator and tests.
+Identity-token signing keys are not development-only: ``gateway keys tokens``
+makes them with ``gateway.tokens.rotation.signing_key_pem``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 
@@ -67,22 +69,4 @@ def rsa_keypair(common_name: str, *, bits: int = 2048, days: int = 365) -> KeyPa
             serialization.NoEncryption(),
         ),
         cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-    )
-
-
-def signing_key_pem(algorithm: str = "ES256") -> bytes:
-    """A private key for signing identity tokens: ES256 (P-256), EdDSA (Ed25519) or RS256."""
-    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
-    if algorithm == "ES256":
-        key = ec.generate_private_key(ec.SECP256R1())
-    elif algorithm == "EdDSA":
-        key = ed25519.Ed25519PrivateKey.generate()
-    elif algorithm == "RS256":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    else:
-        raise ValueError(f"unsupported token algorithm {algorithm!r}")
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
     )

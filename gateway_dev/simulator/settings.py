@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from gateway.errors import ConfigInvalid, ConfigProblem
-from gateway.simulator.scenarios import Scenario, ScenarioFile
+from gateway_dev.simulator.scenarios import Scenario, ScenarioFile
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 

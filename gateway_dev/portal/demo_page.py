@@ -21,10 +21,10 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from gateway.portal.demo_data import read_mandates, set_status
-from gateway.portal.rendering import HTTP, SETTINGS, page, render
+from gateway_dev.portal.demo_data import read_mandates, set_status
+from gateway_dev.portal.rendering import HTTP, SETTINGS, page, render
 
-log = structlog.get_logger("gateway.portal")
+log = structlog.get_logger("gateway_dev.portal")
 
 CSRF = web.AppKey("portal_demo_csrf", str)
 

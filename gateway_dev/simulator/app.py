@@ -3,7 +3,7 @@
 Routes: ``/saml/metadata`` (IdP metadata), ``/saml/sso`` (AuthnRequest by
 Redirect or POST), ``/saml/login`` (the login page's form), ``/saml/ars``
 (SOAP ArtifactResolutionService), ``/saml/slo`` (SingleLogoutService, see
-``gateway.simulator.logout``) and ``/`` (an index for people).
+``gateway_dev.simulator.logout``) and ``/`` (an index for people).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from gateway.simulator import ars, logout
-from gateway.simulator.artifacts import make_artifact
-from gateway.simulator.authnrequest import (
+from gateway_dev.simulator import ars, logout
+from gateway_dev.simulator.artifacts import make_artifact
+from gateway_dev.simulator.authnrequest import (
     AuthnRequest,
     RequestRefused,
     RequestUnreadable,
@@ -28,15 +28,15 @@ from gateway.simulator.authnrequest import (
     peek,
     verify,
 )
-from gateway.simulator.catalogue import ServiceCatalogue
-from gateway.simulator.control import (
+from gateway_dev.simulator.catalogue import ServiceCatalogue
+from gateway_dev.simulator.control import (
     HTTP_SESSION,
     SIMULATOR,
     BrokerSession,
     IssuedLogin,
     Simulator,
 )
-from gateway.simulator.idpmetadata import (
+from gateway_dev.simulator.idpmetadata import (
     ARS_PATH,
     LOGIN_PATH,
     METADATA_PATH,
@@ -44,14 +44,14 @@ from gateway.simulator.idpmetadata import (
     SSO_PATH,
     idp_metadata,
 )
-from gateway.simulator.messages import Login, Shape, Status, error_response, refusal, response
-from gateway.simulator.pages import error_page, index_page, login_page, post_form
-from gateway.simulator.scenarios import STATUS_FOR_OUTCOME, STATUS_REQUESTER, Scenario
-from gateway.simulator.settings import SimulatorSettings
-from gateway.simulator.spmetadata import MetadataUnavailable, SpMetadata
-from gateway.simulator.xmlutil import BINDING_ARTIFACT, BINDING_POST, to_bytes
+from gateway_dev.simulator.messages import Login, Shape, Status, error_response, refusal, response
+from gateway_dev.simulator.pages import error_page, index_page, login_page, post_form
+from gateway_dev.simulator.scenarios import STATUS_FOR_OUTCOME, STATUS_REQUESTER, Scenario
+from gateway_dev.simulator.settings import SimulatorSettings
+from gateway_dev.simulator.spmetadata import MetadataUnavailable, SpMetadata
+from gateway_dev.simulator.xmlutil import BINDING_ARTIFACT, BINDING_POST, to_bytes
 
-log = structlog.get_logger("gateway.simulator")
+log = structlog.get_logger("gateway_dev.simulator")
 
 _CANCEL = Scenario(id="cancel", label="Annuleren", outcome="cancel")
 

@@ -17,16 +17,16 @@ import structlog
 from aiohttp import web
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 
-from gateway.simulator.artifacts import parse_artifact, source_id
-from gateway.simulator.control import HTTP_SESSION, SIMULATOR, Simulator
-from gateway.simulator.idpmetadata import ARS_PATH
-from gateway.simulator.messages import SUCCESS, Status, artifact_response_envelope, soap_fault
-from gateway.simulator.scenarios import STATUS_REQUEST_DENIED, STATUS_REQUESTER
-from gateway.simulator.spmetadata import MetadataUnavailable
-from gateway.simulator.xmlcrypto import SignatureInvalid, verify_enveloped
-from gateway.simulator.xmlutil import SAML, SAMLP, SOAP, XmlRejected, parse_xml, q
+from gateway_dev.simulator.artifacts import parse_artifact, source_id
+from gateway_dev.simulator.control import HTTP_SESSION, SIMULATOR, Simulator
+from gateway_dev.simulator.idpmetadata import ARS_PATH
+from gateway_dev.simulator.messages import SUCCESS, Status, artifact_response_envelope, soap_fault
+from gateway_dev.simulator.scenarios import STATUS_REQUEST_DENIED, STATUS_REQUESTER
+from gateway_dev.simulator.spmetadata import MetadataUnavailable
+from gateway_dev.simulator.xmlcrypto import SignatureInvalid, verify_enveloped
+from gateway_dev.simulator.xmlutil import SAML, SAMLP, SOAP, XmlRejected, parse_xml, q
 
-log = structlog.get_logger("gateway.simulator")
+log = structlog.get_logger("gateway_dev.simulator")
 
 _XML = "text/xml"
 

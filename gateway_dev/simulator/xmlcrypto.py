@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 
-from gateway.simulator.xmlutil import DS, SAML, XENC, XENC11, q
+from gateway_dev.simulator.xmlutil import DS, SAML, XENC, XENC11, q
 
 EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
 ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"

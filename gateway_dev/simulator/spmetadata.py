@@ -18,7 +18,7 @@ from typing import Generic, TypeVar
 import aiohttp
 from lxml import etree  # type: ignore[import-untyped, unused-ignore]
 
-from gateway.simulator.xmlutil import DS, MD, XmlRejected, parse_xml, q
+from gateway_dev.simulator.xmlutil import DS, MD, XmlRejected, parse_xml, q
 
 
 class MetadataUnavailable(RuntimeError):

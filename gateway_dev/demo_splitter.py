@@ -15,7 +15,7 @@ import socket
 
 import structlog
 
-log = structlog.get_logger("gateway.demo")
+log = structlog.get_logger("gateway_dev.demo")
 
 _CHUNK = 64 * 1024
 

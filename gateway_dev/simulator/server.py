@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from gateway.simulator.app import build_simulator_app
-from gateway.simulator.control import SIMULATOR, Simulator
-from gateway.simulator.settings import SimulatorSettings
+from gateway_dev.simulator.app import build_simulator_app
+from gateway_dev.simulator.control import SIMULATOR, Simulator
+from gateway_dev.simulator.settings import SimulatorSettings
 
-log = structlog.get_logger("gateway.simulator")
+log = structlog.get_logger("gateway_dev.simulator")
 
 
 @contextlib.asynccontextmanager

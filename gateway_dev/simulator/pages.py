@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from html import escape
 
-from gateway.simulator.scenarios import Scenario
+from gateway_dev.simulator.scenarios import Scenario
 
 _CSS = """
 body{font-family:system-ui,Arial,sans-serif;background:#f3f5f8;color:#1b1f24;margin:0}

@@ -14,9 +14,9 @@ import binascii
 import zlib
 from dataclasses import dataclass
 
-from gateway.simulator.spmetadata import Endpoint, SpMetadata
-from gateway.simulator.xmlcrypto import SignatureInvalid, verify_enveloped, verify_redirect
-from gateway.simulator.xmlutil import (
+from gateway_dev.simulator.spmetadata import Endpoint, SpMetadata
+from gateway_dev.simulator.xmlcrypto import SignatureInvalid, verify_enveloped, verify_redirect
+from gateway_dev.simulator.xmlutil import (
     BINDING_ARTIFACT,
     BINDING_POST,
     MAX_XML_BYTES,

@@ -1,8 +1,8 @@
 """Login scenarios: who logs in, for which company, at which level, or which error.
 
 A scenario is what a person picks on the simulator's login page (or what a
-test queues through :class:`gateway.simulator.control.Simulator`). It is pure
-data; ``gateway.simulator.messages`` turns it into SAML.
+test queues through :class:`gateway_dev.simulator.control.Simulator`). It is pure
+data; ``gateway_dev.simulator.messages`` turns it into SAML.
 
 Status mapping for the error outcomes (documented in ``docs/simulator.md``):
 eHerkenning brokers report a cancelled login as ``Responder/AuthnFailed``

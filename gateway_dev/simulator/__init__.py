@@ -14,11 +14,11 @@ Public API::
     run_simulator(settings, host, port)          # blocking, for the CLI
 """
 
-from gateway.simulator.app import build_simulator_app
-from gateway.simulator.control import SIMULATOR, IssuedLogin, Simulator
-from gateway.simulator.scenarios import Company, Intermediary, Scenario
-from gateway.simulator.server import run_simulator, running_simulator, serve_simulator
-from gateway.simulator.settings import MtlsSettings, SimulatorSettings, load_simulator_settings
+from gateway_dev.simulator.app import build_simulator_app
+from gateway_dev.simulator.control import SIMULATOR, IssuedLogin, Simulator
+from gateway_dev.simulator.scenarios import Company, Intermediary, Scenario
+from gateway_dev.simulator.server import run_simulator, running_simulator, serve_simulator
+from gateway_dev.simulator.settings import MtlsSettings, SimulatorSettings, load_simulator_settings
 
 __all__ = [
     "SIMULATOR",

@@ -8,13 +8,13 @@ import aiohttp
 import jinja2
 from aiohttp import web
 
-from gateway.portal.settings import PortalSettings
+from gateway_dev.portal.settings import PortalSettings
 
 SETTINGS = web.AppKey("portal_settings", PortalSettings)
 HTTP = web.AppKey("portal_http", aiohttp.ClientSession)
 
 _env = jinja2.Environment(
-    loader=jinja2.PackageLoader("gateway.portal", "templates"),
+    loader=jinja2.PackageLoader("gateway_dev.portal", "templates"),
     autoescape=jinja2.select_autoescape(["html"]),
     trim_blocks=True,
     lstrip_blocks=True,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.simulator.spmetadata import MetadataUnavailable
-from gateway.simulator.xmlutil import XmlRejected, parse_xml
+from gateway_dev.simulator.spmetadata import MetadataUnavailable
+from gateway_dev.simulator.xmlutil import XmlRejected, parse_xml
 
 ESC = "urn:etoegang:1.13:service-catalog"
 _NS = {"esc": ESC}

@@ -1,7 +1,7 @@
 """The sample legacy portal: what a backend behind the gateway sees and checks.
 
 Every page verifies the gateway's identity token exactly as docs/backends.md
-tells a backend to (``gateway/portal/verify.py``, a copy of the reference
+tells a backend to (``gateway_dev/portal/verify.py``, a copy of the reference
 verifier) and shows the result: acting administrator, mode, level, active
 employer and the allowed set (fetched from the gateway's employers endpoint
 when the token carries the large-set substitute). A missing or invalid token
@@ -10,7 +10,7 @@ is said plainly and answered 401, as a real backend would. Employer pages
 second line behind the gateway's own 403.
 
 ``/demo`` (demo only) lists the demo scenarios and revokes mandates live, see
-``gateway/portal/demo_page.py``. ``/api/headers`` echoes the request headers.
+``gateway_dev/portal/demo_page.py``. ``/api/headers`` echoes the request headers.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import jwt
 import structlog
 from aiohttp import web
 
-from gateway.portal.demo_page import add_demo_routes
-from gateway.portal.rendering import HTTP, SETTINGS, page, render
-from gateway.portal.settings import PortalSettings
-from gateway.portal.verify import IdentityVerifier
+from gateway_dev.portal.demo_page import add_demo_routes
+from gateway_dev.portal.rendering import HTTP, SETTINGS, page, render
+from gateway_dev.portal.settings import PortalSettings
+from gateway_dev.portal.verify import IdentityVerifier
 
-log = structlog.get_logger("gateway.portal")
+log = structlog.get_logger("gateway_dev.portal")
 
 VERIFIER = web.AppKey("portal_verifier", IdentityVerifier)
 SET_CACHE = web.AppKey("portal_set_cache", dict)
