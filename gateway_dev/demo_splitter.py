@@ -50,6 +50,12 @@ class RoundRobinSplitter:
         self._tasks.add(task)
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # Stopping the splitter cancels its open connections. Python 3.11's
+            # stream server asks a cancelled handler task for its exception and
+            # logs the CancelledError with a traceback; ending normally instead
+            # is what a stopped connection is here.
+            return
         finally:
             self._tasks.discard(task)
             writer.close()
