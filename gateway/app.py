@@ -25,7 +25,7 @@ from gateway.audit import audit
 from gateway.backend_api import backend_routes
 from gateway.config import GatewayConfig, RouteSettings, load_config
 from gateway.connections import EdgeProtocol, descriptor_exhaustion
-from gateway.context import ERROR_EXTRA, FORM_FIELDS, REQUEST_ID, ROUTE_NAME, TIMING, Handler
+from gateway.context import REQUEST_ID, ROUTE_NAME, TIMING, Handler
 from gateway.errors import (
     BadRequest,
     ConfigInvalid,
@@ -34,9 +34,10 @@ from gateway.errors import (
     NotFound,
     Overloaded,
     RequestTimeout,
+    for_http_status,
 )
 from gateway.forward_auth import forward_auth_routes
-from gateway.gate import Respond, authorize
+from gateway.gate import authorize, request_facts
 from gateway.health import DependencyMonitor, login_checks, upstream_dns_check
 from gateway.login import login_routes
 from gateway.logs import (
@@ -49,10 +50,12 @@ from gateway.logs import (
 )
 from gateway.metrics import Metrics, ScrapeGuard, metrics_handler, metrics_listener_ctx
 from gateway.overview import overview_routes
-from gateway.pages import error_response
+from gateway.pages import error_response, see_other
+from gateway.policy import Pairs, Redirect
 from gateway.proxy import ClientView, Forwarder, client_view
 from gateway.routing import NoMatch, Router
 from gateway.services import SERVICES, services_ctx
+from gateway.sessions.cookies import read_session_cookie
 from gateway.target import BadTarget, Target, check_message, parse_target
 
 log = structlog.get_logger("gateway.app")
@@ -196,14 +199,7 @@ async def edge(request: web.Request, handler: Handler | None = None) -> web.Stre
             resp = _error_answer(request, err, request_id)
         except web.HTTPException as exc:
             # aiohttp's own answers from a handler (e.g. a bad form body).
-            mapped: GatewayError = (
-                MethodNotAllowed()
-                if exc.status == 405
-                else NotFound()
-                if exc.status == 404
-                else BadRequest(exc.reason)
-            )
-            resp = _error_answer(request, mapped, request_id)
+            resp = _error_answer(request, for_http_status(exc.status, exc.reason), request_id)
         except asyncio.CancelledError:
             # The client left (its proxied request is cancelled then, see
             # gateway.connections), or shutdown ended a request past its grace.
@@ -272,7 +268,7 @@ def _error_answer(request: web.Request, err: GatewayError, request_id: str) -> w
         err = Overloaded(f"out of descriptors: {err.detail}")
     elif err.status >= 500:
         log.warning("request_failed", code=err.code, detail=err.detail, request_id=request_id)
-    resp = error_response(request, err, request_id, **request.get(ERROR_EXTRA, {}))
+    resp = error_response(request, err, request_id)
     if err.status == 408:
         resp.force_close()  # the rest of the body will never come
     return resp
@@ -372,13 +368,17 @@ async def _plan(request: web.Request) -> web.StreamResponse | ForwardPlan:
     extra: dict[str, str] = {}
     body: bytes | None = None
     if route.policy == "authenticated":
+        form: Pairs | None = None
         if any(s.location == "form" for s in route.employer_scope):
             body = await _small_form(request, route.max_body_bytes)
-        decision = await authorize(
-            request, target, route, match.params, request.app[SERVICES], request[REQUEST_ID]
-        )
-        if isinstance(decision, Respond):
-            return decision.response
+            if body is not None:
+                form = tuple(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        services = request.app[SERVICES]
+        facts = request_facts(route, request.method, target, match.params, request.headers, form)
+        session_id = read_session_cookie(request, services.config.sessions)
+        decision = await authorize(services, route, facts, session_id, request[REQUEST_ID])
+        if isinstance(decision, Redirect):
+            return see_other(decision.location)
         extra = decision.headers
     client = client_view(
         request,
@@ -408,12 +408,7 @@ async def _small_form(request: web.Request, route_limit: int) -> bytes | None:
     length = request.content_length
     if length is None or length > min(_FORM_LIMIT, route_limit):
         raise BadRequest("form too large for an employer-scope check")
-    raw = await request.read()
-    fields: dict[str, list[str]] = {}
-    for key, value in parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True):
-        fields.setdefault(key, []).append(value)
-    request[FORM_FIELDS] = fields
-    return raw
+    return await request.read()
 
 
 async def healthz(request: web.Request) -> web.Response:

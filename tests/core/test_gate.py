@@ -1,4 +1,4 @@
-"""The authenticated-route policy (``gateway.gate``) on real sessions and a real token minter.
+"""The policy's async shell (``gateway.gate``) on real sessions and a real token minter.
 
 These run the policy without a server, with the session cache on (the flow
 tests' login world turns it off), so the fast path that answers from the
@@ -16,8 +16,6 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
 
 from gateway import gate
 from gateway.config import RouteSettings
@@ -25,6 +23,7 @@ from gateway.errors import MandateMissing, NotAuthenticated
 from gateway.identity import Employer, Identity
 from gateway.mandates.freshness import Freshness
 from gateway.mandates.rules import Decision
+from gateway.policy import Redirect, RequestFacts
 from gateway.services import Services
 from gateway.sessions import Session, SessionManager, SessionSettings
 from gateway.store.memory import MemoryStore
@@ -66,21 +65,18 @@ class World:
     minter: TokenMinter
     clock: Clock
 
-    def request(self, session: Session | None) -> web.Request:
-        headers = {"Accept": "text/html", "User-Agent": "Mozilla/5.0"}
-        if session is not None:
-            headers["Cookie"] = f"lang=nl; gw_session={session.id}"
-        return make_mocked_request("GET", "/portaal/start", headers=headers)
-
-    async def current(self, session: Session | None) -> Session | gate.Respond:
+    async def current(self, session: Session | None) -> Session | Redirect:
         return await gate.current_session(
-            self.request(session), self.services, "req-1", "/portaal/start"
+            self.services,
+            session.id if session else None,
+            "req-1",
+            browser=True,
+            return_to="/portaal/start",
         )
 
     async def token(self, session: Session) -> str:
-        decision = await gate.authorize(
-            self.request(session), parse_target("/portaal/start"), ROUTE, {}, self.services, "req-1"
-        )
+        facts = RequestFacts("GET", parse_target("/portaal/start"), {}, browser=True)
+        decision = await gate.authorize(self.services, ROUTE, facts, session.id, "req-1")
         assert isinstance(decision, gate.Forward)
         return decision.headers["X-Gateway-Identity"]
 
@@ -118,11 +114,12 @@ async def test_a_cached_session_with_nothing_due_is_served_from_the_cache(world:
 async def test_no_session_still_sends_the_browser_to_the_login(world: World) -> None:
     """No cookie, or one for no session: a redirect for browsers, 401 for API clients."""
     found = await world.current(None)
-    assert isinstance(found, gate.Respond)
-    assert found.response.headers["Location"].startswith("/_gateway/login?next=")
-    api = make_mocked_request("GET", "/portaal/x", headers={"Accept": "application/json"})
+    assert isinstance(found, Redirect)
+    assert found.location.startswith("/_gateway/login?next=")
     with pytest.raises(NotAuthenticated):
-        await gate.current_session(api, world.services, "req-1", "/portaal/x")
+        await gate.current_session(
+            world.services, None, "req-1", browser=False, return_to="/portaal/x"
+        )
 
 
 async def test_a_push_reaches_a_cached_session_on_its_next_request(world: World) -> None:

@@ -19,7 +19,6 @@ from types import SimpleNamespace
 from typing import cast
 
 import pytest
-from aiohttp.test_utils import make_mocked_request
 
 from gateway import gate
 from gateway.errors import MandateMissing, RegistryUnavailable
@@ -136,12 +135,9 @@ async def _login(replica: Replica, identity: Identity) -> Session:
 
 async def _request(replica: Replica, session: Session) -> Session | None:
     """One authenticated request: the session as the gate lets it through (None: ended)."""
-    request = make_mocked_request(
-        "GET",
-        "/portaal",
-        headers={"Accept": "application/json", "Cookie": f"gw_session={session.id}"},
+    found = await gate.current_session(
+        replica.services, session.id, "req", browser=False, return_to="/portaal"
     )
-    found = await gate.current_session(request, replica.services, "req", "/portaal")
     return found if isinstance(found, Session) else None
 
 
