@@ -268,6 +268,24 @@ def strip_gateway_cookies(cookie_header: str, prefixes: tuple[str, ...]) -> str:
     return ";".join(kept).strip()
 
 
+@dataclass(frozen=True, slots=True)
+class ForwardPlan:
+    """Everything decided about one request before it goes upstream (``gateway.plan``)."""
+
+    target: Target
+    route: RouteSettings
+    client: ClientView
+    request_id: str
+    identity_headers: Mapping[str, str]
+    """The signed token's header(s) for an authenticated route; empty for a public one."""
+    timing: dict[str, float]
+    """Where the edge collects this request's timings (``upstream``) for its access line."""
+    deny: frozenset[str] = frozenset()
+    """Lower-case names of client headers nobody behind the gateway may see."""
+    body: bytes | None = None
+    """The body when the policy read it already (a small form); ``None``: stream it."""
+
+
 class Forwarder:
     """Sends requests to upstreams through one pooled client session per process."""
 
@@ -375,19 +393,10 @@ class Forwarder:
             out[name] = value
         return out
 
-    async def forward(
-        self,
-        request: web.Request,
-        target: Target,
-        route: RouteSettings,
-        client: ClientView,
-        request_id: str,
-        extra_headers: Mapping[str, str],
-        timing: dict[str, float],
-        deny: frozenset[str] = frozenset(),
-        body: bytes | None = None,
-    ) -> web.StreamResponse:
+    async def forward(self, request: web.Request, plan: ForwardPlan) -> web.StreamResponse:
         """Proxy one HTTP request and stream the answer back."""
+        route, target, client, request_id = plan.route, plan.target, plan.client, plan.request_id
+        extra_headers, deny, body = plan.identity_headers, plan.deny, plan.body
         up = self.upstream(route)
         if (
             route.websocket
@@ -443,7 +452,7 @@ class Forwarder:
             raise UpstreamUnavailable(f"{route.name}: {exc.kind}: {exc.detail}") from exc
         except ValueError as exc:  # a header value that would break the request head
             raise BadRequest("header value not allowed") from exc
-        timing["upstream"] = elapsed = time.perf_counter() - started
+        plan.timing["upstream"] = elapsed = time.perf_counter() - started
         self.metrics.observe_upstream(route.name, elapsed)
         try:
             return await self._stream_back(request, route, up, upstream, client, request_id)
@@ -621,3 +630,6 @@ async def _limited(
             state.too_large = True
             raise BodyTooLarge(f"streamed body over {limit} bytes")
         yield chunk
+
+
+FORWARDER = web.AppKey("forwarder", Forwarder)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -68,15 +68,22 @@ def _read_secret(path: Path) -> bytes:
     return data
 
 
-async def services_ctx(app: web.Application, config: GatewayConfig) -> AsyncIterator[None]:
-    """Create the login services for ``config``; close them on shutdown."""
+async def services_ctx(
+    app: web.Application,
+    *,
+    config: GatewayConfig,
+    metrics: Metrics,
+    on_reload: list[Callable[[], None]],
+) -> AsyncIterator[None]:
+    """Create the login services for ``config``; close them on shutdown.
+
+    ``metrics`` are the application's; a hook that re-reads the token keys is
+    added to ``on_reload`` (run on every configuration reload).
+    """
     # The config check guarantees all three when login is enabled.
     assert config.saml is not None
     assert config.mandates is not None
     assert config.tokens is not None
-    from gateway.app import METRICS, RUNTIME  # the app's metrics and runtime exist already
-
-    metrics = app[METRICS]
     store = TimedStore(create_store(config.store), metrics)
     keys = KeySet.from_settings(config.tokens)
     sp = ServiceProvider(config.saml)
@@ -102,7 +109,7 @@ async def services_ctx(app: web.Application, config: GatewayConfig) -> AsyncIter
     )
     await sp.start()
     await sessions.start()
-    app[RUNTIME].on_reload.append(partial(_reload_keys, keys))
+    on_reload.append(partial(_reload_keys, keys))
     stop_watching = metrics.watch(ServiceStates(metrics, services))
     listener = asyncio.create_task(_listen_for_revocations(services), name="mandate-revocations")
     app[SERVICES] = services

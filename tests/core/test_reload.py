@@ -11,8 +11,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
-from gateway.app import METRICS, RUNTIME, build_app
+from gateway.app import build_app
 from gateway.config import load_config
+from gateway.metrics import METRICS
+from gateway.runtime import RUNTIME
 
 Client = TestClient[web.Request, web.Application]
 
