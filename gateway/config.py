@@ -70,6 +70,7 @@ from gateway.http_fields import (
 from gateway.identity import Loa
 from gateway.mandates.settings import MandateSettings
 from gateway.metrics import MetricsSettings
+from gateway.route_patterns import PatternError, compile_pattern
 from gateway.saml.settings import SamlSettings
 from gateway.sessions.settings import SessionSettings
 from gateway.store.factory import StoreSettings
@@ -587,7 +588,6 @@ def _semantic_problems(
     config: GatewayConfig | None, data: dict[str, Any], file: str, node: yaml.Node | None
 ) -> list[ConfigProblem]:
     """Checks that span fields: unique names, reserved paths, valid patterns."""
-    from gateway.routing import PatternError, compile_pattern
 
     problems: list[ConfigProblem] = []
     reserved, routes = _valid_routes(config, data)
