@@ -12,10 +12,14 @@ The tree::
     ├── MethodNotAllowed      405     the route exists but not for this method
     ├── NotAuthenticated      401     an ``authenticated`` route without a session
     ├── Forbidden             403     the session may not do this
-    │   ├── EmployerNotAllowed        the employer in the request is not in the allowed set
-    │   ├── ScopeMissing              the route needs a mandate scope the session lacks
+    │   ├── AccessDenied              a request on a route the session may not make
+    │   │   ├── EmployerNotAllowed    the employer in the request is not in the allowed set
+    │   │   ├── ScopeMissing          the route needs a mandate scope the session lacks
+    │   │   ├── RouteLevelTooLow      the route needs a higher assurance level than the login's
+    │   │   └── MandateWithdrawn      a chain login's one employer withdrew its mandate
     │   └── CsrfFailed                a state-changing gateway form without a valid token
     ├── BadRequest            400     malformed input the gateway itself parses
+    │   └── HeaderValueNotAllowed     a header value the upstream request head cannot carry
     ├── BodyTooLarge          413     request body over the route's limit
     ├── NotImplementedHere    501     a transfer coding the gateway does not apply (RFC 9112 6.1)
     ├── VersionNotSupported   505     an HTTP version other than 1.x on the request line
@@ -34,8 +38,13 @@ The tree::
         ├── StoreUnavailable          Redis (or the configured store) is unreachable
         ├── RegistryUnavailable       the fund's mandate registry is unreachable
         ├── BrokerUnavailable         the eHerkenning broker is unreachable
-        └── LoginsBusy                the deployment's login-start limit is reached
+        ├── LoginsBusy                the deployment's login-start limit is reached
         └── Overloaded                too many connections, or no file descriptors left
+
+``LoginFailed`` is raised while logging in; ``AccessDenied`` on requests of a
+session that exists. Where both can happen for one reason (the level, a chain
+mandate), each side has its own class with the same code and text, so a
+handler catching one branch never catches the other.
 
 ``ConfigInvalid`` is separate: it is raised while loading configuration, never
 while serving, and carries every problem found (file, path, message).
@@ -134,7 +143,13 @@ class Forbidden(GatewayError):
     default_text_en = "You do not have access to this page."
 
 
-class EmployerNotAllowed(Forbidden):
+class AccessDenied(Forbidden):
+    """A request on a route that the session (which exists) may not make."""
+
+    code = "access_denied"
+
+
+class EmployerNotAllowed(AccessDenied):
     code = "employer_not_allowed"
     default_text_nl = (
         "U kunt alleen zaken regelen voor werkgevers die u gemachtigd hebben bij het "
@@ -146,7 +161,7 @@ class EmployerNotAllowed(Forbidden):
     )
 
 
-class ScopeMissing(Forbidden):
+class ScopeMissing(AccessDenied):
     code = "scope_missing"
     default_text_nl = "Uw machtiging geeft geen toegang tot dit onderdeel van het portaal."
     default_text_en = "Your mandate does not give access to this part of the portal."
@@ -165,6 +180,10 @@ class BadRequest(GatewayError):
     title_en = "Bad request"
     default_text_nl = "Het verzoek kon niet worden verwerkt."
     default_text_en = "The request could not be processed."
+
+
+class HeaderValueNotAllowed(BadRequest):
+    """A header value that cannot go into the upstream request head (a line break)."""
 
 
 class BodyTooLarge(GatewayError):
@@ -298,6 +317,27 @@ class MandateMissing(LoginFailed):
         "you at the pension fund. Besides the chain authorisation, your client must also "
         "authorise you with us. Your client can request this on our website."
     )
+
+
+class RouteLevelTooLow(AccessDenied):
+    """A session whose login's level is below the route's ``min_loa`` (API clients only:
+    browsers are sent to a step-up login instead)."""
+
+    code = LevelTooLow.code
+    title_nl = LevelTooLow.title_nl
+    title_en = LevelTooLow.title_en
+    default_text_nl = LevelTooLow.default_text_nl
+    default_text_en = LevelTooLow.default_text_en
+
+
+class MandateWithdrawn(AccessDenied):
+    """A chain login whose one employer withdrew its mandate at the fund during the session."""
+
+    code = MandateMissing.code
+    title_nl = MandateMissing.title_nl
+    title_en = MandateMissing.title_en
+    default_text_nl = MandateMissing.default_text_nl
+    default_text_en = MandateMissing.default_text_en
 
 
 class UpstreamUnavailable(GatewayError):

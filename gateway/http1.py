@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Literal, Protocol, cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -30,18 +30,23 @@ class Pool(Protocol):
     def give_up_place(self, conn: Connection) -> None: ...
 
 
+UpstreamFailure = Literal["connect", "timeout", "reset", "invalid"]
+"""How an upstream failed: ``connect``: no connection could be made; ``timeout``:
+the connection or the answer took too long; ``reset``: the connection broke;
+``invalid``: the upstream's answer was not valid HTTP."""
+
+
 class UpstreamError(Exception):
-    """The upstream could not be reached or broke off; ``kind`` names how.
+    """The upstream could not be reached or broke off; ``kind`` names how (``UpstreamFailure``)."""
 
-    ``connect``: no connection could be made; ``timeout``: the connection or
-    the answer took too long; ``reset``: the connection broke; ``invalid``:
-    the upstream's answer was not valid HTTP.
-    """
-
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: UpstreamFailure, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+class InvalidHeader(Exception):
+    """A header name or value the request head cannot carry (a line break, say)."""
 
 
 class RequestBodyError(Exception):
@@ -477,5 +482,8 @@ def serialize_head(
     # Every line break must be one of ours: a CR or LF inside a name or value
     # would let it smuggle a header or a second request.
     if text.count("\n") != count + 1 or text.count("\r") != count + 1:
-        raise ValueError("line break inside a request header")
-    return text.encode("utf-8", "surrogateescape")
+        raise InvalidHeader("line break inside a request header")
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise InvalidHeader("a request header that cannot be encoded") from None

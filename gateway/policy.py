@@ -47,9 +47,9 @@ from gateway.errors import (
     BadRequest,
     EmployerNotAllowed,
     GatewayError,
-    LevelTooLow,
-    MandateMissing,
+    MandateWithdrawn,
     NotAuthenticated,
+    RouteLevelTooLow,
     ScopeMissing,
 )
 from gateway.identity import Loa
@@ -154,7 +154,7 @@ def admit(
         return Deny(NotAuthenticated("no session", action=login_action(url), login_url=url))
     if session.identity.mode == "chain" and not session.allowed:
         # The one employer of a chain login withdrew its mandate at the fund.
-        return Deny(MandateMissing("chain mandate revoked during the session"), end_session=True)
+        return Deny(MandateWithdrawn("chain mandate revoked during the session"), end_session=True)
     if lost_active_employer and browser:
         return Redirect(f"{prefix}employers?notice=revoked")
     return session
@@ -188,7 +188,7 @@ def decide(
     if route.min_loa is not None and session.identity.loa < route.min_loa:
         if facts.browser:
             return Redirect(login_url(prefix, facts.target.raw, route.min_loa))
-        return Deny(LevelTooLow(f"route {route.name} needs {route.min_loa.short}"))
+        return Deny(RouteLevelTooLow(f"route {route.name} needs {route.min_loa.short}"))
     employers: list[tuple[str, str]] = []
     if route.employer_scope:
         found = employers_in_request(route.employer_scope, facts)

@@ -35,11 +35,18 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config import RouteSettings, ServerSettings
-from gateway.errors import BadRequest, BodyTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import (
+    BadRequest,
+    BodyTooLarge,
+    HeaderValueNotAllowed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.metrics import Metrics
 from gateway.routing import has_prefix
 from gateway.target import Target, strip_segments
 from gateway.upstream_client import (
+    InvalidHeader,
     Origin,
     RequestBodyError,
     UpstreamClient,
@@ -450,8 +457,8 @@ class Forwarder:
             if exc.kind == "timeout":
                 raise UpstreamTimeout(f"{route.name}: timeout: {exc.detail}") from exc
             raise UpstreamUnavailable(f"{route.name}: {exc.kind}: {exc.detail}") from exc
-        except ValueError as exc:  # a header value that would break the request head
-            raise BadRequest("header value not allowed") from exc
+        except InvalidHeader as exc:
+            raise HeaderValueNotAllowed(str(exc)) from exc
         plan.timing["upstream"] = elapsed = time.perf_counter() - started
         self.metrics.observe_upstream(route.name, elapsed)
         try:

@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Iterable
 
 from gateway.http1 import (
     Connection,
+    InvalidHeader,
     Origin,
     RequestBodyError,
     UpstreamError,
@@ -48,7 +49,14 @@ from gateway.http1 import (
     serialize_head,
 )
 
-__all__ = ["Origin", "RequestBodyError", "UpstreamClient", "UpstreamError", "UpstreamResponse"]
+__all__ = [
+    "InvalidHeader",
+    "Origin",
+    "RequestBodyError",
+    "UpstreamClient",
+    "UpstreamError",
+    "UpstreamResponse",
+]
 
 # Methods a client may send again without changing the outcome (RFC 9110, 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})

@@ -19,7 +19,7 @@ import pytest
 
 from gateway import gate
 from gateway.config import RouteSettings
-from gateway.errors import MandateMissing, NotAuthenticated
+from gateway.errors import MandateWithdrawn, NotAuthenticated
 from gateway.identity import Employer, Identity
 from gateway.mandates.freshness import Freshness
 from gateway.mandates.rules import Decision
@@ -158,7 +158,7 @@ async def test_a_due_recheck_happens_on_a_cached_session(world: World) -> None:
 async def test_a_chain_session_without_its_mandate_ends_even_from_the_cache(world: World) -> None:
     """A cached chain session whose one employer is gone is destroyed, not served."""
     session = await world.manager.create(make_identity(chain=True), ())
-    with pytest.raises(MandateMissing):
+    with pytest.raises(MandateWithdrawn):
         await world.current(session)
     assert await world.manager.load(session.id) is None
 

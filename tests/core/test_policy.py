@@ -24,9 +24,9 @@ from gateway.errors import (
     BadRequest,
     EmployerNotAllowed,
     GatewayError,
-    LevelTooLow,
-    MandateMissing,
+    MandateWithdrawn,
     NotAuthenticated,
+    RouteLevelTooLow,
     ScopeMissing,
 )
 from gateway.identity import Employer, Identity, Loa
@@ -179,7 +179,7 @@ CASES = [
         route(),
         session(chain=True, allowed=()),
         facts(),
-        deny(MandateMissing, end=True),
+        deny(MandateWithdrawn, end=True),
     ),
     Case(
         "chain login with its employer: allowed",
@@ -218,7 +218,7 @@ CASES = [
         route(min_loa="loa4"),
         session(loa=Loa.EH3),
         facts(accept=API),
-        deny(LevelTooLow),
+        deny(RouteLevelTooLow),
     ),
     Case(
         "level high enough: allowed",

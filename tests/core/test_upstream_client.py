@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.devkeys import rsa_keypair
 from gateway.upstream_client import (
+    InvalidHeader,
     Origin,
     RequestBodyError,
     UpstreamClient,
@@ -454,9 +455,10 @@ async def test_early_answer_while_the_body_still_streams(
 async def test_header_values_cannot_smuggle_lines(
     scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
 ) -> None:
+    """A CR or LF inside a header value is refused before anything is sent (no smuggling)."""
     up = await scripted(keep_answering)
     for bad in ("a\r\nX-Injected: 1", "a\nb", "a\rb"):
-        with pytest.raises(ValueError, match="line break"):
+        with pytest.raises(InvalidHeader, match="line break"):
             await client.request(
                 up.origin, "GET", "/", [("X-Bad", bad)], connect_timeout=1, read_timeout=1
             )
