@@ -157,7 +157,9 @@ class ServerSettings(Model):
         "sent upstream, returned and logged.",
     )
     upstream_pool_size: int = Field(
-        200, ge=1, description="Maximum open connections to all upstreams together."
+        200,
+        ge=1,
+        description="Maximum open connections to all upstreams together (websockets included).",
     )
     upstream_idle_seconds: float = Field(
         15.0,

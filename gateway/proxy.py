@@ -312,10 +312,9 @@ class Forwarder:
             limit=self.server.upstream_pool_size,
             idle_timeout=self.server.upstream_idle_seconds,
         )
-        # Websockets only: their handshake and framing come from aiohttp.
-        connector = aiohttp.TCPConnector(
-            limit=self.server.upstream_pool_size, ttl_dns_cache=30, enable_cleanup_closed=True
-        )
+        # Websockets only: their handshake and framing come from aiohttp. No limit
+        # of its own: each websocket holds a place of the client's one limit.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=30, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(
             connector=connector,
             # A shared jar would replay one user's upstream cookies to another.
@@ -478,7 +477,7 @@ class Forwarder:
         # An answer that is already here whole (most pages) leaves in one write:
         # headers and body together. Anything else streams, headers first.
         whole = upstream.complete
-        resp = (_OneWrite if whole else web.StreamResponse)(
+        resp = (OneWriteResponse if whole else web.StreamResponse)(
             status=upstream.status, reason=upstream.reason
         )
         out = resp.headers
@@ -551,6 +550,18 @@ class Forwarder:
     async def _websocket(
         self, request: web.Request, route: RouteSettings, url: URL, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
+        try:
+            async with self.client.place(route.timeouts.connect):
+                return await self._websocket_exchange(request, route, url, headers)
+        except UpstreamError as exc:  # no free place within the connect timeout
+            self.metrics.upstream_errors.labels(route.name, exc.kind).inc()
+            if exc.kind == "timeout":
+                raise UpstreamTimeout(f"{route.name}: websocket: {exc.detail}") from exc
+            raise UpstreamUnavailable(f"{route.name}: websocket: {exc.detail}") from exc
+
+    async def _websocket_exchange(
+        self, request: web.Request, route: RouteSettings, url: URL, headers: CIMultiDict[str]
+    ) -> web.StreamResponse:
         protocols = [
             p.strip()
             for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
@@ -607,13 +618,14 @@ async def _pump(
         await dst.close(code=src.close_code or aiohttp.WSCloseCode.OK)
 
 
-class _OneWrite(web.StreamResponse):
+class OneWriteResponse(web.StreamResponse):
     """A response whose headers wait for the body, so both leave in one write.
 
     For answers already complete when the upstream's headers arrive; anything
     that streams sends its headers at once (a slow first chunk must not hold
     them back). ``_send_headers_immediately`` is aiohttp's own switch, used by
-    its ``web.Response``.
+    its ``web.Response``; it is private, so ``test_upstream_client`` checks on
+    every aiohttp version that it still holds the headers back.
     """
 
     _send_headers_immediately = False

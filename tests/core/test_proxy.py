@@ -521,3 +521,31 @@ async def test_a_header_the_request_head_cannot_carry_is_the_clients_400(
     resp = await client.get("/x", headers={"Accept": "application/json"})
     assert resp.status == 400
     assert (await resp.json())["error"] == "bad_request"
+
+
+async def test_one_connection_limit_covers_websockets_and_requests(
+    gateway: GatewayFactory,
+) -> None:
+    """``server.upstream_pool_size`` bounds every upstream connection: an open websocket holds
+    one of the places, so with one place a request waits (504 after the connect timeout)
+    until the websocket closes."""
+    client = await gateway(
+        [
+            {
+                "name": "all",
+                "match": {"path": "/"},
+                "policy": "public",
+                "websocket": True,
+                "timeouts": {"connect": 0.5},
+            }
+        ],
+        server={"upstream_pool_size": 1},
+    )
+    async with client.ws_connect("/ws") as ws:
+        await ws.send_str("hallo")
+        assert (await ws.receive_str()) == "echo:hallo"
+        resp = await client.get("/x", headers={"Accept": "application/json"})
+        assert resp.status == 504
+        assert (await resp.json())["error"] == "upstream_timeout"
+    resp = await client.get("/x")
+    assert resp.status == 200

@@ -10,16 +10,19 @@ against an aiohttp application.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.devkeys import rsa_keypair
+from gateway.proxy import OneWriteResponse
 from gateway.upstream_client import (
     InvalidHeader,
     Origin,
@@ -543,3 +546,137 @@ async def test_connection_idle_too_long_is_not_reused(
         assert up.connections == 2
     finally:
         await client.close()
+
+
+async def test_a_full_pool_closes_an_idle_connection_of_another_origin(
+    scripted: Callable[[Script], Awaitable[Scripted]],
+) -> None:
+    """With every place taken by idle connections to one origin, a request to another origin
+    closes the oldest of them instead of waiting."""
+    first, second = await scripted(keep_answering), await scripted(keep_answering)
+    client = UpstreamClient(limit=1)
+    try:
+        await get(client, first.origin)
+        assert client.idle_connections(first.origin) == 1
+        resp, body = await get(client, second.origin, connect_timeout=5.0)
+        assert (resp.status, body) == (200, b"hello")
+        assert client.idle_connections(first.origin) == 0
+        assert client.idle_connections(second.origin) == 1
+        assert client.open_connections == 1
+        await get(client, first.origin)  # and back: the second origin's goes now
+        assert (first.connections, second.connections) == (2, 1)
+        assert client.open_connections == 1
+    finally:
+        await client.close()
+
+
+async def test_reading_pauses_while_more_than_256_kib_waits_for_the_client(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    """An upstream faster than the client is held back by TCP flow control: reading stops
+    once 256 KiB wait unread, and resumes, losing nothing, when the client reads."""
+    size = 32 * 1024 * 1024  # far more than the loopback socket buffers hold
+    block = bytes(range(256)) * 256
+    finished = asyncio.Event()
+
+    async def flood(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: Scripted
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // len(block)):
+            writer.write(block)
+            await writer.drain()
+        finished.set()
+
+    up = await scripted(flood)
+    resp = await client.request(up.origin, "GET", "/", [], connect_timeout=2, read_timeout=10)
+    try:
+        async with asyncio.timeout(10):
+            while not resp.paused:
+                await asyncio.sleep(0.01)
+        held = resp.buffered
+        assert 256 * 1024 < held <= 2 * 256 * 1024  # one read past the mark, no more
+        await asyncio.sleep(0.2)  # time the upstream would use to fill memory if not held
+        assert resp.paused and resp.buffered == held
+        assert not finished.is_set()
+        got, sent = hashlib.sha256(), hashlib.sha256()
+        async with asyncio.timeout(30):
+            while chunk := await resp.read_chunk():
+                got.update(chunk)
+        for _ in range(size // len(block)):
+            sent.update(block)
+        assert got.digest() == sent.digest()
+        assert finished.is_set()
+    finally:
+        resp.release()
+
+
+async def test_an_upstream_that_breaks_off_mid_body_is_a_reset(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    """Headers and part of the body, then the connection closes: what arrived is readable,
+    then ``reset``; the connection is not pooled again."""
+    up = await scripted(
+        answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100, linger=0)
+    )
+    resp = await client.request(up.origin, "GET", "/", [], connect_timeout=2, read_timeout=2)
+    try:
+        assert resp.status == 200
+        with pytest.raises(UpstreamError) as err:
+            await resp.read()
+        assert err.value.kind == "reset"
+    finally:
+        resp.release()
+    assert client.open_connections == 0
+    assert client.idle_connections(up.origin) == 0
+
+
+async def test_the_gateway_cuts_the_client_off_when_the_upstream_breaks_off_mid_body(
+    scripted: Callable[[Script], Awaitable[Scripted]], gateway: GatewayFactory
+) -> None:
+    """Headers already went to the client, so it gets an incomplete answer (not a page that
+    looks whole), and the failure is counted as the upstream's."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"
+    up = await scripted(answer_once(head + b"x" * 300_000, linger=0))
+    gw = await gateway(
+        [
+            {
+                "name": "all",
+                "match": {"path": "/"},
+                "upstream": f"http://127.0.0.1:{up.origin.port}",
+                "policy": "public",
+            }
+        ]
+    )
+    resp = await gw.get("/download")
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    metrics = await (await gw.get("/_gateway/metrics")).text()
+    assert 'gateway_upstream_errors_total{kind="reset",route="all"} 1.0' in metrics
+
+
+async def test_a_complete_answer_leaves_in_one_write() -> None:
+    """The proxy's one-write response relies on aiohttp's private ``_send_headers_immediately``:
+    its headers must still wait for the body on this aiohttp version (else every small page
+    costs two writes, and this fails)."""
+    sizes: dict[str, int] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = OneWriteResponse(status=200)
+        resp.headers["Content-Type"] = "text/plain"
+        await resp.prepare(request)
+        sizes["after_prepare"] = request.writer.output_size
+        await resp.write_eof(b"hello, one write")
+        sizes["after_eof"] = request.writer.output_size
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with TestServer(app) as server, aiohttp.ClientSession() as http:
+        async with http.get(server.make_url("/")) as resp:
+            assert await resp.read() == b"hello, one write"
+    assert "_send_headers_immediately" in vars(web.StreamResponse)
+    assert sizes["after_prepare"] == 0, "aiohttp sent the headers before the body"
+    assert sizes["after_eof"] > len(b"hello, one write")
