@@ -9,7 +9,8 @@ the forwarder (``gateway.proxy``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 
@@ -42,8 +43,12 @@ def build_app(
     config_path: Path | None = None,
     environ: dict[str, str] | None = None,
     configure_logs: bool = True,
+    clock: Callable[[], dt.datetime] | None = None,
 ) -> web.Application:
-    """The gateway application for ``config``; ``config_path`` enables reload."""
+    """The gateway application for ``config``; ``config_path`` enables reload.
+
+    ``clock``: the login services' time (``gateway.services``); the system clock by default.
+    """
     if configure_logs:
         configure_logging(config.logging.format, config.logging.level)
     app = web.Application(client_max_size=1024**2)
@@ -68,7 +73,13 @@ def build_app(
     if config.login_enabled:
         assert config.tokens is not None
         app.cleanup_ctx.append(
-            partial(services_ctx, config=config, metrics=metrics, on_reload=runtime.on_reload)
+            partial(
+                services_ctx,
+                config=config,
+                metrics=metrics,
+                on_reload=runtime.on_reload,
+                clock=clock,
+            )
         )
         monitor.extend(login_checks(app))
         endpoints += login_routes(prefix)

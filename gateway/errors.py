@@ -1,9 +1,10 @@
 """Every error the gateway turns into a response, and what the user reads.
 
 Each error knows its HTTP status, a stable machine code and a message in Dutch
-(first) and English. One middleware (``gateway.pages``) turns them into an HTML
-page for browsers or JSON for API clients and logs them; nothing else renders
-errors, and no traceback ever reaches a client.
+(first) and English. One place (``gateway.edge``, rendering with
+``gateway.pages``) turns them into an HTML page for browsers or JSON for API
+clients and logs them; nothing else renders errors, and no traceback ever
+reaches a client.
 
 The tree::
 

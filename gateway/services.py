@@ -27,6 +27,7 @@ from gateway.metrics import Metrics, ServiceStates, TimedMandateSource, TimedSto
 from gateway.saml import ServiceProvider
 from gateway.sessions import LoginStateStore, ReplayCache, SessionManager
 from gateway.sessions.login_limits import LoginStartLimiter
+from gateway.sessions.manager import utcnow
 from gateway.store import Store
 from gateway.store.factory import create_store
 from gateway.tokens import KeySet, TokenMinter
@@ -74,11 +75,14 @@ async def services_ctx(
     config: GatewayConfig,
     metrics: Metrics,
     on_reload: list[Callable[[], None]],
+    clock: Callable[[], dt.datetime] | None = None,
 ) -> AsyncIterator[None]:
     """Create the login services for ``config``; close them on shutdown.
 
     ``metrics`` are the application's; a hook that re-reads the token keys is
-    added to ``on_reload`` (run on every configuration reload).
+    added to ``on_reload`` (run on every configuration reload). ``clock`` is the
+    time sessions and mandate answers are dated and judged by (default: the
+    system clock); revocation pushes are dated by it too.
     """
     # The config check guarantees all three when login is enabled.
     assert config.saml is not None
@@ -87,7 +91,12 @@ async def services_ctx(
     store = TimedStore(create_store(config.store), metrics)
     keys = KeySet.from_settings(config.tokens)
     sp = ServiceProvider(config.saml)
-    sessions = SessionManager(store, config.sessions, ref_secret=config.sessions.load_ref_secret())
+    sessions = SessionManager(
+        store,
+        config.sessions,
+        ref_secret=config.sessions.load_ref_secret(),
+        clock=clock or utcnow,
+    )
     # One freshness rule for sessions, logins and the mandate cache.
     mandates = MandateService.from_settings(store, config.mandates, sessions.freshness)
     if isinstance(mandates.source, FileMandateSource):
@@ -140,7 +149,7 @@ async def _listen_for_revocations(services: Services) -> None:
     while True:
         try:
             async for kvk in services.mandates.invalidations():
-                services.invalidated[kvk] = dt.datetime.now(dt.UTC)
+                services.invalidated[kvk] = services.sessions.freshness.now()
                 if len(services.invalidated) > 100_000:  # bounded: oldest pushes go first
                     oldest = min(services.invalidated, key=services.invalidated.__getitem__)
                     del services.invalidated[oldest]

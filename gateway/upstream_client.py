@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from gateway.http1 import (
     Connection,
@@ -66,10 +66,15 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 class UpstreamClient:
     """Pooled HTTP/1.1 connections to any number of upstream origins."""
 
-    def __init__(self, limit: int, idle_timeout: float = 15.0) -> None:
+    def __init__(
+        self, limit: int, idle_timeout: float = 15.0, clock: Callable[[], float] | None = None
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.limit = limit
         self.idle_timeout = idle_timeout
+        # How long connections have been idle is read from ``clock`` (the loop's
+        # by default); waiting for a place always runs on the loop's own time.
+        self._clock = clock or self.loop.time
         self._idle: dict[Origin, list[Connection]] = {}
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -147,7 +152,7 @@ class UpstreamClient:
         deadline = loop.time() + wait
         while True:
             idle = None if fresh else self._idle.get(origin)
-            now = loop.time()
+            now = self._clock()
             while idle:
                 conn = idle.pop()
                 if not conn.usable:
@@ -233,7 +238,7 @@ class UpstreamClient:
         if self._closed:
             conn.abort()
             return
-        conn.idle_since = self.loop.time()
+        conn.idle_since = self._clock()
         self._idle.setdefault(conn.origin, []).append(conn)
         self._wake_one()
 
@@ -257,7 +262,7 @@ class UpstreamClient:
         """Close connections idle for longer than ``idle_timeout``."""
         while True:
             await asyncio.sleep(max(self.idle_timeout / 2, 0.5))
-            cutoff = self.loop.time() - self.idle_timeout
+            cutoff = self._clock() - self.idle_timeout
             for conns in self._idle.values():
                 while conns and conns[0].idle_since < cutoff:
                     conns.pop(0).abort()

@@ -29,7 +29,8 @@ from gateway.sessions import Session, SessionManager, SessionSettings
 from gateway.store.memory import MemoryStore
 from gateway.target import parse_target
 from gateway.tokens import KeySet, TokenKeyFiles, TokenMinter, TokenSettings, init_keys_dir
-from tests.sessions.conftest import Clock, make_employers, make_identity
+from tests.sessions.conftest import make_employers, make_identity
+from tests.support.clock import FakeClock
 
 ROUTE = RouteSettings.model_validate(
     {"name": "portal", "match": {"path": "/portaal"}, "upstream": "http://127.0.0.1:9"}
@@ -63,7 +64,7 @@ class World:
     manager: SessionManager
     mandates: FakeMandates
     minter: TokenMinter
-    clock: Clock
+    clock: FakeClock
 
     async def current(self, session: Session | None) -> Session | Redirect:
         return await gate.current_session(
@@ -83,14 +84,14 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    clock = Clock()
+    clock = FakeClock()
     settings = SessionSettings(insecure_dev_cookies=True, cache_seconds=30)
-    manager = SessionManager(MemoryStore(), settings, ref_secret=b"s" * 32, clock=clock)
+    manager = SessionManager(MemoryStore(), settings, ref_secret=b"s" * 32, clock=clock.now)
     init_keys_dir(tmp_path / "keys", "ES256")
     tokens = TokenSettings(
         issuer="https://gw.example", keys=TokenKeyFiles.in_dir(tmp_path / "keys")
     )
-    minter = TokenMinter(tokens, KeySet.from_settings(tokens), clock=lambda: clock.now.timestamp())
+    minter = TokenMinter(tokens, KeySet.from_settings(tokens), clock=clock.time)
     mandates = FakeMandates(make_employers(3))
     config = SimpleNamespace(
         sessions=settings, tokens=tokens, server=SimpleNamespace(reserved_prefix="/_gateway/")
@@ -128,12 +129,12 @@ async def test_a_push_reaches_a_cached_session_on_its_next_request(world: World)
     employers = make_employers(3)
     session = await world.manager.create(make_identity(), employers)
     assert await world.current(session) is session
-    world.services.invalidated["99999999"] = world.clock.now  # another administrator
+    world.services.invalidated["99999999"] = world.clock.now()  # another administrator
     assert await world.current(session) is session
     assert world.mandates.calls == []
     world.clock.advance(seconds=1)
     world.mandates.allowed = employers[:2]
-    pushed = world.clock.now
+    pushed = world.clock.now()
     world.services.invalidated["12345678"] = pushed
     rechecked = await world.current(session)
     assert isinstance(rechecked, Session)
@@ -152,7 +153,7 @@ async def test_a_due_recheck_happens_on_a_cached_session(world: World) -> None:
     found = await world.current(session)
     assert isinstance(found, Session)
     assert world.mandates.calls == [None]
-    assert found.last_mandate_check == world.clock.now
+    assert found.last_mandate_check == world.clock.now()
 
 
 async def test_a_chain_session_without_its_mandate_ends_even_from_the_cache(world: World) -> None:

@@ -32,6 +32,7 @@ from gateway.upstream_client import (
     UpstreamResponse,
 )
 from tests.conftest import GatewayFactory
+from tests.support.clock import FakeClock
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Scripted"], Awaitable[None]]
 
@@ -143,6 +144,13 @@ def answer_once(raw: bytes, linger: float = 1.0) -> Script:
 keep_answering = answering(lambda _: answer())
 
 
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Return as soon as ``condition`` holds (checked on every turn of the loop)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
 async def test_keep_alive_connection_is_reused(
     scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
 ) -> None:
@@ -168,7 +176,8 @@ async def test_idle_connection_closed_by_upstream_is_not_reused(
 
     up = await scripted(one_per_connection)
     await get(client, up.origin)
-    await asyncio.sleep(0.05)  # the close reaches the client while the connection is idle
+    # The close reaches the client while the connection is idle: the pool drops it.
+    await until(lambda: client.idle_connections(up.origin) == 0)
     resp, body = await get(client, up.origin, method="POST", body=b"x=1")
     assert (resp.status, body) == (200, b"hello")
     assert up.connections == 2
@@ -382,7 +391,7 @@ async def test_pool_limit_makes_requests_wait_for_a_free_connection(
     client = UpstreamClient(limit=1)
     try:
         first = asyncio.create_task(get(client, up.origin, "/held"))
-        await asyncio.sleep(0.05)
+        await until(lambda: len(up.requests) == 1)  # the one connection is busy
         with pytest.raises(UpstreamError) as err:  # waits at most the connect timeout
             await get(client, up.origin, "/quick", connect_timeout=0.1)
         assert err.value.kind == "timeout"
@@ -536,12 +545,14 @@ async def test_connection_idle_too_long_is_not_reused(
 ) -> None:
     """``server.upstream_idle_seconds``: a connection unused that long is closed, not reused."""
     up = await scripted(keep_answering)
-    client = UpstreamClient(limit=4, idle_timeout=0.2)
+    clock = FakeClock(0.0)
+    client = UpstreamClient(limit=4, idle_timeout=0.2, clock=clock.time)
     try:
         await get(client, up.origin)
+        clock.advance(0.2)  # idle exactly as long as allowed: still reused
         await get(client, up.origin)
         assert up.connections == 1
-        await asyncio.sleep(0.3)
+        clock.advance(0.3)
         await get(client, up.origin)
         assert up.connections == 2
     finally:
