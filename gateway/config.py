@@ -70,6 +70,7 @@ from gateway.http_fields import (
 from gateway.identity import Loa
 from gateway.mandates.settings import MandateSettings
 from gateway.metrics import MetricsSettings
+from gateway.route_patterns import PatternError, compile_pattern
 from gateway.saml.settings import SamlSettings
 from gateway.sessions.settings import SessionSettings
 from gateway.store.factory import StoreSettings
@@ -156,7 +157,9 @@ class ServerSettings(Model):
         "sent upstream, returned and logged.",
     )
     upstream_pool_size: int = Field(
-        200, ge=1, description="Maximum open connections to all upstreams together."
+        200,
+        ge=1,
+        description="Maximum open connections to all upstreams together (websockets included).",
     )
     upstream_idle_seconds: float = Field(
         15.0,
@@ -587,7 +590,6 @@ def _semantic_problems(
     config: GatewayConfig | None, data: dict[str, Any], file: str, node: yaml.Node | None
 ) -> list[ConfigProblem]:
     """Checks that span fields: unique names, reserved paths, valid patterns."""
-    from gateway.routing import PatternError, compile_pattern
 
     problems: list[ConfigProblem] = []
     reserved, routes = _valid_routes(config, data)

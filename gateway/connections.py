@@ -32,7 +32,7 @@ the reference (docs/operations.md compares every setting):
 - **Client gone** (499): when a client closes its connection during a proxied
   request before the answer's head was sent, the request is cancelled (nginx:
   ``proxy_ignore_client_abort off``), which stops the upstream exchange;
-  ``gateway.app.edge`` logs it as 499.
+  ``gateway.edge`` logs it as 499.
 """
 
 from __future__ import annotations

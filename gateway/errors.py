@@ -1,9 +1,10 @@
 """Every error the gateway turns into a response, and what the user reads.
 
 Each error knows its HTTP status, a stable machine code and a message in Dutch
-(first) and English. One middleware (``gateway.pages``) turns them into an HTML
-page for browsers or JSON for API clients and logs them; nothing else renders
-errors, and no traceback ever reaches a client.
+(first) and English. One place (``gateway.edge``, rendering with
+``gateway.pages``) turns them into an HTML page for browsers or JSON for API
+clients and logs them; nothing else renders errors, and no traceback ever
+reaches a client.
 
 The tree::
 
@@ -12,10 +13,14 @@ The tree::
     ├── MethodNotAllowed      405     the route exists but not for this method
     ├── NotAuthenticated      401     an ``authenticated`` route without a session
     ├── Forbidden             403     the session may not do this
-    │   ├── EmployerNotAllowed        the employer in the request is not in the allowed set
-    │   ├── ScopeMissing              the route needs a mandate scope the session lacks
+    │   ├── AccessDenied              a request on a route the session may not make
+    │   │   ├── EmployerNotAllowed    the employer in the request is not in the allowed set
+    │   │   ├── ScopeMissing          the route needs a mandate scope the session lacks
+    │   │   ├── RouteLevelTooLow      the route needs a higher assurance level than the login's
+    │   │   └── MandateWithdrawn      a chain login's one employer withdrew its mandate
     │   └── CsrfFailed                a state-changing gateway form without a valid token
     ├── BadRequest            400     malformed input the gateway itself parses
+    │   └── HeaderValueNotAllowed     a header value the upstream request head cannot carry
     ├── BodyTooLarge          413     request body over the route's limit
     ├── NotImplementedHere    501     a transfer coding the gateway does not apply (RFC 9112 6.1)
     ├── VersionNotSupported   505     an HTTP version other than 1.x on the request line
@@ -34,8 +39,13 @@ The tree::
         ├── StoreUnavailable          Redis (or the configured store) is unreachable
         ├── RegistryUnavailable       the fund's mandate registry is unreachable
         ├── BrokerUnavailable         the eHerkenning broker is unreachable
-        └── LoginsBusy                the deployment's login-start limit is reached
+        ├── LoginsBusy                the deployment's login-start limit is reached
         └── Overloaded                too many connections, or no file descriptors left
+
+``LoginFailed`` is raised while logging in; ``AccessDenied`` on requests of a
+session that exists. Where both can happen for one reason (the level, a chain
+mandate), each side has its own class with the same code and text, so a
+handler catching one branch never catches the other.
 
 ``ConfigInvalid`` is separate: it is raised while loading configuration, never
 while serving, and carries every problem found (file, path, message).
@@ -48,25 +58,54 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 
+@dataclass(frozen=True)
+class Action:
+    """The way on from an error page: a link, labelled in Dutch and English."""
+
+    url: str
+    nl: str
+    en: str
+
+
 class GatewayError(Exception):
-    """Base of every error that becomes a response page."""
+    """Base of every error that becomes a response page.
+
+    An error carries its own context: ``action`` is the link its page offers
+    (log in again, back to the client list) and ``login_url`` the login an API
+    client is told about; whoever raises it knows them, and the page renders
+    exactly what the error holds.
+    """
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     title_nl: ClassVar[str] = "Er ging iets mis"
     title_en: ClassVar[str] = "Something went wrong"
-    text_nl: ClassVar[str] = "Probeer het later opnieuw."
-    text_en: ClassVar[str] = "Please try again later."
+    default_text_nl: ClassVar[str] = "Probeer het later opnieuw."
+    default_text_en: ClassVar[str] = "Please try again later."
 
-    def __init__(self, detail: str = "", *, text_nl: str | None = None, text_en: str | None = None):
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        text_nl: str | None = None,
+        text_en: str | None = None,
+        action: Action | None = None,
+        login_url: str | None = None,
+    ):
         # ``detail`` is for logs and audit events only; it is never shown to users
         # because it may name internals (hosts, SAML IDs).
         super().__init__(detail or self.code)
         self.detail = detail
-        if text_nl is not None:
-            self.text_nl = text_nl  # type: ignore[misc]
-        if text_en is not None:
-            self.text_en = text_en  # type: ignore[misc]
+        self.text_nl: str = self.default_text_nl if text_nl is None else text_nl
+        self.text_en: str = self.default_text_en if text_en is None else text_en
+        self.action = action
+        self.login_url = login_url
+
+    def offering(self, action: Action) -> GatewayError:
+        """This error, offering ``action`` unless whoever raised it chose one already."""
+        if self.action is None:
+            self.action = action
+        return self
 
 
 class NotFound(GatewayError):
@@ -74,8 +113,8 @@ class NotFound(GatewayError):
     code = "not_found"
     title_nl = "Pagina niet gevonden"
     title_en = "Page not found"
-    text_nl = "Deze pagina bestaat niet. Controleer het adres."
-    text_en = "This page does not exist. Please check the address."
+    default_text_nl = "Deze pagina bestaat niet. Controleer het adres."
+    default_text_en = "This page does not exist. Please check the address."
 
 
 class MethodNotAllowed(GatewayError):
@@ -83,8 +122,8 @@ class MethodNotAllowed(GatewayError):
     code = "method_not_allowed"
     title_nl = "Actie niet toegestaan"
     title_en = "Method not allowed"
-    text_nl = "Deze actie is op deze pagina niet mogelijk."
-    text_en = "This action is not possible on this page."
+    default_text_nl = "Deze actie is op deze pagina niet mogelijk."
+    default_text_en = "This action is not possible on this page."
 
 
 class NotAuthenticated(GatewayError):
@@ -92,8 +131,8 @@ class NotAuthenticated(GatewayError):
     code = "not_authenticated"
     title_nl = "Inloggen vereist"
     title_en = "Login required"
-    text_nl = "U moet inloggen met eHerkenning om deze pagina te bekijken."
-    text_en = "You need to log in with eHerkenning to view this page."
+    default_text_nl = "U moet inloggen met eHerkenning om deze pagina te bekijken."
+    default_text_en = "You need to log in with eHerkenning to view this page."
 
 
 class Forbidden(GatewayError):
@@ -101,32 +140,38 @@ class Forbidden(GatewayError):
     code = "forbidden"
     title_nl = "Geen toegang"
     title_en = "Access denied"
-    text_nl = "U heeft geen toegang tot deze pagina."
-    text_en = "You do not have access to this page."
+    default_text_nl = "U heeft geen toegang tot deze pagina."
+    default_text_en = "You do not have access to this page."
 
 
-class EmployerNotAllowed(Forbidden):
+class AccessDenied(Forbidden):
+    """A request on a route that the session (which exists) may not make."""
+
+    code = "access_denied"
+
+
+class EmployerNotAllowed(AccessDenied):
     code = "employer_not_allowed"
-    text_nl = (
+    default_text_nl = (
         "U kunt alleen zaken regelen voor werkgevers die u gemachtigd hebben bij het "
         "pensioenfonds. Deze werkgever hoort daar niet bij."
     )
-    text_en = (
+    default_text_en = (
         "You can only act for employers who authorised you at the pension fund. "
         "This employer is not one of them."
     )
 
 
-class ScopeMissing(Forbidden):
+class ScopeMissing(AccessDenied):
     code = "scope_missing"
-    text_nl = "Uw machtiging geeft geen toegang tot dit onderdeel van het portaal."
-    text_en = "Your mandate does not give access to this part of the portal."
+    default_text_nl = "Uw machtiging geeft geen toegang tot dit onderdeel van het portaal."
+    default_text_en = "Your mandate does not give access to this part of the portal."
 
 
 class CsrfFailed(Forbidden):
     code = "csrf_failed"
-    text_nl = "Het formulier is verlopen of ongeldig. Ga terug en probeer het opnieuw."
-    text_en = "The form has expired or is invalid. Go back and try again."
+    default_text_nl = "Het formulier is verlopen of ongeldig. Ga terug en probeer het opnieuw."
+    default_text_en = "The form has expired or is invalid. Go back and try again."
 
 
 class BadRequest(GatewayError):
@@ -134,8 +179,12 @@ class BadRequest(GatewayError):
     code = "bad_request"
     title_nl = "Ongeldig verzoek"
     title_en = "Bad request"
-    text_nl = "Het verzoek kon niet worden verwerkt."
-    text_en = "The request could not be processed."
+    default_text_nl = "Het verzoek kon niet worden verwerkt."
+    default_text_en = "The request could not be processed."
+
+
+class HeaderValueNotAllowed(BadRequest):
+    """A header value that cannot go into the upstream request head (a line break)."""
 
 
 class BodyTooLarge(GatewayError):
@@ -143,8 +192,8 @@ class BodyTooLarge(GatewayError):
     code = "body_too_large"
     title_nl = "Bestand of formulier te groot"
     title_en = "Upload too large"
-    text_nl = "Wat u verstuurt is groter dan hier is toegestaan."
-    text_en = "What you are sending is larger than allowed here."
+    default_text_nl = "Wat u verstuurt is groter dan hier is toegestaan."
+    default_text_en = "What you are sending is larger than allowed here."
 
 
 class NotImplementedHere(GatewayError):
@@ -152,8 +201,8 @@ class NotImplementedHere(GatewayError):
     code = "not_implemented"
     title_nl = "Niet ondersteund"
     title_en = "Not supported"
-    text_nl = "Dit soort verzoek wordt hier niet ondersteund."
-    text_en = "This kind of request is not supported here."
+    default_text_nl = "Dit soort verzoek wordt hier niet ondersteund."
+    default_text_en = "This kind of request is not supported here."
 
 
 class VersionNotSupported(GatewayError):
@@ -161,8 +210,8 @@ class VersionNotSupported(GatewayError):
     code = "http_version_not_supported"
     title_nl = "HTTP-versie niet ondersteund"
     title_en = "HTTP version not supported"
-    text_nl = "Uw programma gebruikt een HTTP-versie die hier niet wordt ondersteund."
-    text_en = "Your software uses an HTTP version that is not supported here."
+    default_text_nl = "Uw programma gebruikt een HTTP-versie die hier niet wordt ondersteund."
+    default_text_en = "Your software uses an HTTP version that is not supported here."
 
 
 class TooManyLogins(GatewayError):
@@ -170,11 +219,11 @@ class TooManyLogins(GatewayError):
     code = "login_rate_limited"
     title_nl = "Te veel inlogpogingen"
     title_en = "Too many login attempts"
-    text_nl = (
+    default_text_nl = (
         "Vanaf uw internetadres zijn in korte tijd te veel inlogpogingen gestart. "
         "Wacht even en probeer het dan opnieuw."
     )
-    text_en = (
+    default_text_en = (
         "Too many logins were started from your internet address in a short time. "
         "Please wait a moment and try again."
     )
@@ -185,11 +234,11 @@ class RequestTimeout(GatewayError):
     code = "request_timeout"
     title_nl = "Verzoek duurde te lang"
     title_en = "Request took too long"
-    text_nl = (
+    default_text_nl = (
         "Het verzoek duurde te lang: er kwamen te lang geen gegevens meer binnen. "
         "Controleer uw verbinding en probeer het opnieuw."
     )
-    text_en = (
+    default_text_en = (
         "The request took too long: no more data arrived for too long. "
         "Check your connection and try again."
     )
@@ -200,8 +249,8 @@ class LoginFailed(GatewayError):
     code = "login_failed"
     title_nl = "Inloggen is niet gelukt"
     title_en = "Login failed"
-    text_nl = "Inloggen met eHerkenning is niet gelukt. Probeer het opnieuw."
-    text_en = "Logging in with eHerkenning did not succeed. Please try again."
+    default_text_nl = "Inloggen met eHerkenning is niet gelukt. Probeer het opnieuw."
+    default_text_en = "Logging in with eHerkenning did not succeed. Please try again."
 
 
 class SamlInvalid(LoginFailed):
@@ -212,18 +261,18 @@ class LoginCancelled(LoginFailed):
     code = "login_cancelled"
     title_nl = "Inloggen geannuleerd"
     title_en = "Login cancelled"
-    text_nl = "U heeft het inloggen afgebroken. U kunt opnieuw inloggen wanneer u wilt."
-    text_en = "You cancelled the login. You can log in again whenever you like."
+    default_text_nl = "U heeft het inloggen afgebroken. U kunt opnieuw inloggen wanneer u wilt."
+    default_text_en = "You cancelled the login. You can log in again whenever you like."
 
 
 class LoginNotAuthorised(LoginFailed):
     status = 403
     code = "login_not_authorised"
-    text_nl = (
+    default_text_nl = (
         "Uw eHerkenning geeft geen toegang tot deze dienst. Vraag de machtigingenbeheerder "
         "van uw organisatie om u te machtigen voor de dienst 'Werkgeversportaal'."
     )
-    text_en = (
+    default_text_en = (
         "Your eHerkenning does not grant access to this service. Ask your organisation's "
         "authorisation manager to authorise you for the 'Employer portal' service."
     )
@@ -234,12 +283,12 @@ class LevelTooLow(LoginFailed):
     code = "level_too_low"
     title_nl = "Betrouwbaarheidsniveau te laag"
     title_en = "Assurance level too low"
-    text_nl = (
+    default_text_nl = (
         "Voor dit portaal heeft u eHerkenning nodig met betrouwbaarheidsniveau EH3 of hoger. "
         "Heeft u al eHerkenning met niveau EH1 of EH2? Vraag dan geen nieuwe aan, maar neem "
         "contact op met uw eHerkenning-leverancier om het niveau te verhogen naar EH3."
     )
-    text_en = (
+    default_text_en = (
         "This portal requires eHerkenning at assurance level EH3 or higher. If you already "
         "have eHerkenning at EH1 or EH2, do not apply for a new one: ask your eHerkenning "
         "supplier to raise the level to EH3."
@@ -250,8 +299,8 @@ class LoginExpired(LoginFailed):
     code = "login_expired"
     title_nl = "Inlogpoging verlopen"
     title_en = "Login attempt expired"
-    text_nl = "Deze inlogpoging is verlopen of al gebruikt. Begin opnieuw met inloggen."
-    text_en = "This login attempt has expired or was already used. Please start again."
+    default_text_nl = "Deze inlogpoging is verlopen of al gebruikt. Begin opnieuw met inloggen."
+    default_text_en = "This login attempt has expired or was already used. Please start again."
 
 
 class MandateMissing(LoginFailed):
@@ -259,16 +308,37 @@ class MandateMissing(LoginFailed):
     code = "mandate_missing"
     title_nl = "Machtiging bij het pensioenfonds ontbreekt"
     title_en = "Mandate at the pension fund missing"
-    text_nl = (
+    default_text_nl = (
         "U heeft ingelogd met een ketenmachtiging, maar deze klant heeft u (nog) niet "
         "gemachtigd bij het pensioenfonds. Naast de ketenmachtiging moet uw klant u ook bij "
         "ons machtigen. Uw klant kan de machtiging aanvragen via onze website."
     )
-    text_en = (
+    default_text_en = (
         "You logged in with a chain authorisation, but this client has not (yet) authorised "
         "you at the pension fund. Besides the chain authorisation, your client must also "
         "authorise you with us. Your client can request this on our website."
     )
+
+
+class RouteLevelTooLow(AccessDenied):
+    """A session whose login's level is below the route's ``min_loa`` (API clients only:
+    browsers are sent to a step-up login instead)."""
+
+    code = LevelTooLow.code
+    title_nl = LevelTooLow.title_nl
+    title_en = LevelTooLow.title_en
+    default_text_nl = LevelTooLow.default_text_nl
+    default_text_en = LevelTooLow.default_text_en
+
+
+class MandateWithdrawn(AccessDenied):
+    """A chain login whose one employer withdrew its mandate at the fund during the session."""
+
+    code = MandateMissing.code
+    title_nl = MandateMissing.title_nl
+    title_en = MandateMissing.title_en
+    default_text_nl = MandateMissing.default_text_nl
+    default_text_en = MandateMissing.default_text_en
 
 
 class UpstreamUnavailable(GatewayError):
@@ -276,10 +346,10 @@ class UpstreamUnavailable(GatewayError):
     code = "upstream_unavailable"
     title_nl = "Portaal niet bereikbaar"
     title_en = "Portal unavailable"
-    text_nl = (
+    default_text_nl = (
         "Het portaal is op dit moment niet bereikbaar. Probeer het over enkele minuten opnieuw."
     )
-    text_en = "The portal cannot be reached right now. Please try again in a few minutes."
+    default_text_en = "The portal cannot be reached right now. Please try again in a few minutes."
 
 
 class UpstreamTimeout(GatewayError):
@@ -287,8 +357,8 @@ class UpstreamTimeout(GatewayError):
     code = "upstream_timeout"
     title_nl = "Portaal reageert niet"
     title_en = "Portal not responding"
-    text_nl = "Het portaal reageerde niet op tijd. Probeer het over enkele minuten opnieuw."
-    text_en = "The portal did not respond in time. Please try again in a few minutes."
+    default_text_nl = "Het portaal reageerde niet op tijd. Probeer het over enkele minuten opnieuw."
+    default_text_en = "The portal did not respond in time. Please try again in a few minutes."
 
 
 class ServiceUnavailable(GatewayError):
@@ -296,8 +366,8 @@ class ServiceUnavailable(GatewayError):
     code = "service_unavailable"
     title_nl = "Tijdelijk niet beschikbaar"
     title_en = "Temporarily unavailable"
-    text_nl = "Deze dienst is tijdelijk niet beschikbaar. Probeer het later opnieuw."
-    text_en = "This service is temporarily unavailable. Please try again later."
+    default_text_nl = "Deze dienst is tijdelijk niet beschikbaar. Probeer het later opnieuw."
+    default_text_en = "This service is temporarily unavailable. Please try again later."
 
 
 class StoreUnavailable(ServiceUnavailable):
@@ -306,31 +376,42 @@ class StoreUnavailable(ServiceUnavailable):
 
 class RegistryUnavailable(ServiceUnavailable):
     code = "registry_unavailable"
-    text_nl = (
+    default_text_nl = (
         "Wij kunnen uw machtigingen op dit moment niet controleren. Probeer het over "
         "enkele minuten opnieuw."
     )
-    text_en = "We cannot check your mandates right now. Please try again in a few minutes."
+    default_text_en = "We cannot check your mandates right now. Please try again in a few minutes."
 
 
 class BrokerUnavailable(ServiceUnavailable):
     code = "broker_unavailable"
-    text_nl = "eHerkenning is op dit moment niet bereikbaar. Probeer het later opnieuw."
-    text_en = "eHerkenning cannot be reached right now. Please try again later."
+    default_text_nl = "eHerkenning is op dit moment niet bereikbaar. Probeer het later opnieuw."
+    default_text_en = "eHerkenning cannot be reached right now. Please try again later."
 
 
 class LoginsBusy(ServiceUnavailable):
     code = "login_capacity_reached"
     title_nl = "Tijdelijk te druk"
     title_en = "Temporarily too busy"
-    text_nl = "Er wordt op dit moment erg veel ingelogd. Probeer het zo opnieuw."
-    text_en = "A great many people are logging in right now. Please try again shortly."
+    default_text_nl = "Er wordt op dit moment erg veel ingelogd. Probeer het zo opnieuw."
+    default_text_en = "A great many people are logging in right now. Please try again shortly."
 
 
 class Overloaded(ServiceUnavailable):
     code = "overloaded"
-    text_nl = "Het portaal is op dit moment erg druk. Probeer het over enkele minuten opnieuw."
-    text_en = "The portal is very busy right now. Please try again in a few minutes."
+    default_text_nl = (
+        "Het portaal is op dit moment erg druk. Probeer het over enkele minuten opnieuw."
+    )
+    default_text_en = "The portal is very busy right now. Please try again in a few minutes."
+
+
+def for_http_status(status: int, reason: str) -> GatewayError:
+    """The error page for an answer aiohttp itself raised in a handler (a bad form body)."""
+    if status == 405:
+        return MethodNotAllowed()
+    if status == 404:
+        return NotFound()
+    return BadRequest(reason)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ nginx ``auth_request``, ingress-nginx ``auth-url``, Traefik ``forwardAuth`` and
 Envoy's HTTP ``ext_authz`` ask an auth service, per request (or per cached
 interval), "may this request pass, and with which identity header?". This
 module answers at ``{reserved_prefix}auth`` from the **same** route table,
-target parsing (``gateway.target``) and policy (``gateway.gate.authorize``) as
-proxy mode: there is no second implementation of any rule.
+target parsing (``gateway.target``) and policy (``gateway.policy.decide``, through
+the shell ``gateway.gate.authorize``) as proxy mode: there is no second
+implementation of any rule.
 
 The original request comes from the headers these proxies send, believed only
 from ``server.trusted_proxies`` (anyone else gets 403):
@@ -49,13 +50,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.audit import audit
 from gateway.config import GatewayConfig
-from gateway.context import ERROR_EXTRA, REQUEST_ID, ROUTE_NAME, Handler, Route
-from gateway.errors import Forbidden, GatewayError, NotAuthenticated
-from gateway.gate import Respond, authorize, login_url
-from gateway.pages import error_response
+from gateway.context import REQUEST_ID, ROUTE_NAME, Handler, Route
+from gateway.errors import Forbidden, NotAuthenticated
+from gateway.gate import authorize, request_facts
+from gateway.pages import error_response, see_other
+from gateway.policy import Redirect, login_action
 from gateway.proxy import is_trusted_peer
 from gateway.routing import NoMatch, Router
 from gateway.services import SERVICES
+from gateway.sessions.cookies import read_session_cookie
 from gateway.target import BadTarget, parse_target
 
 log = structlog.get_logger("gateway.forward_auth")
@@ -110,12 +113,13 @@ def original_request(
     return Original(original_method, target, headers.get("X-Forwarded-Host") or host)
 
 
-def _original_headers(headers: CIMultiDictProxy[str], host: str) -> CIMultiDict[str]:
+def _original_headers(headers: CIMultiDictProxy[str], host: str) -> CIMultiDictProxy[str]:
+    """The original request's headers: the auth request's, minus those describing it."""
     out: CIMultiDict[str] = CIMultiDict(
         (k, v) for k, v in headers.items() if k.lower() not in _ORIGINAL
     )
     out["Host"] = host
-    return out
+    return CIMultiDictProxy(out)
 
 
 Current = Callable[[], tuple[GatewayConfig, Router]]
@@ -170,41 +174,29 @@ def _handler(current: Current) -> Handler:
         ):
             raise ForwardAuthDenied(f"route {route.name}: a form employer scope needs the body")
         services = request.app[SERVICES]
-        view = request.clone(
-            method=original.method,
-            rel_url=target.raw,
-            headers=_original_headers(request.headers, original.host),
-        )
+        # The same facts and the same decision as proxy mode, read from the
+        # original request this one describes (its cookies and headers are the
+        # original's, apart from the ones that describe it).
+        headers = _original_headers(request.headers, original.host)
+        facts = request_facts(route, original.method, target, match.params, headers)
+        session_id = read_session_cookie(request, services.config.sessions)
         try:
-            decision = await authorize(view, target, route, match.params, services, request_id)
+            decision = await authorize(services, route, facts, session_id, request_id)
         except NotAuthenticated as err:
-            return _login_needed(request, err, login_url(services, target.raw), request_id)
-        except GatewayError:
-            request[ERROR_EXTRA] = view.get(ERROR_EXTRA, {})
-            raise
-        if isinstance(decision, Respond):
-            location = decision.response.headers.get("Location", "")
+            return _login_needed(request, err.login_url or "", request_id)
+        if isinstance(decision, Redirect):
             if settings.browser_status == 303:
-                return decision.response
-            return _login_needed(request, NotAuthenticated("no session"), location, request_id)
+                return see_other(decision.location)
+            return _login_needed(request, decision.location, request_id)
         return web.Response(status=200, headers={**allowed, **decision.headers})
 
     return forward_auth
 
 
-def _login_needed(
-    request: web.Request, err: GatewayError, location: str, request_id: str
-) -> web.Response:
+def _login_needed(request: web.Request, location: str, request_id: str) -> web.Response:
     """401 with where to go: the page for clients that show it, headers for proxies."""
-    resp = error_response(
-        request,
-        err,
-        request_id,
-        login_url=location,
-        action_url=location,
-        action_nl="Inloggen met eHerkenning",
-        action_en="Log in with eHerkenning",
-    )
+    err = NotAuthenticated("no session", action=login_action(location), login_url=location)
+    resp = error_response(request, err, request_id)
     resp.headers["Location"] = location
     resp.headers["X-Auth-Redirect"] = location
     resp.headers["Cache-Control"] = "no-store"

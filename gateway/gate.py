@@ -1,15 +1,16 @@
-"""The policy step for ``authenticated`` routes: session, mandates, employer scope, token.
+"""The async shell around ``gateway.policy``: session, mandate re-check, audit, token.
 
-Runs after routing and before forwarding (design.md steps 2-5):
+Runs after routing and before forwarding, for proxy mode and forward-auth alike:
 
-1. load the session from the cookie (no session: send browsers to the login,
-   answer API clients 401 with the login URL);
+1. load the session from the cookie value;
 2. re-check mandates when ``gateway.mandates.freshness`` says so: the
    session's registry answer is no longer fresh, or a revocation was pushed for
    this administrator (one request per session saves the result, thanks to a
    short lock in the store); fail closed when the registry has been unreachable
    for longer than the staleness limit;
-3. enforce the route's employer scope, minimum level and required scope;
+3. ask ``gateway.policy.decide`` (no session, withdrawn mandates, level,
+   employer scope, required scope) and carry out its verdict: write the audit
+   event, end a session whose chain mandate is gone, raise the error;
 4. mint (or reuse) the signed token for this session and the route's audience.
 
 Any failure here denies the request; nothing is forwarded on a partial answer.
@@ -21,28 +22,26 @@ import contextlib
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import structlog
-from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from gateway.audit import audit
-from gateway.config import EmployerScope, RouteSettings
-from gateway.context import ERROR_EXTRA, FORM_FIELDS
-from gateway.errors import (
-    BadRequest,
-    EmployerNotAllowed,
-    GatewayError,
-    LevelTooLow,
-    MandateMissing,
-    NotAuthenticated,
-    RegistryUnavailable,
-    ScopeMissing,
+from gateway.config import RouteSettings
+from gateway.errors import GatewayError, RegistryUnavailable
+from gateway.policy import (
+    Allow,
+    Deny,
+    Pairs,
+    Redirect,
+    RequestFacts,
+    admit,
+    decide,
+    is_browser_navigation,
 )
 from gateway.services import Services
 from gateway.sessions import Session
-from gateway.sessions.cookies import read_session_cookie
-from gateway.target import Target, query_pairs
+from gateway.target import Target
 from gateway.tokens import TokenSubject
 
 log = structlog.get_logger("gateway.gate")
@@ -56,130 +55,141 @@ class Forward:
     session: Session
 
 
-@dataclass(frozen=True)
-class Respond:
-    """Answer the client directly (a redirect to the login or the overview)."""
+def request_facts(
+    route: RouteSettings,
+    method: str,
+    target: Target,
+    params: Mapping[str, str],
+    headers: CIMultiDictProxy[str],
+    form: Pairs | None = None,
+) -> RequestFacts:
+    """The facts ``gateway.policy`` decides on, read once from a request's parts.
 
-    response: web.StreamResponse
-
-
-def login_url(services: Services, next_path: str, loa: str | None = None) -> str:
-    url = f"{services.config.server.reserved_prefix}login?next={quote(next_path, safe='/')}"
-    return url + (f"&loa={loa}" if loa else "")
-
-
-def _browser_navigation(request: web.BaseRequest) -> bool:
-    accept = request.headers.get("Accept", "")
-    return request.method in ("GET", "HEAD") and (
-        "text/html" in accept or "application/json" not in accept
+    Only the headers the route's employer scope names are kept. Proxy mode
+    passes the request itself; forward-auth the original request its proxy
+    describes in headers.
+    """
+    wanted = [s.name for s in route.employer_scope if s.location == "header"]
+    scoped: Pairs = tuple((name, v) for name in wanted for v in headers.getall(name, ()))
+    content_type = headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    return RequestFacts(
+        method=method,
+        target=target,
+        params=params,
+        headers=scoped,
+        form=form,
+        multipart=content_type == "multipart/form-data",
+        browser=is_browser_navigation(method, headers.get("Accept", "")),
     )
 
 
-def _redirect(location: str) -> web.Response:
-    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+async def authorize(
+    services: Services,
+    route: RouteSettings,
+    facts: RequestFacts,
+    session_id: str | None,
+    request_id: str,
+) -> Forward | Redirect:
+    """Whether this request may go upstream, and with which identity headers.
+
+    Raises the error of a ``Deny`` verdict, after its audit event.
+    """
+    session, lost_active = await _load(services, session_id, request_id)
+    config = services.config
+    assert config.tokens is not None
+    verdict = decide(
+        route,
+        session,
+        facts,
+        prefix=config.server.reserved_prefix,
+        token_header=config.tokens.header_name,
+        lost_active_employer=lost_active,
+    )
+    if isinstance(verdict, Allow):
+        assert session is not None
+        token = services.minter.mint(session.token_subject, verdict.audience)
+        value = f"Bearer {token}" if verdict.bearer else token
+        return Forward({verdict.header: value}, session)
+    if isinstance(verdict, Redirect):
+        return verdict
+    raise await _refusal(services, verdict, session, route.name, request_id)
 
 
 async def current_session(
-    request: web.Request, services: Services, request_id: str, return_to: str
-) -> Session | Respond:
-    """The request's live session with fresh mandates, or how to answer instead.
+    services: Services,
+    session_id: str | None,
+    request_id: str,
+    *,
+    browser: bool,
+    return_to: str,
+) -> Session | Redirect:
+    """The live session with fresh mandates (``gateway.policy.admit``), or where to go instead.
 
-    No session: a redirect to the login for browsers, else ``NotAuthenticated``
-    (401 with the login URL). Mandates are re-checked when due.
+    The gateway's own pages use it (the client overview); it raises the error
+    of a ``Deny`` (401 with the login URL when there is no session).
+    """
+    session, lost_active = await _load(services, session_id, request_id)
+    admitted = admit(
+        session,
+        browser=browser,
+        return_to=return_to,
+        prefix=services.config.server.reserved_prefix,
+        lost_active_employer=lost_active,
+    )
+    if isinstance(admitted, Deny):
+        raise await _refusal(services, admitted, session, None, request_id)
+    return admitted
+
+
+async def _load(
+    services: Services, session_id: str | None, request_id: str
+) -> tuple[Session | None, bool]:
+    """The session for a cookie value with its mandates re-checked when due.
+
+    Also says whether that re-check removed the employer the session was
+    working for.
     """
     manager = services.sessions
-    session_id = read_session_cookie(request, services.config.sessions)
     # Most requests: the session is in this replica's cache, nothing about it is
     # due and no revocation push concerns it. ``load_quiet`` answers exactly then,
     # and then ``load`` would return the same object and no re-check would be due,
     # so the general path below would change nothing (it costs more: coroutines,
     # clock readings, date arithmetic).
     session = manager.load_quiet(session_id)
-    if session is not None and _push_pending(services, session):
-        session = None
-    active_before: str | None = None
+    if session is not None and not _push_pending(services, session):
+        return session, False
+    session = await manager.load(session_id)
     if session is None:
-        session = await manager.load(session_id)
-        if session is None:
-            target = login_url(services, return_to)
-            if _browser_navigation(request):
-                return Respond(_redirect(target))
-            request[ERROR_EXTRA] = {
-                "login_url": target,
-                "action_url": target,
-                "action_nl": "Inloggen met eHerkenning",
-                "action_en": "Log in with eHerkenning",
-            }
-            raise NotAuthenticated("no session")
-        active_before = session.active_employer
-        check = services.sessions.mandate_check(session, _pushed_at(services, session))
-        if check.due:
-            session = await _recheck_mandates(services, session, request_id, check.not_before)
-    if session.identity.mode == "chain" and not session.allowed:
-        # The one employer of a chain login withdrew its mandate at the fund.
-        await services.sessions.destroy(session)
-        raise MandateMissing("chain mandate revoked during the session")
-    if active_before and session.active_employer is None and _browser_navigation(request):
-        # The employer the user was working for withdrew the mandate: back to the
-        # overview, which says so.
-        overview = f"{services.config.server.reserved_prefix}employers?notice=revoked"
-        return Respond(_redirect(overview))
-    return session
+        return None, False
+    active_before = session.active_employer
+    check = manager.mandate_check(session, _pushed_at(services, session))
+    if check.due:
+        session = await _recheck_mandates(services, session, request_id, check.not_before)
+    return session, bool(active_before) and session.active_employer is None
 
 
-async def authorize(
-    request: web.Request,
-    target: Target,
-    route: RouteSettings,
-    params: Mapping[str, str],
+async def _refusal(
     services: Services,
+    deny: Deny,
+    session: Session | None,
+    route: str | None,
     request_id: str,
-) -> Forward | Respond:
-    """Decide whether this request may go upstream, and with which identity headers."""
-    found = await current_session(request, services, request_id, target.raw)
-    if isinstance(found, Respond):
-        return found
-    session = found
-
-    if route.min_loa is not None and session.identity.loa < route.min_loa:
-        if _browser_navigation(request):
-            return Respond(_redirect(login_url(services, target.raw, route.min_loa.short)))
-        raise LevelTooLow(f"route {route.name} needs {route.min_loa.short}")
-
-    employers = (
-        _employers_in_request(request, target, route.employer_scope, params)
-        if route.employer_scope
-        else []
-    )
-    for identifier, value in employers:
-        if not _allowed(session, identifier, value):
-            _deny(session, request_id, route, value)
-            # The way on from a 403: the client list (which also says when a
-            # mandate was just withdrawn).
-            request[ERROR_EXTRA] = {
-                "action_url": services.config.server.reserved_prefix + "employers",
-                "action_nl": "Naar uw klantenoverzicht",
-                "action_en": "To your client overview",
-            }
-            raise EmployerNotAllowed(f"employer {value} not in the allowed set")
-    if route.required_scope is not None:
-        kvks = [_kvk_of(session, i, v) for i, v in employers] or [session.active_employer]
-        for kvk in kvks:
-            employer = session.employer(kvk) if kvk else None
-            # A mandate without scopes is unrestricted (docs/backends.md); one with
-            # scopes covers only those parts of the portal.
-            if employer is None or (
-                employer.scopes and route.required_scope not in employer.scopes
-            ):
-                _deny(session, request_id, route, kvk or "-", reason="scope_missing")
-                raise ScopeMissing(f"scope {route.required_scope} missing for {kvk}")
-
-    tokens = services.config.tokens
-    assert tokens is not None
-    token = services.minter.mint(token_subject(session), route.audience or route.name)
-    if route.token_transport == "bearer":  # noqa: S105 - a transport name, not a secret
-        return Forward({"Authorization": f"Bearer {token}"}, session)
-    return Forward({route.identity_header or tokens.header_name: token}, session)
+) -> GatewayError:
+    """Carry out a ``Deny``: its audit event, the end of the session if asked; its error."""
+    if deny.audit is not None and session is not None:
+        audit(
+            "access_denied",
+            reason=deny.audit.reason,
+            route=route,
+            request_id=request_id,
+            session_ref=session.ref,
+            administrator_kvk=session.identity.administrator_kvk,
+            employer_kvk=deny.audit.employer,
+            acting_subject=session.identity.acting_subject,
+        )
+    if deny.end_session and session is not None:
+        await services.sessions.destroy(session)
+    return deny.error
 
 
 def token_subject(session: Session) -> TokenSubject:
@@ -189,67 +199,6 @@ def token_subject(session: Session) -> TokenSubject:
     hit costs no construction and no fingerprint per request.
     """
     return session.token_subject
-
-
-def _employers_in_request(
-    request: web.Request, target: Target, scopes: list[EmployerScope], params: Mapping[str, str]
-) -> list[tuple[str, str]]:
-    found: list[tuple[str, str]] = []
-    for scope in scopes:
-        values: list[str] = []
-        if scope.location == "path":
-            if scope.name in params:
-                values.append(params[scope.name])
-        elif scope.location == "query":
-            # Names compare case-insensitively: many portal frameworks (ASP.NET,
-            # for one) read ?Werkgever= and ?werkgever= alike.
-            # Read from the raw query that is forwarded, decoded as the portal decodes it.
-            wanted = scope.name.casefold()
-            values.extend(v for k, v in query_pairs(target.raw_query) if k.casefold() == wanted)
-        elif scope.location == "header":
-            values.extend(request.headers.getall(scope.name, []))
-        else:
-            form = request.get(FORM_FIELDS)
-            if form is not None:
-                wanted = scope.name.casefold()
-                for key, field_values in form.items():
-                    if key.casefold() == wanted:
-                        values.extend(field_values)
-            elif request.content_type == "multipart/form-data":
-                # Only small urlencoded forms are read for the check; a multipart
-                # form would carry its employer field upstream unchecked (the
-                # portal parses both alike), so it is refused: fail closed.
-                raise BadRequest("multipart form on a route with a form employer scope")
-        found.extend((scope.identifier, v.strip()) for v in values)
-    return found
-
-
-def _allowed(session: Session, identifier: str, value: str) -> bool:
-    return _kvk_of(session, identifier, value) is not None
-
-
-def _kvk_of(session: Session, identifier: str, value: str) -> str | None:
-    if identifier == "kvk":
-        return value if value in session.allowed_kvks else None
-    for employer in session.allowed:
-        if employer.fund_number is not None and employer.fund_number == value:
-            return employer.kvk
-    return None
-
-
-def _deny(
-    session: Session, request_id: str, route: RouteSettings, employer: str, reason: str = "employer"
-) -> None:
-    audit(
-        "access_denied",
-        reason=reason,
-        route=route.name,
-        request_id=request_id,
-        session_ref=session.ref,
-        administrator_kvk=session.identity.administrator_kvk,
-        employer_kvk=employer,
-        acting_subject=session.identity.acting_subject,
-    )
 
 
 def _pushed_at(services: Services, session: Session) -> dt.datetime | None:

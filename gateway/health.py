@@ -42,9 +42,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
 from gateway.config import GatewayConfig
+from gateway.context import Route
 from gateway.errors import GatewayError
 from gateway.mandates.file_source import FileMandateSource
 from gateway.mandates.http_source import HttpMandateSource
+from gateway.runtime import RUNTIME
 from gateway.services import SERVICES
 
 CHECK_INTERVAL = 5.0
@@ -214,3 +216,53 @@ def login_checks(app: web.Application) -> list[tuple[str, Check]]:
         return DependencyStatus("registry", True, type(source).__name__)
 
     return [("store", store), ("broker", broker), ("registry", registry)]
+
+
+DEPENDENCIES = web.AppKey("dependencies", DependencyMonitor)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Process alive: answers as long as the event loop runs."""
+    return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """This replica can serve: config loaded, listening (it answers), not draining.
+
+    Shared dependencies (store, broker, registry, upstream DNS) are deliberately
+    not part of it: they fail for every replica at once, and a load balancer
+    would then drop them all together (module docstring).
+    """
+    runtime = request.app[RUNTIME]
+    checks: dict[str, dict[str, object]] = {
+        "config": {"ok": True, "detail": f"generation {runtime.current.number}"},
+        "draining": {
+            "ok": not runtime.draining,
+            "detail": "shutting down" if runtime.draining else "serving",
+        },
+    }
+    ok = not runtime.draining
+    return web.json_response(
+        {"status": "ready" if ok else "not_ready", "checks": checks},
+        status=200 if ok else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def dependencies(request: web.Request) -> web.Response:
+    """Shared dependencies: 200 when all are up, else 503 with details (monitoring only)."""
+    report = await request.app[DEPENDENCIES].report()
+    return web.json_response(
+        report.as_json(time.monotonic()),
+        status=200 if report.all_up else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def health_routes(prefix: str) -> list[Route]:
+    """(method, path, handler) of the probes and the dependency report."""
+    return [
+        ("GET", prefix + "healthz", healthz),
+        ("GET", prefix + "readyz", readyz),
+        ("GET", prefix + "dependencies", dependencies),
+    ]

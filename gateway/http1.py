@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Literal, Protocol, cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -25,23 +25,33 @@ class Pool(Protocol):
 
     loop: asyncio.AbstractEventLoop
 
-    def idle_again(self, conn: Connection) -> None: ...
-    def forget(self, conn: Connection) -> None: ...
-    def give_up_place(self, conn: Connection) -> None: ...
+    def idle_again(self, conn: Connection) -> None:
+        """``conn`` finished an exchange and may be handed out again."""
+
+    def forget(self, conn: Connection) -> None:
+        """``conn`` is closed: never hand it out again."""
+
+    def release_place(self) -> None:
+        """A connection stopped counting against the pool's limit (it is closed)."""
+
+
+UpstreamFailure = Literal["connect", "timeout", "reset", "invalid"]
+"""How an upstream failed: ``connect``: no connection could be made; ``timeout``:
+the connection or the answer took too long; ``reset``: the connection broke;
+``invalid``: the upstream's answer was not valid HTTP."""
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached or broke off; ``kind`` names how.
+    """The upstream could not be reached or broke off; ``kind`` names how (``UpstreamFailure``)."""
 
-    ``connect``: no connection could be made; ``timeout``: the connection or
-    the answer took too long; ``reset``: the connection broke; ``invalid``:
-    the upstream's answer was not valid HTTP.
-    """
-
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: UpstreamFailure, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+class InvalidHeader(Exception):
+    """A header name or value the request head cannot carry (a line break, say)."""
 
 
 class RequestBodyError(Exception):
@@ -122,7 +132,39 @@ class UpstreamResponse:
         self._released = False
         self._paused = False
 
+    # -- the sending side (gateway.upstream_client) ------------------------------
+
+    def send_body(self, body: AsyncIterator[bytes], declared: int | None) -> None:
+        """Stream the client's body upstream in the background while the answer is awaited.
+
+        ``declared``: the client's Content-Length, or ``None`` to send chunked.
+        """
+        self._body_sent = False
+        self._body_task = self._conn.loop.create_task(send_body(self._conn, self, body, declared))
+
+    async def head(self) -> None:
+        """Wait for the status line and headers; raise how the exchange failed otherwise."""
+        while self.status == 0:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    @property
+    def started(self) -> bool:
+        """Any byte of the answer has arrived (a failed request was then seen upstream)."""
+        return self._started
+
     # -- the reading side (gateway.proxy) -------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        """Reading from the upstream is paused: more than 256 KiB waits for the client."""
+        return self._paused
+
+    @property
+    def buffered(self) -> int:
+        """Body bytes that have arrived and were not read yet."""
+        return self._buffered
 
     @property
     def complete(self) -> bool:
@@ -264,7 +306,7 @@ class Connection(asyncio.Protocol):
         self.origin = origin
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self.counted = True  # holds one of the pool's ``limit`` places
+        self._counted = True  # holds one of the pool's ``limit`` places
         self.lost = False
         self.idle_since = 0.0
         self.response: UpstreamResponse | None = None
@@ -301,6 +343,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.give_up_place()
         self.pool.forget(self)
         if self.response is not None:
             self.response.connection_lost(exc)
@@ -406,9 +449,21 @@ class Connection(asyncio.Protocol):
         else:
             self.abort()
 
+    @property
+    def usable(self) -> bool:
+        """Open, as far as this side knows: not lost, not closing."""
+        transport = self.transport
+        return not self.lost and transport is not None and not transport.is_closing()
+
+    def give_up_place(self) -> None:
+        """Stop counting against the pool's limit (once; the connection is closing)."""
+        if self._counted:
+            self._counted = False
+            self.pool.release_place()
+
     def abort(self) -> None:
         """Close now (unread bytes would corrupt the next answer) and give up the place."""
-        self.pool.give_up_place(self)
+        self.give_up_place()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
 
@@ -477,5 +532,8 @@ def serialize_head(
     # Every line break must be one of ours: a CR or LF inside a name or value
     # would let it smuggle a header or a second request.
     if text.count("\n") != count + 1 or text.count("\r") != count + 1:
-        raise ValueError("line break inside a request header")
-    return text.encode("utf-8", "surrogateescape")
+        raise InvalidHeader("line break inside a request header")
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise InvalidHeader("a request header that cannot be encoded") from None

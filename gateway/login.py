@@ -15,6 +15,7 @@ LogoutResponse comes back to ``saml/slo``.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from typing import Any
 
@@ -22,14 +23,16 @@ import structlog
 from aiohttp import web
 
 from gateway.audit import audit
-from gateway.context import ERROR_EXTRA, REQUEST_ID, Route
+from gateway.context import REQUEST_ID, Handler, Route
 from gateway.errors import (
+    Action,
     BadRequest,
     CsrfFailed,
     GatewayError,
     LoginsBusy,
     SamlInvalid,
     TooManyLogins,
+    for_http_status,
 )
 from gateway.identity import Identity, Loa
 from gateway.pages import PAGE_HEADERS, error_response, html_response, render
@@ -55,14 +58,31 @@ def _services(request: web.Request) -> Services:
     return request.app[SERVICES]
 
 
-def _retry_extra(services: Services) -> dict[str, str]:
-    return {
-        "action_url": services.config.server.reserved_prefix + "login",
-        "action_nl": "Opnieuw inloggen met eHerkenning",
-        "action_en": "Log in with eHerkenning again",
-    }
+def _offering_retry(handler: Handler) -> Handler:
+    """``handler`` whose error pages offer to log in again (unless the error offers more)."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except GatewayError as err:
+            err.offering(_retry(request))
+            raise
+        except web.HTTPException as exc:  # aiohttp's own, e.g. a bad form body
+            raise for_http_status(exc.status, exc.reason).offering(_retry(request)) from exc
+
+    return wrapped
 
 
+def _retry(request: web.Request) -> Action:
+    return Action(
+        _services(request).config.server.reserved_prefix + "login",
+        "Opnieuw inloggen met eHerkenning",
+        "Log in with eHerkenning again",
+    )
+
+
+@_offering_retry
 async def login(request: web.Request) -> web.StreamResponse:
     """Start an SP-initiated login: a signed AuthnRequest to the broker.
 
@@ -71,7 +91,6 @@ async def login(request: web.Request) -> web.StreamResponse:
     limit) with ``Retry-After``; see ``gateway.sessions.login_limits``.
     """
     services = _services(request)
-    request[ERROR_EXTRA] = _retry_extra(services)
     refused = await _refused_start(request, services)
     if refused is not None:
         return refused
@@ -196,11 +215,11 @@ def _to_broker(http: AuthnRequestHttp) -> web.Response:
     return response
 
 
+@_offering_retry
 async def acs(request: web.Request) -> web.StreamResponse:
     """The assertion consumer: SAMLart (GET or POST), or SAMLResponse when enabled."""
     services = _services(request)
     request_id = request[REQUEST_ID]
-    request[ERROR_EXTRA] = _retry_extra(services)
     params: Any = await request.post() if request.method == "POST" else request.query
     artifact = params.get("SAMLart")
     saml_response = params.get("SAMLResponse")

@@ -746,3 +746,6 @@ def metrics_listener_address(app: web.Application) -> tuple[str, int]:
     """(host, port) of the separate metrics listener of a started ``app``."""
     host, port = app[METRICS_LISTENER]
     return str(host), int(port)
+
+
+METRICS = web.AppKey("metrics", Metrics)

@@ -17,11 +17,12 @@ from aiohttp import web
 from gateway.audit import audit
 from gateway.context import REQUEST_ID, Route
 from gateway.errors import CsrfFailed, EmployerNotAllowed, NotAuthenticated
-from gateway.gate import Respond, current_session
-from gateway.pages import PAGE_HEADERS, html_response, render, wants_json
-from gateway.services import SERVICES
+from gateway.gate import current_session
+from gateway.pages import PAGE_HEADERS, html_response, render, see_other, wants_json
+from gateway.policy import Redirect, is_browser_navigation
+from gateway.services import SERVICES, Services
 from gateway.sessions import Session
-from gateway.sessions.cookies import set_session_cookie
+from gateway.sessions.cookies import read_session_cookie, set_session_cookie
 from gateway.sessions.next_path import safe_next_path
 
 PAGE_SIZE = 50
@@ -122,12 +123,22 @@ def _matches(session: Session, query: str) -> list[Any]:
     ]
 
 
+async def _session(request: web.Request, services: Services) -> Session | Redirect:
+    return await current_session(
+        services,
+        read_session_cookie(request, services.config.sessions),
+        request[REQUEST_ID],
+        browser=is_browser_navigation(request.method, request.headers.get("Accept", "")),
+        return_to=request.path_qs,
+    )
+
+
 async def employers_page(request: web.Request) -> web.StreamResponse:
     """The overview, as HTML or JSON."""
     services = request.app[SERVICES]
-    found = await current_session(request, services, request[REQUEST_ID], request.path_qs)
-    if isinstance(found, Respond):
-        return found.response
+    found = await _session(request, services)
+    if isinstance(found, Redirect):
+        return see_other(found.location)
     session = found
     query = request.query.get("q", "").strip()[:100]
     try:
@@ -189,8 +200,8 @@ async def select_employer(request: web.Request) -> web.StreamResponse:
     """Set the active employer (CSRF-protected), rotate the session ID, go back."""
     services = request.app[SERVICES]
     settings = services.config.sessions
-    found = await current_session(request, services, request[REQUEST_ID], request.path_qs)
-    if isinstance(found, Respond):
+    found = await _session(request, services)
+    if isinstance(found, Redirect):
         raise NotAuthenticated("no session for employer selection")
     session = found
     form = await request.post()

@@ -73,22 +73,26 @@ def html_response(
     return resp
 
 
+def see_other(location: str) -> web.Response:
+    """A 303 to ``location`` that no cache keeps (the login, the client overview)."""
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
 def wants_json(request: web.BaseRequest) -> bool:
     """API clients ask for JSON; browsers (and anything unsure) get HTML."""
     accept = request.headers.get("Accept", "")
     return "application/json" in accept and "text/html" not in accept
 
 
-def error_response(
-    request: web.BaseRequest, error: GatewayError, request_id: str, **extra: Any
-) -> web.Response:
+def error_response(request: web.BaseRequest, error: GatewayError, request_id: str) -> web.Response:
     """The response for ``error``: a bilingual page, or JSON for API clients.
 
+    The page offers the error's own ``action``; JSON names its ``login_url``.
     Never raises: when the page cannot be made, the traceback is logged and the
     client gets ``static_page`` with the same status.
     """
     try:
-        return _error_response(request, error, request_id, **extra)
+        return _error_response(request, error, request_id)
     except Exception:
         log.exception(
             "error_page_failed", status=error.status, code=error.code, request_id=request_id
@@ -105,9 +109,7 @@ def error_response(
         return resp
 
 
-def _error_response(
-    request: web.BaseRequest, error: GatewayError, request_id: str, **extra: Any
-) -> web.Response:
+def _error_response(request: web.BaseRequest, error: GatewayError, request_id: str) -> web.Response:
     headers: dict[str, str] = {}
     if error.status == 401:
         headers["WWW-Authenticate"] = 'eHerkenning realm="werkgeversportaal"'
@@ -120,7 +122,7 @@ def _error_response(
                 "status": error.status,
                 "message": {"nl": error.text_nl, "en": error.text_en},
                 "request_id": request_id,
-                **{k: v for k, v in extra.items() if k in ("login_url",)},
+                **({"login_url": error.login_url} if error.login_url is not None else {}),
             },
             status=error.status,
         )
@@ -133,9 +135,9 @@ def _error_response(
         status=error.status,
         request_id=request_id,
         title=error.title_nl,
-        action_url=extra.get("action_url"),
-        action_nl=extra.get("action_nl", ""),
-        action_en=extra.get("action_en", ""),
+        action_url=error.action.url if error.action else None,
+        action_nl=error.action.nl if error.action else "",
+        action_en=error.action.en if error.action else "",
     )
     return html_response(body, status=error.status, headers=headers)
 

@@ -36,11 +36,18 @@ from yarl import URL
 
 from gateway import http_fields
 from gateway.config import RouteSettings, ServerSettings
-from gateway.errors import BadRequest, BodyTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import (
+    BadRequest,
+    BodyTooLarge,
+    HeaderValueNotAllowed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.metrics import Metrics
 from gateway.routing import has_prefix
 from gateway.target import Target, strip_segments
 from gateway.upstream_client import (
+    InvalidHeader,
     Origin,
     RequestBodyError,
     UpstreamClient,
@@ -256,6 +263,24 @@ def strip_gateway_cookies(cookie_header: str, prefixes: tuple[str, ...]) -> str:
     return ";".join(kept).strip()
 
 
+@dataclass(frozen=True, slots=True)
+class ForwardPlan:
+    """Everything decided about one request before it goes upstream (``gateway.plan``)."""
+
+    target: Target
+    route: RouteSettings
+    client: ClientView
+    request_id: str
+    identity_headers: Mapping[str, str]
+    """The signed token's header(s) for an authenticated route; empty for a public one."""
+    timing: dict[str, float]
+    """Where the edge collects this request's timings (``upstream``) for its access line."""
+    deny: frozenset[str] = frozenset()
+    """Lower-case names of client headers nobody behind the gateway may see."""
+    body: bytes | None = None
+    """The body when the policy read it already (a small form); ``None``: stream it."""
+
+
 class Forwarder:
     """Sends requests to upstreams through one pooled client session per process."""
 
@@ -275,10 +300,9 @@ class Forwarder:
             limit=self.server.upstream_pool_size,
             idle_timeout=self.server.upstream_idle_seconds,
         )
-        # Websockets only: their handshake and framing come from aiohttp.
-        connector = aiohttp.TCPConnector(
-            limit=self.server.upstream_pool_size, ttl_dns_cache=30, enable_cleanup_closed=True
-        )
+        # Websockets only: their handshake and framing come from aiohttp. No limit
+        # of its own: each websocket holds a place of the client's one limit.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=30, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(
             connector=connector,
             # A shared jar would replay one user's upstream cookies to another.
@@ -363,19 +387,10 @@ class Forwarder:
             out[name] = value
         return out
 
-    async def forward(
-        self,
-        request: web.Request,
-        target: Target,
-        route: RouteSettings,
-        client: ClientView,
-        request_id: str,
-        extra_headers: Mapping[str, str],
-        timing: dict[str, float],
-        deny: frozenset[str] = frozenset(),
-        body: bytes | None = None,
-    ) -> web.StreamResponse:
+    async def forward(self, request: web.Request, plan: ForwardPlan) -> web.StreamResponse:
         """Proxy one HTTP request and stream the answer back."""
+        route, target, client, request_id = plan.route, plan.target, plan.client, plan.request_id
+        extra_headers, deny, body = plan.identity_headers, plan.deny, plan.body
         up = self.upstream(route)
         if (
             route.websocket
@@ -429,9 +444,9 @@ class Forwarder:
             if exc.kind == "timeout":
                 raise UpstreamTimeout(f"{route.name}: timeout: {exc.detail}") from exc
             raise UpstreamUnavailable(f"{route.name}: {exc.kind}: {exc.detail}") from exc
-        except ValueError as exc:  # a header value that would break the request head
-            raise BadRequest("header value not allowed") from exc
-        timing["upstream"] = elapsed = time.perf_counter() - started
+        except InvalidHeader as exc:
+            raise HeaderValueNotAllowed(str(exc)) from exc
+        plan.timing["upstream"] = elapsed = time.perf_counter() - started
         self.metrics.observe_upstream(route.name, elapsed)
         try:
             return await self._stream_back(request, route, up, upstream, client, request_id)
@@ -450,7 +465,7 @@ class Forwarder:
         # An answer that is already here whole (most pages) leaves in one write:
         # headers and body together. Anything else streams, headers first.
         whole = upstream.complete
-        resp = (_OneWrite if whole else web.StreamResponse)(
+        resp = (OneWriteResponse if whole else web.StreamResponse)(
             status=upstream.status, reason=upstream.reason
         )
         out = resp.headers
@@ -523,6 +538,18 @@ class Forwarder:
     async def _websocket(
         self, request: web.Request, route: RouteSettings, url: URL, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
+        try:
+            async with self.client.place(route.timeouts.connect):
+                return await self._websocket_exchange(request, route, url, headers)
+        except UpstreamError as exc:  # no free place within the connect timeout
+            self.metrics.upstream_errors.labels(route.name, exc.kind).inc()
+            if exc.kind == "timeout":
+                raise UpstreamTimeout(f"{route.name}: websocket: {exc.detail}") from exc
+            raise UpstreamUnavailable(f"{route.name}: websocket: {exc.detail}") from exc
+
+    async def _websocket_exchange(
+        self, request: web.Request, route: RouteSettings, url: URL, headers: CIMultiDict[str]
+    ) -> web.StreamResponse:
         protocols = [
             p.strip()
             for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
@@ -579,13 +606,14 @@ async def _pump(
         await dst.close(code=src.close_code or aiohttp.WSCloseCode.OK)
 
 
-class _OneWrite(web.StreamResponse):
+class OneWriteResponse(web.StreamResponse):
     """A response whose headers wait for the body, so both leave in one write.
 
     For answers already complete when the upstream's headers arrive; anything
     that streams sends its headers at once (a slow first chunk must not hold
     them back). ``_send_headers_immediately`` is aiohttp's own switch, used by
-    its ``web.Response``.
+    its ``web.Response``; it is private, so ``test_upstream_client`` checks on
+    every aiohttp version that it still holds the headers back.
     """
 
     _send_headers_immediately = False
@@ -609,3 +637,6 @@ async def _limited(
             state.too_large = True
             raise BodyTooLarge(f"streamed body over {limit} bytes")
         yield chunk
+
+
+FORWARDER = web.AppKey("forwarder", Forwarder)

@@ -34,11 +34,13 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from gateway.app import METRICS, RUNTIME, Runtime, build_app, edge
+from gateway.app import build_app
 from gateway.config import GatewayConfig, ServerSettings
 from gateway.connections import AcceptGuard, ConnectionGuard, EdgeRunner, raise_descriptor_limit
+from gateway.edge import edge
 from gateway.errors import ConfigInvalid
-from gateway.metrics import enable_multiprocess, mark_worker_dead
+from gateway.metrics import METRICS, enable_multiprocess, mark_worker_dead
+from gateway.runtime import RUNTIME, Runtime
 
 log = structlog.get_logger("gateway.server")
 

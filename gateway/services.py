@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,6 +27,7 @@ from gateway.metrics import Metrics, ServiceStates, TimedMandateSource, TimedSto
 from gateway.saml import ServiceProvider
 from gateway.sessions import LoginStateStore, ReplayCache, SessionManager
 from gateway.sessions.login_limits import LoginStartLimiter
+from gateway.sessions.manager import utcnow
 from gateway.store import Store
 from gateway.store.factory import create_store
 from gateway.tokens import KeySet, TokenMinter
@@ -68,19 +69,34 @@ def _read_secret(path: Path) -> bytes:
     return data
 
 
-async def services_ctx(app: web.Application, config: GatewayConfig) -> AsyncIterator[None]:
-    """Create the login services for ``config``; close them on shutdown."""
+async def services_ctx(
+    app: web.Application,
+    *,
+    config: GatewayConfig,
+    metrics: Metrics,
+    on_reload: list[Callable[[], None]],
+    clock: Callable[[], dt.datetime] | None = None,
+) -> AsyncIterator[None]:
+    """Create the login services for ``config``; close them on shutdown.
+
+    ``metrics`` are the application's; a hook that re-reads the token keys is
+    added to ``on_reload`` (run on every configuration reload). ``clock`` is the
+    time sessions and mandate answers are dated and judged by (default: the
+    system clock); revocation pushes are dated by it too.
+    """
     # The config check guarantees all three when login is enabled.
     assert config.saml is not None
     assert config.mandates is not None
     assert config.tokens is not None
-    from gateway.app import METRICS, RUNTIME  # the app's metrics and runtime exist already
-
-    metrics = app[METRICS]
     store = TimedStore(create_store(config.store), metrics)
     keys = KeySet.from_settings(config.tokens)
     sp = ServiceProvider(config.saml)
-    sessions = SessionManager(store, config.sessions, ref_secret=config.sessions.load_ref_secret())
+    sessions = SessionManager(
+        store,
+        config.sessions,
+        ref_secret=config.sessions.load_ref_secret(),
+        clock=clock or utcnow,
+    )
     # One freshness rule for sessions, logins and the mandate cache.
     mandates = MandateService.from_settings(store, config.mandates, sessions.freshness)
     if isinstance(mandates.source, FileMandateSource):
@@ -102,7 +118,7 @@ async def services_ctx(app: web.Application, config: GatewayConfig) -> AsyncIter
     )
     await sp.start()
     await sessions.start()
-    app[RUNTIME].on_reload.append(partial(_reload_keys, keys))
+    on_reload.append(partial(_reload_keys, keys))
     stop_watching = metrics.watch(ServiceStates(metrics, services))
     listener = asyncio.create_task(_listen_for_revocations(services), name="mandate-revocations")
     app[SERVICES] = services
@@ -133,7 +149,7 @@ async def _listen_for_revocations(services: Services) -> None:
     while True:
         try:
             async for kvk in services.mandates.invalidations():
-                services.invalidated[kvk] = dt.datetime.now(dt.UTC)
+                services.invalidated[kvk] = services.sessions.freshness.now()
                 if len(services.invalidated) > 100_000:  # bounded: oldest pushes go first
                     oldest = min(services.invalidated, key=services.invalidated.__getitem__)
                     del services.invalidated[oldest]

@@ -27,7 +27,9 @@ What it does:
 - The read timeout is the longest the upstream may stay silent: before the
   status line and between body chunks.
 
-Websockets do not pass through here: ``gateway.proxy`` uses aiohttp for those.
+Websockets do not pass through here (``gateway.proxy`` uses aiohttp for their
+handshake and framing), but each open one holds one of the same ``limit``
+places (``place``), so the limit covers every upstream connection.
 """
 
 from __future__ import annotations
@@ -36,19 +38,26 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from gateway.http1 import (
     Connection,
+    InvalidHeader,
     Origin,
     RequestBodyError,
     UpstreamError,
     UpstreamResponse,
-    send_body,
     serialize_head,
 )
 
-__all__ = ["Origin", "RequestBodyError", "UpstreamClient", "UpstreamError", "UpstreamResponse"]
+__all__ = [
+    "InvalidHeader",
+    "Origin",
+    "RequestBodyError",
+    "UpstreamClient",
+    "UpstreamError",
+    "UpstreamResponse",
+]
 
 # Methods a client may send again without changing the outcome (RFC 9110, 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -57,10 +66,15 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 class UpstreamClient:
     """Pooled HTTP/1.1 connections to any number of upstream origins."""
 
-    def __init__(self, limit: int, idle_timeout: float = 15.0) -> None:
+    def __init__(
+        self, limit: int, idle_timeout: float = 15.0, clock: Callable[[], float] | None = None
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.limit = limit
         self.idle_timeout = idle_timeout
+        # How long connections have been idle is read from ``clock`` (the loop's
+        # by default); waiting for a place always runs on the loop's own time.
+        self._clock = clock or self.loop.time
         self._idle: dict[Origin, list[Connection]] = {}
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -112,20 +126,12 @@ class UpstreamClient:
             response = conn.begin(method == "HEAD", read_timeout)
             try:
                 conn.write(head if not isinstance(body, bytes) or not body else head + body)
-                if streamed:
-                    assert body is not None
-                    assert not isinstance(body, bytes)
-                    response._body_sent = False
-                    response._body_task = self.loop.create_task(
-                        send_body(conn, response, body, content_length)
-                    )
-                while response.status == 0:
-                    if response._error is not None:
-                        raise response._error
-                    await response._wait()
+                if body is not None and not isinstance(body, bytes):
+                    response.send_body(body, content_length)
+                await response.head()
             except UpstreamError as exc:
                 response.release()
-                if reused and retry_safe and not response._started and exc.kind == "reset":
+                if reused and retry_safe and not response.started and exc.kind == "reset":
                     # The upstream had closed the idle connection: once more, on a new
                     # connection (other pooled ones may be just as dead).
                     fresh = True
@@ -146,10 +152,10 @@ class UpstreamClient:
         deadline = loop.time() + wait
         while True:
             idle = None if fresh else self._idle.get(origin)
-            now = loop.time()
+            now = self._clock()
             while idle:
                 conn = idle.pop()
-                if conn.lost or conn.transport is None or conn.transport.is_closing():
+                if not conn.usable:
                     continue
                 if now - conn.idle_since > self.idle_timeout:
                     conn.abort()
@@ -157,18 +163,7 @@ class UpstreamClient:
                 return conn, True
             if self._open < self.limit or self._evict_one():
                 break
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            except TimeoutError:
-                raise UpstreamError(
-                    "timeout", f"no free connection among {self.limit} within {wait:g} s"
-                ) from None
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+            await self._wait_for_place(deadline, wait)
         self._open += 1
         try:
             async with asyncio.timeout_at(deadline):
@@ -180,15 +175,50 @@ class UpstreamClient:
                     server_hostname=origin.host if origin.tls else None,
                 )
         except TimeoutError:
-            self._release_place()
+            self.release_place()
             raise UpstreamError("timeout", f"connect to {origin.host_header}") from None
         except (OSError, ssl.SSLError) as exc:
-            self._release_place()
+            self.release_place()
             raise UpstreamError("connect", f"{origin.host_header}: {exc}") from exc
         except BaseException:
-            self._release_place()
+            self.release_place()
             raise
         return conn, False
+
+    async def _wait_for_place(self, deadline: float, wait: float) -> None:
+        """Until a place may be free (a connection closed or went idle), or time is up."""
+        waiter = self.loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter
+        except TimeoutError:
+            raise UpstreamError(
+                "timeout", f"no free connection among {self.limit} within {wait:g} s"
+            ) from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    @contextlib.asynccontextmanager
+    async def place(self, wait: float) -> AsyncIterator[None]:
+        """Hold one of the ``limit`` places while a connection made elsewhere is open.
+
+        For websockets, whose connections aiohttp makes: they count against the
+        same limit as the pooled connections. An idle pooled connection is
+        closed to make room, else this waits at most ``wait`` seconds
+        (``UpstreamError`` "timeout" then).
+        """
+        if self._closed:
+            raise UpstreamError("connect", "client closed")
+        deadline = self.loop.time() + wait
+        while not (self._open < self.limit or self._evict_one()):
+            await self._wait_for_place(deadline, wait)
+        self._open += 1
+        try:
+            yield
+        finally:
+            self.release_place()
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -208,22 +238,16 @@ class UpstreamClient:
         if self._closed:
             conn.abort()
             return
-        conn.idle_since = self.loop.time()
+        conn.idle_since = self._clock()
         self._idle.setdefault(conn.origin, []).append(conn)
         self._wake_one()
 
     def forget(self, conn: Connection) -> None:
-        self.give_up_place(conn)
         idle = self._idle.get(conn.origin)
         if idle and conn in idle:
             idle.remove(conn)
 
-    def give_up_place(self, conn: Connection) -> None:
-        if conn.counted:
-            conn.counted = False
-            self._release_place()
-
-    def _release_place(self) -> None:
+    def release_place(self) -> None:
         self._open -= 1
         self._wake_one()
 
@@ -238,7 +262,7 @@ class UpstreamClient:
         """Close connections idle for longer than ``idle_timeout``."""
         while True:
             await asyncio.sleep(max(self.idle_timeout / 2, 0.5))
-            cutoff = self.loop.time() - self.idle_timeout
+            cutoff = self._clock() - self.idle_timeout
             for conns in self._idle.values():
                 while conns and conns[0].idle_since < cutoff:
                     conns.pop(0).abort()

@@ -19,6 +19,7 @@ from gateway.config import GatewayConfig, parse_config
 from gateway.store.base import Store
 from gateway.store.factory import StoreSettings, create_store
 from gateway.store.memory import MemoryStore
+from tests.support.clock import FakeClock
 from tests.support.markers import forbid_peers, kind_of
 from tests.support.redis import RedisServer, redis_server  # noqa: F401 (fixture)
 from tests.support.upstream import UPSTREAM_LOG, UpstreamLog, build_upstream_app
@@ -54,6 +55,12 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         yield s
     finally:
         await s.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock at a fixed moment; it moves only when the test says (``FakeClock``)."""
+    return FakeClock()
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Settings for mandates: which registry source, and how lookups share and fail.
 
-The lead plugs ``MandateSettings`` into the root configuration; every field has
-a production-safe default except the source, which must be chosen explicitly.
+``MandateSettings`` is the ``mandates`` section of the root configuration
+(``gateway.config``); every field has a production-safe default except the
+source, which must be chosen explicitly.
 """
 
 from __future__ import annotations

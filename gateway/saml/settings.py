@@ -1,10 +1,11 @@
 """Configuration of the SAML service provider (the gateway's eHerkenning side).
 
-One frozen pydantic model, ``SamlSettings``, with production-safe defaults: the
-lead plugs it into the root config. Every security knob that could weaken a
-check (clock skew, algorithms, accepting the POST response binding) defaults
-to the strict value; the algorithm allow-lists can only be narrowed, never
-widened to SHA-1 or RSA-1.5 (a validator refuses those).
+One frozen pydantic model, ``SamlSettings``, with production-safe defaults; it
+is the ``saml`` section of the root configuration (``gateway.config``). Every
+security knob that could weaken a check (clock skew, algorithms, accepting the
+POST response binding) defaults to the strict value; the algorithm
+allow-lists can only be narrowed, never widened to SHA-1 or RSA-1.5 (a
+validator refuses those).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The authenticated-route policy (``gateway.gate``) on real sessions and a real token minter.
+"""The policy's async shell (``gateway.gate``) on real sessions and a real token minter.
 
 These run the policy without a server, with the session cache on (the flow
 tests' login world turns it off), so the fast path that answers from the
@@ -16,21 +16,21 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
 
 from gateway import gate
 from gateway.config import RouteSettings
-from gateway.errors import MandateMissing, NotAuthenticated
+from gateway.errors import MandateWithdrawn, NotAuthenticated
 from gateway.identity import Employer, Identity
 from gateway.mandates.freshness import Freshness
 from gateway.mandates.rules import Decision
+from gateway.policy import Redirect, RequestFacts
 from gateway.services import Services
 from gateway.sessions import Session, SessionManager, SessionSettings
 from gateway.store.memory import MemoryStore
 from gateway.target import parse_target
 from gateway.tokens import KeySet, TokenKeyFiles, TokenMinter, TokenSettings, init_keys_dir
-from tests.sessions.conftest import Clock, make_employers, make_identity
+from tests.sessions.conftest import make_employers, make_identity
+from tests.support.clock import FakeClock
 
 ROUTE = RouteSettings.model_validate(
     {"name": "portal", "match": {"path": "/portaal"}, "upstream": "http://127.0.0.1:9"}
@@ -64,37 +64,34 @@ class World:
     manager: SessionManager
     mandates: FakeMandates
     minter: TokenMinter
-    clock: Clock
+    clock: FakeClock
 
-    def request(self, session: Session | None) -> web.Request:
-        headers = {"Accept": "text/html", "User-Agent": "Mozilla/5.0"}
-        if session is not None:
-            headers["Cookie"] = f"lang=nl; gw_session={session.id}"
-        return make_mocked_request("GET", "/portaal/start", headers=headers)
-
-    async def current(self, session: Session | None) -> Session | gate.Respond:
+    async def current(self, session: Session | None) -> Session | Redirect:
         return await gate.current_session(
-            self.request(session), self.services, "req-1", "/portaal/start"
+            self.services,
+            session.id if session else None,
+            "req-1",
+            browser=True,
+            return_to="/portaal/start",
         )
 
     async def token(self, session: Session) -> str:
-        decision = await gate.authorize(
-            self.request(session), parse_target("/portaal/start"), ROUTE, {}, self.services, "req-1"
-        )
+        facts = RequestFacts("GET", parse_target("/portaal/start"), {}, browser=True)
+        decision = await gate.authorize(self.services, ROUTE, facts, session.id, "req-1")
         assert isinstance(decision, gate.Forward)
         return decision.headers["X-Gateway-Identity"]
 
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    clock = Clock()
+    clock = FakeClock()
     settings = SessionSettings(insecure_dev_cookies=True, cache_seconds=30)
-    manager = SessionManager(MemoryStore(), settings, ref_secret=b"s" * 32, clock=clock)
+    manager = SessionManager(MemoryStore(), settings, ref_secret=b"s" * 32, clock=clock.now)
     init_keys_dir(tmp_path / "keys", "ES256")
     tokens = TokenSettings(
         issuer="https://gw.example", keys=TokenKeyFiles.in_dir(tmp_path / "keys")
     )
-    minter = TokenMinter(tokens, KeySet.from_settings(tokens), clock=lambda: clock.now.timestamp())
+    minter = TokenMinter(tokens, KeySet.from_settings(tokens), clock=clock.time)
     mandates = FakeMandates(make_employers(3))
     config = SimpleNamespace(
         sessions=settings, tokens=tokens, server=SimpleNamespace(reserved_prefix="/_gateway/")
@@ -118,11 +115,12 @@ async def test_a_cached_session_with_nothing_due_is_served_from_the_cache(world:
 async def test_no_session_still_sends_the_browser_to_the_login(world: World) -> None:
     """No cookie, or one for no session: a redirect for browsers, 401 for API clients."""
     found = await world.current(None)
-    assert isinstance(found, gate.Respond)
-    assert found.response.headers["Location"].startswith("/_gateway/login?next=")
-    api = make_mocked_request("GET", "/portaal/x", headers={"Accept": "application/json"})
+    assert isinstance(found, Redirect)
+    assert found.location.startswith("/_gateway/login?next=")
     with pytest.raises(NotAuthenticated):
-        await gate.current_session(api, world.services, "req-1", "/portaal/x")
+        await gate.current_session(
+            world.services, None, "req-1", browser=False, return_to="/portaal/x"
+        )
 
 
 async def test_a_push_reaches_a_cached_session_on_its_next_request(world: World) -> None:
@@ -131,12 +129,12 @@ async def test_a_push_reaches_a_cached_session_on_its_next_request(world: World)
     employers = make_employers(3)
     session = await world.manager.create(make_identity(), employers)
     assert await world.current(session) is session
-    world.services.invalidated["99999999"] = world.clock.now  # another administrator
+    world.services.invalidated["99999999"] = world.clock.now()  # another administrator
     assert await world.current(session) is session
     assert world.mandates.calls == []
     world.clock.advance(seconds=1)
     world.mandates.allowed = employers[:2]
-    pushed = world.clock.now
+    pushed = world.clock.now()
     world.services.invalidated["12345678"] = pushed
     rechecked = await world.current(session)
     assert isinstance(rechecked, Session)
@@ -155,13 +153,13 @@ async def test_a_due_recheck_happens_on_a_cached_session(world: World) -> None:
     found = await world.current(session)
     assert isinstance(found, Session)
     assert world.mandates.calls == [None]
-    assert found.last_mandate_check == world.clock.now
+    assert found.last_mandate_check == world.clock.now()
 
 
 async def test_a_chain_session_without_its_mandate_ends_even_from_the_cache(world: World) -> None:
     """A cached chain session whose one employer is gone is destroyed, not served."""
     session = await world.manager.create(make_identity(chain=True), ())
-    with pytest.raises(MandateMissing):
+    with pytest.raises(MandateWithdrawn):
         await world.current(session)
     assert await world.manager.load(session.id) is None
 

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.errors import StoreUnavailable
 from gateway.health import DependencyMonitor, DependencyStatus
+from tests.support.clock import FakeClock
 
 
 async def test_each_failure_kind_is_down_with_a_reason_and_the_gauge_follows() -> None:
@@ -51,7 +52,7 @@ async def test_each_failure_kind_is_down_with_a_reason_and_the_gauge_follows() -
 
 async def test_reports_are_reused_while_fresh_and_concurrent_callers_share_one_run() -> None:
     """Calls within ``fresh_for`` reuse the last report; callers during a run wait for it."""
-    now = [100.0]
+    clock = FakeClock(100.0)
     calls = 0
     gate = asyncio.Event()
 
@@ -62,14 +63,14 @@ async def test_reports_are_reused_while_fresh_and_concurrent_callers_share_one_r
         return DependencyStatus("store", True, "answers")
 
     monitor = DependencyMonitor(
-        [("store", counted)], CollectorRegistry(), fresh_for=1.0, clock=lambda: now[0]
+        [("store", counted)], CollectorRegistry(), fresh_for=1.0, clock=clock.time
     )
     waiting = [asyncio.create_task(monitor.report()) for _ in range(5)]
     await asyncio.sleep(0)
     gate.set()
     reports = await asyncio.gather(*waiting)
     assert calls == 1 and all(r is reports[0] for r in reports)
-    now[0] += 0.5
+    clock.advance(0.5)
     assert await monitor.report() is reports[0] and calls == 1
-    now[0] += 0.6
+    clock.advance(0.6)
     assert (await monitor.report()).checked_at == 101.1 and calls == 2

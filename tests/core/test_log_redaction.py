@@ -25,7 +25,8 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import ACCESS_LOG, build_app
+from gateway.app import build_app
+from gateway.edge import ACCESS_LOG
 from gateway.identity import Employer, Identity, Loa
 from gateway.logs import REDACTED, configure_logging, redact_path, redact_text, safe_query
 from gateway.sessions.manager import new_session_id

@@ -12,8 +12,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from gateway.app import RUNTIME
 from gateway.logs import REDACTED, BufferedLineLogger, configure_logging, redact, safe_query
+from gateway.runtime import RUNTIME
 from tests.conftest import GatewayFactory
 
 

@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
+from gateway.upstream_client import InvalidHeader, UpstreamClient
 from tests.conftest import GatewayFactory
 from tests.support.upstream import UpstreamLog
 
@@ -471,3 +472,80 @@ async def test_client_leaving_mid_download_is_not_an_error(
     assert "request_crashed" not in events
     assert "upstream_failed_mid_body" not in events
     assert "request_handled" in events
+
+
+async def test_a_bug_inside_the_upstream_call_is_a_500_not_the_clients_400(
+    gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a header value the request head cannot carry is the client's fault (400); any
+    other error inside the upstream call is the gateway's own: 500 and a logged traceback."""
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug, not a header value")
+
+    monkeypatch.setattr(UpstreamClient, "request", broken)
+    client = await gateway(
+        [
+            {
+                "name": "all",
+                "match": {"path": "/"},
+                "upstream": "http://127.0.0.1:9",
+                "policy": "public",
+            }
+        ]
+    )
+    resp = await client.get("/x", headers={"Accept": "application/json"})
+    assert resp.status == 500
+    assert (await resp.json())["error"] == "internal_error"
+
+
+async def test_a_header_the_request_head_cannot_carry_is_the_clients_400(
+    gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upstream client's refusal of a header value is a 400 page, not an upstream error."""
+
+    async def refusing(*args: object, **kwargs: object) -> None:
+        raise InvalidHeader("line break inside a request header")
+
+    monkeypatch.setattr(UpstreamClient, "request", refusing)
+    client = await gateway(
+        [
+            {
+                "name": "all",
+                "match": {"path": "/"},
+                "upstream": "http://127.0.0.1:9",
+                "policy": "public",
+            }
+        ]
+    )
+    resp = await client.get("/x", headers={"Accept": "application/json"})
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "bad_request"
+
+
+async def test_one_connection_limit_covers_websockets_and_requests(
+    gateway: GatewayFactory,
+) -> None:
+    """``server.upstream_pool_size`` bounds every upstream connection: an open websocket holds
+    one of the places, so with one place a request waits (504 after the connect timeout)
+    until the websocket closes."""
+    client = await gateway(
+        [
+            {
+                "name": "all",
+                "match": {"path": "/"},
+                "policy": "public",
+                "websocket": True,
+                "timeouts": {"connect": 0.5},
+            }
+        ],
+        server={"upstream_pool_size": 1},
+    )
+    async with client.ws_connect("/ws") as ws:
+        await ws.send_str("hallo")
+        assert (await ws.receive_str()) == "echo:hallo"
+        resp = await client.get("/x", headers={"Accept": "application/json"})
+        assert resp.status == 504
+        assert (await resp.json())["error"] == "upstream_timeout"
+    resp = await client.get("/x")
+    assert resp.status == 200

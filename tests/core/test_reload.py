@@ -11,8 +11,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
-from gateway.app import METRICS, RUNTIME, build_app
+from gateway.app import build_app
 from gateway.config import load_config
+from gateway.metrics import METRICS
+from gateway.runtime import RUNTIME
+from tests.support.upstream import UpstreamLog
 
 Client = TestClient[web.Request, web.Application]
 
@@ -85,18 +88,22 @@ async def test_file_change_is_picked_up_by_watcher(
 
 
 async def test_in_flight_request_finishes_on_old_routes(
-    tmp_path: Path, upstream: TestServer, aiohttp_client: Callable[..., Awaitable[Client]]
+    tmp_path: Path,
+    upstream: TestServer,
+    upstream_log: UpstreamLog,
+    aiohttp_client: Callable[..., Awaitable[Client]],
 ) -> None:
     """A request that started before a reload completes against the route it matched."""
     base = str(upstream.make_url("/")).rstrip("/")
     cfg = tmp_path / "routes.yaml"
     _write(cfg, [{"name": "old", "match": {"path": "/"}, "upstream": base, "policy": "public"}])
     client = await _gateway_from_file(aiohttp_client, cfg)
-    pending = asyncio.create_task(client.get("/slow?seconds=0.5&tag=old"))
-    await asyncio.sleep(0.15)
+    # The upstream sends its first chunk and holds the rest until released: the
+    # request is under way (its headers are back) when the reload happens.
+    pending = await client.get("/download")
+    assert pending.status == 200
     _write(cfg, [{"name": "new", "match": {"path": "/new"}, "upstream": base, "policy": "public"}])
     assert client.app[RUNTIME].reload(client.app[METRICS])
-    resp = await pending
-    assert resp.status == 200
-    assert await resp.text() == "slow done old"
-    assert (await client.get("/slow?seconds=0")).status == 404
+    upstream_log.release_download.set()
+    assert await pending.read() == b"first-chunk;rest"
+    assert (await client.get("/download")).status == 404

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from gateway.config import RouteSettings
-from gateway.routing import NoMatch, PatternError, RouteMatch, Router, compile_pattern
+from gateway.route_patterns import PatternError, compile_pattern
+from gateway.routing import NoMatch, RouteMatch, Router
 from tests.conftest import make_config
 
 

@@ -10,16 +10,20 @@ against an aiohttp application.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.proxy import OneWriteResponse
 from gateway.upstream_client import (
+    InvalidHeader,
     Origin,
     RequestBodyError,
     UpstreamClient,
@@ -28,6 +32,7 @@ from gateway.upstream_client import (
 )
 from gateway_dev.devkeys import rsa_keypair
 from tests.conftest import GatewayFactory
+from tests.support.clock import FakeClock
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Scripted"], Awaitable[None]]
 
@@ -139,6 +144,13 @@ def answer_once(raw: bytes, linger: float = 1.0) -> Script:
 keep_answering = answering(lambda _: answer())
 
 
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Return as soon as ``condition`` holds (checked on every turn of the loop)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
 async def test_keep_alive_connection_is_reused(
     scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
 ) -> None:
@@ -164,7 +176,8 @@ async def test_idle_connection_closed_by_upstream_is_not_reused(
 
     up = await scripted(one_per_connection)
     await get(client, up.origin)
-    await asyncio.sleep(0.05)  # the close reaches the client while the connection is idle
+    # The close reaches the client while the connection is idle: the pool drops it.
+    await until(lambda: client.idle_connections(up.origin) == 0)
     resp, body = await get(client, up.origin, method="POST", body=b"x=1")
     assert (resp.status, body) == (200, b"hello")
     assert up.connections == 2
@@ -378,7 +391,7 @@ async def test_pool_limit_makes_requests_wait_for_a_free_connection(
     client = UpstreamClient(limit=1)
     try:
         first = asyncio.create_task(get(client, up.origin, "/held"))
-        await asyncio.sleep(0.05)
+        await until(lambda: len(up.requests) == 1)  # the one connection is busy
         with pytest.raises(UpstreamError) as err:  # waits at most the connect timeout
             await get(client, up.origin, "/quick", connect_timeout=0.1)
         assert err.value.kind == "timeout"
@@ -454,9 +467,10 @@ async def test_early_answer_while_the_body_still_streams(
 async def test_header_values_cannot_smuggle_lines(
     scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
 ) -> None:
+    """A CR or LF inside a header value is refused before anything is sent (no smuggling)."""
     up = await scripted(keep_answering)
     for bad in ("a\r\nX-Injected: 1", "a\nb", "a\rb"):
-        with pytest.raises(ValueError, match="line break"):
+        with pytest.raises(InvalidHeader, match="line break"):
             await client.request(
                 up.origin, "GET", "/", [("X-Bad", bad)], connect_timeout=1, read_timeout=1
             )
@@ -531,13 +545,149 @@ async def test_connection_idle_too_long_is_not_reused(
 ) -> None:
     """``server.upstream_idle_seconds``: a connection unused that long is closed, not reused."""
     up = await scripted(keep_answering)
-    client = UpstreamClient(limit=4, idle_timeout=0.2)
+    clock = FakeClock(0.0)
+    client = UpstreamClient(limit=4, idle_timeout=0.2, clock=clock.time)
     try:
         await get(client, up.origin)
+        clock.advance(0.2)  # idle exactly as long as allowed: still reused
         await get(client, up.origin)
         assert up.connections == 1
-        await asyncio.sleep(0.3)
+        clock.advance(0.3)
         await get(client, up.origin)
         assert up.connections == 2
     finally:
         await client.close()
+
+
+async def test_a_full_pool_closes_an_idle_connection_of_another_origin(
+    scripted: Callable[[Script], Awaitable[Scripted]],
+) -> None:
+    """With every place taken by idle connections to one origin, a request to another origin
+    closes the oldest of them instead of waiting."""
+    first, second = await scripted(keep_answering), await scripted(keep_answering)
+    client = UpstreamClient(limit=1)
+    try:
+        await get(client, first.origin)
+        assert client.idle_connections(first.origin) == 1
+        resp, body = await get(client, second.origin, connect_timeout=5.0)
+        assert (resp.status, body) == (200, b"hello")
+        assert client.idle_connections(first.origin) == 0
+        assert client.idle_connections(second.origin) == 1
+        assert client.open_connections == 1
+        await get(client, first.origin)  # and back: the second origin's goes now
+        assert (first.connections, second.connections) == (2, 1)
+        assert client.open_connections == 1
+    finally:
+        await client.close()
+
+
+async def test_reading_pauses_while_more_than_256_kib_waits_for_the_client(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    """An upstream faster than the client is held back by TCP flow control: reading stops
+    once 256 KiB wait unread, and resumes, losing nothing, when the client reads."""
+    size = 32 * 1024 * 1024  # far more than the loopback socket buffers hold
+    block = bytes(range(256)) * 256
+    finished = asyncio.Event()
+
+    async def flood(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: Scripted
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // len(block)):
+            writer.write(block)
+            await writer.drain()
+        finished.set()
+
+    up = await scripted(flood)
+    resp = await client.request(up.origin, "GET", "/", [], connect_timeout=2, read_timeout=10)
+    try:
+        async with asyncio.timeout(10):
+            while not resp.paused:
+                await asyncio.sleep(0.01)
+        held = resp.buffered
+        assert 256 * 1024 < held <= 2 * 256 * 1024  # one read past the mark, no more
+        await asyncio.sleep(0.2)  # time the upstream would use to fill memory if not held
+        assert resp.paused and resp.buffered == held
+        assert not finished.is_set()
+        got, sent = hashlib.sha256(), hashlib.sha256()
+        async with asyncio.timeout(30):
+            while chunk := await resp.read_chunk():
+                got.update(chunk)
+        for _ in range(size // len(block)):
+            sent.update(block)
+        assert got.digest() == sent.digest()
+        assert finished.is_set()
+    finally:
+        resp.release()
+
+
+async def test_an_upstream_that_breaks_off_mid_body_is_a_reset(
+    scripted: Callable[[Script], Awaitable[Scripted]], client: UpstreamClient
+) -> None:
+    """Headers and part of the body, then the connection closes: what arrived is readable,
+    then ``reset``; the connection is not pooled again."""
+    up = await scripted(
+        answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100, linger=0)
+    )
+    resp = await client.request(up.origin, "GET", "/", [], connect_timeout=2, read_timeout=2)
+    try:
+        assert resp.status == 200
+        with pytest.raises(UpstreamError) as err:
+            await resp.read()
+        assert err.value.kind == "reset"
+    finally:
+        resp.release()
+    assert client.open_connections == 0
+    assert client.idle_connections(up.origin) == 0
+
+
+async def test_the_gateway_cuts_the_client_off_when_the_upstream_breaks_off_mid_body(
+    scripted: Callable[[Script], Awaitable[Scripted]], gateway: GatewayFactory
+) -> None:
+    """Headers already went to the client, so it gets an incomplete answer (not a page that
+    looks whole), and the failure is counted as the upstream's."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"
+    up = await scripted(answer_once(head + b"x" * 300_000, linger=0))
+    gw = await gateway(
+        [
+            {
+                "name": "all",
+                "match": {"path": "/"},
+                "upstream": f"http://127.0.0.1:{up.origin.port}",
+                "policy": "public",
+            }
+        ]
+    )
+    resp = await gw.get("/download")
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    metrics = await (await gw.get("/_gateway/metrics")).text()
+    assert 'gateway_upstream_errors_total{kind="reset",route="all"} 1.0' in metrics
+
+
+async def test_a_complete_answer_leaves_in_one_write() -> None:
+    """The proxy's one-write response relies on aiohttp's private ``_send_headers_immediately``:
+    its headers must still wait for the body on this aiohttp version (else every small page
+    costs two writes, and this fails)."""
+    sizes: dict[str, int] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = OneWriteResponse(status=200)
+        resp.headers["Content-Type"] = "text/plain"
+        await resp.prepare(request)
+        sizes["after_prepare"] = request.writer.output_size
+        await resp.write_eof(b"hello, one write")
+        sizes["after_eof"] = request.writer.output_size
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with TestServer(app) as server, aiohttp.ClientSession() as http:
+        async with http.get(server.make_url("/")) as resp:
+            assert await resp.read() == b"hello, one write"
+    assert "_send_headers_immediately" in vars(web.StreamResponse)
+    assert sizes["after_prepare"] == 0, "aiohttp sent the headers before the body"
+    assert sizes["after_eof"] > len(b"hello, one write")

@@ -194,3 +194,25 @@ async def test_the_documented_configuration_snippet_is_valid() -> None:
     assert config.forward_auth.enabled is True
     assert config.forward_auth.cache_seconds == 5
     assert [str(n) for n in config.server.trusted_proxies] == ["10.0.0.0/8"]
+
+
+async def test_forward_auth_and_proxy_mode_decide_alike(
+    world: LoginWorld, browser: aiohttp.ClientSession
+) -> None:
+    """One policy for both modes: the same requests are allowed and refused, and an allowed
+    one carries the very token proxy mode forwards (one session, one audience, one token)."""
+    for target, allowed in (
+        (f"/werkgevers/{CLIENT_WITH_MANDATE}/x", True),
+        (f"/WERKGEVERS/{CLIENT_WITH_MANDATE}", True),
+        (f"/werkgevers/{FOREIGN}/x", False),
+        (f"/Werkgevers/{FOREIGN}", False),
+        ("/openbaar/x", True),
+    ):
+        async with browser.get(world.url(target), allow_redirects=False) as resp:
+            await resp.read()
+            proxied = resp.status
+        status, headers = await _ask(browser, world, **{"X-Original-URI": target})
+        assert (proxied, status) == ((200, 200) if allowed else (403, 403)), target
+        if allowed and "X-Gateway-Identity" in headers:
+            forwarded = world.upstream_headers()["x-gateway-identity"][0]
+            assert headers["X-Gateway-Identity"] == forwarded, target

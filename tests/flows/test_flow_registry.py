@@ -1,19 +1,22 @@
 """The fund's registry (HTTP source) down at login and during a session, then back.
 
 A real registry server on loopback (``tests/support/registry.py``) is stopped
-and started; time runs through short settings: a 0.3 s re-check interval and
-1 s of tolerated staleness for running sessions.
+and started. The gateway's session time is a fake clock the tests move (a 0.3 s
+re-check interval and 1 s of tolerated staleness for running sessions); the
+registry client's timeouts and circuit breaker run on real time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 from structlog.testing import capture_logs
 
+from tests.support.clock import FakeClock
 from tests.support.login_world import ADMIN, CLIENT_WITH_MANDATE, LoginWorld, login_world
 from tests.support.registry import RegistryServer
 
@@ -38,9 +41,15 @@ async def registry() -> AsyncIterator[RegistryServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def session_clock() -> FakeClock:
+    """The gateway's session and mandate time: re-checks fall due when a test moves it."""
+    return FakeClock(time.time())
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(
-    tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer
+    tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer, session_clock: FakeClock
 ) -> AsyncIterator[LoginWorld]:
     source = {
         "kind": "http",
@@ -57,6 +66,7 @@ async def world(
         sessions={"mandate_recheck_interval": INTERVAL, "mandate_max_staleness": STALENESS},
         # One freshness rule: answers are used for INTERVAL, sessions go on for STALENESS.
         mandate_settings={"source": source, "failure_hold": 0, "lock_ttl": 3},
+        clock=session_clock.now,
     ) as w:
         yield w
 
@@ -108,7 +118,7 @@ async def test_registry_down_at_login_refuses_with_try_again_later(
 
 
 async def test_registry_down_during_a_session_uses_last_set_until_stale(
-    world: LoginWorld, registry: RegistryServer
+    world: LoginWorld, registry: RegistryServer, session_clock: FakeClock
 ) -> None:
     """A running session keeps its last set while the registry is down, then fails closed."""
     browser = world.browser()
@@ -116,10 +126,10 @@ async def test_registry_down_during_a_session_uses_last_set_until_stale(
     assert resp.status == 200
     await _down(registry)
 
-    await asyncio.sleep(INTERVAL + 0.05)  # a re-check is due; the registry does not answer
+    session_clock.advance(INTERVAL + 0.05)  # a re-check is due; the registry does not answer
     async with browser.get(world.url("/dashboard"), allow_redirects=False) as resp:
         assert resp.status == 200
-    await asyncio.sleep(STALENESS)  # now the last confirmed set is too old
+    session_clock.advance(STALENESS)  # now the last confirmed set is too old
     for _ in range(3):  # every request, not only the one that attempted the re-check
         seen = len(world.upstream_log.requests)
         async with browser.get(world.url("/dashboard"), allow_redirects=False) as resp:

@@ -206,7 +206,7 @@ async def test_push_with_a_bad_body_is_400(pushed: LoginWorld, body: object) -> 
 
 
 async def test_chain_session_whose_mandate_is_revoked_ends(pushed: LoginWorld) -> None:
-    """A chain login's only mandate revoked: the next request shows MandateMissing, session gone."""
+    """A chain login's only mandate revoked: the next request is refused, the session ended."""
     browser = pushed.browser()
     resp, _ = await pushed.login(browser, "chain", "/dashboard")
     assert resp.status == 200

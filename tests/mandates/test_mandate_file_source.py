@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from gateway.errors import ConfigInvalid, RegistryUnavailable
 from gateway.mandates import MandateStatus
 from gateway.mandates.file_source import FileMandateSource, parse_mandate_file
+from tests.support.clock import FakeClock
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config"
 
@@ -26,14 +27,6 @@ mandates:
     valid_from: 2024-01-01
     scopes: [declarations]
 """
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _write(path: Path, text: str) -> None:
@@ -157,13 +150,13 @@ async def test_changes_are_picked_up_after_the_check_interval(tmp_path: Path) ->
     """An edited file is reloaded at the next lookup after check_interval, not before."""
     f = tmp_path / "m.yaml"
     f.write_text(GOOD)
-    clock = Clock()
-    source = FileMandateSource(f, check_interval=5, clock=clock)
+    clock = FakeClock(0.0)
+    source = FileMandateSource(f, check_interval=5, clock=clock.time)
     assert [m.status for m in await source.mandates_for("11111111")] == ["active"]
     _write(f, GOOD.replace("status: active", "status: revoked"))
-    clock.now += 4
+    clock.advance(4)
     assert [m.status for m in await source.mandates_for("11111111")] == ["active"]
-    clock.now += 1
+    clock.advance(1)
     assert [m.status for m in await source.mandates_for("11111111")] == ["revoked"]
 
 
@@ -171,8 +164,8 @@ async def test_marked_stale_file_is_read_at_the_next_lookup(tmp_path: Path) -> N
     """After a revocation push (mark_stale) the next lookup reads the file, interval or not."""
     f = tmp_path / "m.yaml"
     f.write_text(GOOD)
-    clock = Clock()
-    source = FileMandateSource(f, check_interval=60, clock=clock)
+    clock = FakeClock(0.0)
+    source = FileMandateSource(f, check_interval=60, clock=clock.time)
     assert [m.status for m in await source.mandates_for("11111111")] == ["active"]
     _write(f, GOOD.replace("status: active", "status: revoked"))
     source.mark_stale()
@@ -183,14 +176,14 @@ async def test_invalid_reload_keeps_last_good_data_and_logs(tmp_path: Path) -> N
     """A broken edit is logged once and ignored; the previous data stays until it is fixed."""
     f = tmp_path / "m.yaml"
     f.write_text(GOOD)
-    clock = Clock()
-    source = FileMandateSource(f, check_interval=1, clock=clock)
+    clock = FakeClock(0.0)
+    source = FileMandateSource(f, check_interval=1, clock=clock.time)
     source.load()
     _write(f, GOOD.replace('"30000001"', '"300"'))
-    clock.now += 1
+    clock.advance(1)
     with capture_logs() as logs:
         assert len(await source.mandates_for("11111111")) == 1
-        clock.now += 1
+        clock.advance(1)
         await source.mandates_for("11111111")
     failed = [e for e in logs if e["event"] == "mandate_file_reload_failed"]
     assert len(failed) == 1
@@ -199,7 +192,7 @@ async def test_invalid_reload_keeps_last_good_data_and_logs(tmp_path: Path) -> N
     ]
     assert failed[0]["kept_last_good"] is True
     _write(f, GOOD.replace('"30000001"', '"30000009"'))
-    clock.now += 1
+    clock.advance(1)
     assert (await source.mandates_for("11111111"))[0].employer_kvk == "30000009"
 
 
@@ -207,11 +200,11 @@ async def test_deleted_file_keeps_last_good_data(tmp_path: Path) -> None:
     """A file that disappears is logged; lookups keep answering from the last good data."""
     f = tmp_path / "m.yaml"
     f.write_text(GOOD)
-    clock = Clock()
-    source = FileMandateSource(f, check_interval=1, clock=clock)
+    clock = FakeClock(0.0)
+    source = FileMandateSource(f, check_interval=1, clock=clock.time)
     await source.mandates_for("11111111")
     f.unlink()
-    clock.now += 1
+    clock.advance(1)
     with capture_logs() as logs:
         assert len(await source.mandates_for("11111111")) == 1
     assert [e["event"] for e in logs] == ["mandate_file_missing"]

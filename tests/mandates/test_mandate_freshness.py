@@ -12,6 +12,7 @@ import datetime as dt
 import pytest
 
 from gateway.mandates.freshness import Freshness, MandateCheck
+from tests.support.clock import FakeClock
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
 R, S = 60.0, 900.0
@@ -20,14 +21,6 @@ US = 1e-6  # one microsecond, the datetime resolution
 
 def at(seconds: float) -> dt.datetime:
     return T0 + dt.timedelta(seconds=seconds)
-
-
-class FakeClock:
-    def __init__(self, seconds: float = 0.0) -> None:
-        self.now = at(seconds)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 RULE = Freshness(dt.timedelta(seconds=R), dt.timedelta(seconds=S))
@@ -109,10 +102,10 @@ def test_the_store_keeps_an_answer_exactly_as_long_as_it_may_be_used() -> None:
 
 def test_the_injected_clock_is_the_rules_now() -> None:
     """``now()`` reads the injected clock (the manager's and the service's time)."""
-    clock = FakeClock(42)
-    rule = Freshness(dt.timedelta(seconds=R), dt.timedelta(seconds=S), clock=clock)
+    clock = FakeClock(at(42))
+    rule = Freshness(dt.timedelta(seconds=R), dt.timedelta(seconds=S), clock=clock.now)
     assert rule.now() == at(42)
-    clock.now = at(43)
+    clock.set(at(43))
     assert rule.now() == at(43)
 
 

@@ -15,17 +15,10 @@ from gateway.errors import RegistryUnavailable
 from gateway.mandates import MandateStatus
 from gateway.mandates.http_source import HttpMandateSource
 from gateway_dev.devkeys import rsa_keypair
+from tests.support.clock import FakeClock
 from tests.support.registry import RegistryServer
 
 ADMIN = "11111111"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -146,10 +139,10 @@ async def test_malformed_kvk_never_reaches_the_network(
 
 async def test_breaker_opens_fails_fast_and_recovers(registry: RegistryServer) -> None:
     """Connection refused opens the circuit; then no network calls until half-open recovers it."""
-    clock = Clock()
+    clock = FakeClock(1000.0)
     source = HttpMandateSource(
         http_settings(registry, max_attempts=1, breaker_failure_threshold=2, breaker_cooldown=10),
-        clock=clock,
+        clock=clock.time,
     )
     try:
         await registry.stop()
@@ -165,7 +158,7 @@ async def test_breaker_opens_fails_fast_and_recovers(registry: RegistryServer) -
         assert source.network_attempts == sent  # failed fast, no request
 
         await registry.start()
-        clock.now += 10
+        clock.advance(10)
         assert source.breaker.state == "half_open"
         assert len(await source.mandates_for(ADMIN)) == 2
         assert source.breaker.state == "closed"
@@ -175,17 +168,17 @@ async def test_breaker_opens_fails_fast_and_recovers(registry: RegistryServer) -
 
 async def test_failed_trial_reopens_the_circuit(registry: RegistryServer) -> None:
     """When the half-open trial fails the circuit opens again for another cooldown."""
-    clock = Clock()
+    clock = FakeClock(1000.0)
     source = HttpMandateSource(
         http_settings(registry, max_attempts=3, breaker_failure_threshold=1, breaker_cooldown=10),
-        clock=clock,
+        clock=clock.time,
     )
     try:
         registry.always("503")
         with pytest.raises(RegistryUnavailable):
             await source.mandates_for(ADMIN)
         assert registry.requests == 1  # the open circuit stopped the retries
-        clock.now += 10
+        clock.advance(10)
         with pytest.raises(RegistryUnavailable):
             await source.mandates_for(ADMIN)
         assert registry.requests == 2  # exactly one trial

@@ -24,6 +24,7 @@ from gateway.mandates.http_source import HttpMandateSource
 from gateway.mandates.service import Purpose
 from gateway.store.base import Store
 from gateway.store.memory import MemoryStore
+from tests.support.clock import FakeClock
 from tests.support.registry import RegistryServer
 
 ADMIN = "11111111"
@@ -34,17 +35,6 @@ R = 60  # seconds: the re-check interval, how long an answer is fresh
 
 def m(employer: str = EMP, status: MandateStatus = MandateStatus.ACTIVE) -> Mandate:
     return Mandate(employer, f"Werkgever {employer}", ADMIN, status, dt.date(2020, 1, 1))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += dt.timedelta(seconds=seconds)
 
 
 class FakeRegistry:
@@ -82,17 +72,17 @@ def settings(**overrides: Any) -> MandateSettings:
 
 
 def service(
-    store: Store, source: Any, clock: Clock | None = None, **overrides: Any
+    store: Store, source: Any, clock: FakeClock | None = None, **overrides: Any
 ) -> MandateService:
     freshness = Freshness(
-        dt.timedelta(seconds=R), dt.timedelta(seconds=900), clock=clock or Clock()
+        dt.timedelta(seconds=R), dt.timedelta(seconds=900), clock=(clock or FakeClock(T0)).now
     )
     return MandateService(store, source, settings(**overrides), freshness=freshness)
 
 
 async def test_first_lookup_asks_the_registry_then_the_cache_answers(store: Store) -> None:
     """Within R the second lookup is served from the store without a registry call."""
-    clock, reg = Clock(), FakeRegistry()
+    clock, reg = FakeClock(T0), FakeRegistry()
     svc = service(store, reg, clock)
     first = await svc.lookup(ADMIN)
     clock.advance(59)
@@ -105,7 +95,7 @@ async def test_first_lookup_asks_the_registry_then_the_cache_answers(store: Stor
 
 async def test_answers_r_old_or_from_before_a_push_cause_a_new_fetch(store: Store) -> None:
     """An answer R old, or asked for before a push (``not_before``), is not used again."""
-    clock, reg = Clock(), FakeRegistry()
+    clock, reg = FakeClock(T0), FakeRegistry()
     svc = service(store, reg, clock)
     await svc.lookup(ADMIN)
     clock.advance(10)
@@ -125,7 +115,7 @@ async def test_answers_r_old_or_from_before_a_push_cause_a_new_fetch(store: Stor
 class SlowRegistry(FakeRegistry):
     """A registry whose answer takes ``latency`` seconds of the fake clock to arrive."""
 
-    def __init__(self, clock: Clock, latency: float) -> None:
+    def __init__(self, clock: FakeClock, latency: float) -> None:
         super().__init__()
         self.clock, self.latency = clock, latency
 
@@ -138,7 +128,7 @@ class SlowRegistry(FakeRegistry):
 async def test_an_answer_is_dated_when_the_registry_was_asked(store: Store) -> None:
     """fetched_at is the moment the request left, not the answer's arrival: the registry's
     state in it is no older, so R counts from there."""
-    clock = Clock()
+    clock = FakeClock(T0)
     svc = service(store, SlowRegistry(clock, latency=3), clock)
     first = await svc.lookup(ADMIN)
     assert first.fetched_at == T0
@@ -238,7 +228,7 @@ async def test_waiting_too_long_fails_closed(store: Store) -> None:
 
 async def test_registry_down_at_login_fails_closed(store: Store) -> None:
     """A login lookup never uses a stale set: registry down raises, with an audit event."""
-    clock, reg = Clock(), FakeRegistry()
+    clock, reg = FakeClock(T0), FakeRegistry()
     svc = service(store, reg, clock)
     await svc.lookup(ADMIN)
     clock.advance(R)
@@ -265,7 +255,7 @@ def _ident(legal: str | None, intermediary: str | None = None) -> Identity:
 async def test_registry_down_a_fresh_answer_serves_and_nothing_older(store: Store) -> None:
     """Registry unreachable: a direct login or a re-check uses an answer younger than R,
     never one R or more old (the session's own staleness allowance is the gate's)."""
-    clock, reg = Clock(), FakeRegistry()
+    clock, reg = FakeClock(T0), FakeRegistry()
     svc = service(store, reg, clock, failure_hold=0)
     await svc.lookup(ADMIN)
     reg.down = True
@@ -284,7 +274,7 @@ async def test_registry_down_a_fresh_answer_serves_and_nothing_older(store: Stor
 async def test_a_chain_login_asks_the_registry_even_with_a_fresh_answer(store: Store) -> None:
     """A chain login asks the registry: a mandate revoked a second after a cached answer is
     already missing; a chain session's re-check may use the cached answer."""
-    clock, reg = Clock(), FakeRegistry([m(EMP), m("30000002")])
+    clock, reg = FakeClock(T0), FakeRegistry([m(EMP), m("30000002")])
     svc = service(store, reg, clock)
     await svc.lookup(ADMIN)
     reg.mandates[ADMIN] = [m("30000002")]
@@ -294,7 +284,7 @@ async def test_a_chain_login_asks_the_registry_even_with_a_fresh_answer(store: S
     assert reg.calls == 1
     login, mset = await svc.decide(_ident(EMP, ADMIN))
     assert login.refusal == "chain_without_mandate"
-    assert mset is not None and (mset.origin, mset.fetched_at) == ("registry", clock.now)
+    assert mset is not None and (mset.origin, mset.fetched_at) == ("registry", clock.now())
     assert reg.calls == 2
 
 
@@ -304,7 +294,7 @@ async def test_a_chain_login_with_the_registry_down_uses_only_a_fresh_answer(
 ) -> None:
     """Registry unreachable at a chain login: an answer younger than R stands in (logged);
     an older one refuses the login with a page saying why a chain login needs the fund."""
-    clock, reg = Clock(), FakeRegistry()
+    clock, reg = FakeClock(T0), FakeRegistry()
     svc = service(store, reg, clock, failure_hold=0)
     await svc.lookup(ADMIN)
     reg.down = True
@@ -368,7 +358,7 @@ async def test_invalidation_during_a_lookup_makes_it_fetch_again(store: Store) -
 
 async def test_keys_share_a_hash_tag_and_all_expire(store: Store) -> None:
     """Every key is hash-tagged on the administrator KvK and carries a TTL; the lock is released."""
-    clock, reg = Clock(), FakeRegistry()
+    clock, reg = FakeClock(T0), FakeRegistry()
     svc = service(store, reg, clock, failure_hold=2)
     await svc.lookup(ADMIN)
     set_ttl = await store.ttl("mandates:{11111111}:set")

@@ -35,6 +35,7 @@ from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
 from gateway_dev.devkeys import rsa_keypair
 from gateway_dev.simulator import MtlsSettings, SimulatorSettings, running_simulator
 from gateway_dev.simulator.control import Simulator
+from tests.support.clock import FakeClock
 from tests.support.saml import ResponseSpec, SamlWorld
 from tests.support.schemas import BROKER_METADATA_IWELCOME
 from tests.support.simulator import EXAMPLE_SCENARIOS, acs_params, start_simulator
@@ -290,12 +291,12 @@ async def test_expired_held_metadata_fails_closed_and_expiry_is_alerted(
     world: SamlWorld, tmp_path: Path
 ) -> None:
     """Near validUntil: broker_metadata_expiring at error level; past it: BrokerUnavailable."""
-    clock = {"now": dt.datetime(2030, 1, 1, tzinfo=dt.UTC)}
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
     path = _md_file(world, tmp_path, validUntil="2030-01-02T00:00:00Z")
     source = BrokerMetadataSource(
         str(path),
         fetch_url=_read,
-        wall_clock=lambda: clock["now"],
+        wall_clock=clock.now,
         expiry_warning_seconds=7 * 86400,
     )
     with capture_logs() as logs:
@@ -304,7 +305,7 @@ async def test_expired_held_metadata_fails_closed_and_expiry_is_alerted(
     assert len(expiring) == 1 and expiring[0]["log_level"] == "error"
     assert expiring[0]["seconds_left"] == 86400
     assert source.current.entity_id
-    clock["now"] = dt.datetime(2030, 1, 2, tzinfo=dt.UTC)  # the broker never published anew
+    clock.set(dt.datetime(2030, 1, 2, tzinfo=dt.UTC))  # the broker never published anew
     with pytest.raises(BrokerUnavailable, match="broker_metadata_expired"):
         _ = source.current
 

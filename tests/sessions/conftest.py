@@ -4,28 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pytest
-
 from gateway.identity import Employer, Identity, Loa
 from tests.support.redis import RedisServer, redis_server  # noqa: F401 (fixture)
-
-
-class Clock:
-    """A wall clock tests move by hand."""
-
-    def __init__(self) -> None:
-        self.now = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += dt.timedelta(**kwargs)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 def make_identity(*, chain: bool = False) -> Identity:

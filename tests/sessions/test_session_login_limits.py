@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -15,26 +14,19 @@ from gateway.errors import ConfigInvalid
 from gateway.sessions.login_limits import LoginStartLimiter, Refusal, client_bucket
 from gateway.sessions.settings import LoginLimits, SessionSettings
 from gateway.store.memory import MemoryStore
+from tests.support.clock import FakeClock
 
 
 class CountingStore(MemoryStore):
     """The memory store, counting ``take_token`` calls (how many hits reached the store)."""
 
-    def __init__(self, clock: Any) -> None:
-        super().__init__(clock=clock)
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock=clock.time)
         self.token_calls = 0
 
     async def take_token(self, key: str, *, rate: float, burst: int) -> float:
         self.token_calls += 1
         return await super().take_token(key, rate=rate, burst=burst)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize(
@@ -61,10 +53,10 @@ def test_ipv6_prefix_length_is_configurable() -> None:
 
 async def test_address_bucket_then_cheap_local_refusals_then_refill() -> None:
     """Burst passes, then 429s; refusals in the window cost no store call; refill lets one in."""
-    clock = Clock()
+    clock = FakeClock(1000.0)
     store = CountingStore(clock)
     limits = LoginLimits(per_address_burst=3, per_address_per_minute=6)  # one per 10 s
-    limiter = LoginStartLimiter(store, limits, clock=clock)
+    limiter = LoginStartLimiter(store, limits, clock=clock.time)
     assert [await limiter.check("192.0.2.7") for _ in range(3)] == [None, None, None]
     assert await limiter.check("192.0.2.7") == Refusal("address", 10)
     calls = store.token_calls
@@ -72,18 +64,18 @@ async def test_address_bucket_then_cheap_local_refusals_then_refill() -> None:
         assert (await limiter.check("192.0.2.7")) == Refusal("address", 10)
     assert store.token_calls == calls  # the flood's refusals never reached the store
     assert await limiter.check("198.51.100.1") is None  # another client is not affected
-    clock.now += 4.2
+    clock.advance(4.2)
     assert await limiter.check("192.0.2.7") == Refusal("address", 6)
-    clock.now += 6
+    clock.advance(6)
     assert await limiter.check("192.0.2.7") is None
     assert await limiter.check("192.0.2.7") == Refusal("address", 10)
 
 
 async def test_the_deployment_bucket_refuses_with_scope_total() -> None:
     """Many addresses together hit the deployment's bucket: refused as ``total``."""
-    clock = Clock()
+    clock = FakeClock(1000.0)
     limits = LoginLimits(total_burst=4, total_per_second=0.5)
-    limiter = LoginStartLimiter(MemoryStore(clock=clock), limits, clock=clock)
+    limiter = LoginStartLimiter(MemoryStore(clock=clock.time), limits, clock=clock.time)
     with capture_logs() as logs:
         results = [await limiter.check(f"192.0.2.{i}") for i in range(6)]
         limiter.close()
@@ -94,26 +86,28 @@ async def test_the_deployment_bucket_refuses_with_scope_total() -> None:
         ("total", "*", 1),
         ("total", "*", 1),
     ]
-    clock.now += 2
+    clock.advance(2)
     assert await limiter.check("192.0.2.99") is None
 
 
 async def test_two_replicas_share_the_buckets_through_the_store() -> None:
     """Two limiters (two replicas) on one store hand out one burst between them, not two."""
-    clock = Clock()
-    store = MemoryStore(clock=clock)
+    clock = FakeClock(1000.0)
+    store = MemoryStore(clock=clock.time)
     limits = LoginLimits(per_address_burst=4, per_address_per_minute=1)
-    a = LoginStartLimiter(store, limits, clock=clock)
-    b = LoginStartLimiter(store, limits, clock=clock)
+    a = LoginStartLimiter(store, limits, clock=clock.time)
+    b = LoginStartLimiter(store, limits, clock=clock.time)
     results = [await (a if i % 2 else b).check("192.0.2.7") for i in range(8)]
     assert sum(r is None for r in results) == 4
 
 
 async def test_refusals_are_audited_once_then_summed_per_interval() -> None:
     """The first refusal is audited at once; later ones arrive summed, and close() flushes."""
-    clock = Clock()
+    clock = FakeClock(1000.0)
     limits = LoginLimits(per_address_burst=1, per_address_per_minute=1)
-    limiter = LoginStartLimiter(MemoryStore(clock=clock), limits, clock=clock, audit_interval=0.05)
+    limiter = LoginStartLimiter(
+        MemoryStore(clock=clock.time), limits, clock=clock.time, audit_interval=0.05
+    )
     with capture_logs() as logs:
         assert await limiter.check("192.0.2.7", request_id="r1") is None
         for i in range(5):

@@ -13,7 +13,7 @@ from gateway.sessions.pending import LoginStateStore
 from gateway.sessions.replay import ReplayCache
 from gateway.sessions.settings import SessionSettings
 from gateway.store.base import Store
-from tests.sessions.conftest import Clock
+from tests.support.clock import FakeClock
 
 
 def _logins(store: Store, **settings: object) -> LoginStateStore:
@@ -119,26 +119,26 @@ async def test_login_started_on_one_replica_completes_on_another(store: Store) -
     assert (await b.consume(pending.prelogin_cookie, pending.relay_state)).next_path == "/x"
 
 
-async def test_replay_cache_accepts_an_assertion_once(store: Store, clock: Clock) -> None:
+async def test_replay_cache_accepts_an_assertion_once(store: Store, clock: FakeClock) -> None:
     """An assertion ID is accepted once, also when the second try reaches another replica."""
-    a = ReplayCache(store, clock=clock)
-    b = ReplayCache(store, clock=clock)
-    expiry = clock.now + dt.timedelta(minutes=5)
+    a = ReplayCache(store, clock=clock.now)
+    b = ReplayCache(store, clock=clock.now)
+    expiry = clock.now() + dt.timedelta(minutes=5)
     assert await a.remember("_assertion1", expiry, issuer="urn:broker") is True
     assert await b.remember("_assertion1", expiry, issuer="urn:broker") is False
     assert await a.remember("_assertion1", expiry, issuer="urn:other") is True
     assert await a.remember("_assertion2", expiry, issuer="urn:broker") is True
 
 
-async def test_replay_entry_lives_until_expiry_plus_skew(store: Store, clock: Clock) -> None:
+async def test_replay_entry_lives_until_expiry_plus_skew(store: Store, clock: FakeClock) -> None:
     """A replay entry is kept until NotOnOrAfter plus the skew; an expired one still blocks."""
-    cache = ReplayCache(store, clock=clock, clock_skew=dt.timedelta(seconds=0.3))
-    assert await cache.remember("_a", clock.now + dt.timedelta(minutes=10)) is True
+    cache = ReplayCache(store, clock=clock.now, clock_skew=dt.timedelta(seconds=0.3))
+    assert await cache.remember("_a", clock.now() + dt.timedelta(minutes=10)) is True
     left = await store.ttl(replay_key("", "_a"))
     assert left is not None
     assert 600 < left <= 601
-    assert await cache.remember("_b", clock.now - dt.timedelta(minutes=1)) is True
-    assert await cache.remember("_b", clock.now - dt.timedelta(minutes=1)) is False
+    assert await cache.remember("_b", clock.now() - dt.timedelta(minutes=1)) is True
+    assert await cache.remember("_b", clock.now() - dt.timedelta(minutes=1)) is False
 
 
 async def test_a_browser_keeps_at_most_n_pending_logins_the_oldest_go(store: Store) -> None:

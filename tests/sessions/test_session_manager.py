@@ -17,23 +17,24 @@ from gateway.sessions.manager import SessionManager, new_session_id
 from gateway.sessions.settings import SessionSettings
 from gateway.store.base import Store
 from gateway.store.factory import StoreSettings, create_store
-from tests.sessions.conftest import Clock, make_employers, make_identity
+from tests.sessions.conftest import make_employers, make_identity
+from tests.support.clock import FakeClock
 from tests.support.redis import RedisServer, eventually
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 
 
-def _manager(store: Store, clock: Clock, **settings: object) -> SessionManager:
+def _manager(store: Store, clock: FakeClock, **settings: object) -> SessionManager:
     return SessionManager(
         store,
         SessionSettings(**settings),  # type: ignore[arg-type]
         ref_secret=SECRET,
-        clock=clock,
+        clock=clock.now,
     )
 
 
 @pytest.fixture
-async def manager(store: Store, clock: Clock) -> AsyncIterator[SessionManager]:
+async def manager(store: Store, clock: FakeClock) -> AsyncIterator[SessionManager]:
     m = _manager(store, clock)
     yield m
     await m.aclose()
@@ -77,7 +78,7 @@ async def test_store_key_is_a_hash_not_the_id(store: Store, manager: SessionMana
 
 
 async def test_idle_timeout_ends_the_session(
-    store: Store, clock: Clock, manager: SessionManager
+    store: Store, clock: FakeClock, manager: SessionManager
 ) -> None:
     """A session unused for the idle timeout is gone, audited, and removed from the store."""
     session = await manager.create(make_identity())
@@ -91,7 +92,7 @@ async def test_idle_timeout_ends_the_session(
     assert await store.get(session_key(digest(session.id))) is None
 
 
-async def test_activity_keeps_the_session_alive(clock: Clock, manager: SessionManager) -> None:
+async def test_activity_keeps_the_session_alive(clock: FakeClock, manager: SessionManager) -> None:
     """Requests more often than the idle timeout keep a session alive past it."""
     session = await manager.create(make_identity())
     for _ in range(5):
@@ -100,7 +101,7 @@ async def test_activity_keeps_the_session_alive(clock: Clock, manager: SessionMa
 
 
 async def test_absolute_lifetime_ends_an_active_session(
-    clock: Clock, manager: SessionManager
+    clock: FakeClock, manager: SessionManager
 ) -> None:
     """However active, a session ends at the absolute lifetime (8 hours by default)."""
     session = await manager.create(make_identity())
@@ -114,7 +115,7 @@ async def test_absolute_lifetime_ends_an_active_session(
 
 
 async def test_store_ttl_never_outlives_the_absolute_lifetime(
-    store: Store, clock: Clock, manager: SessionManager
+    store: Store, clock: FakeClock, manager: SessionManager
 ) -> None:
     """Near the end of its life a session's store TTL is the time left, not the idle timeout."""
     session = await manager.create(make_identity())
@@ -126,7 +127,7 @@ async def test_store_ttl_never_outlives_the_absolute_lifetime(
     assert left <= 10 * 60 + 1
 
 
-async def test_touch_is_throttled(store: Store, clock: Clock, manager: SessionManager) -> None:
+async def test_touch_is_throttled(store: Store, clock: FakeClock, manager: SessionManager) -> None:
     """``last_seen`` is written at most every touch interval, not on every request."""
     session = await manager.create(make_identity())
     clock.advance(seconds=10)
@@ -134,11 +135,13 @@ async def test_touch_is_throttled(store: Store, clock: Clock, manager: SessionMa
     clock.advance(seconds=25)
     touched = await manager.load(session.id)
     assert touched is not None
-    assert touched.last_seen == clock.now
+    assert touched.last_seen == clock.now()
     assert touched.version == session.version
 
 
-async def test_touch_keeps_a_newer_change_from_another_replica(store: Store, clock: Clock) -> None:
+async def test_touch_keeps_a_newer_change_from_another_replica(
+    store: Store, clock: FakeClock
+) -> None:
     """A touch re-reads the stored record, so it never writes a stale cached copy back."""
     a = _manager(store, clock, cache_seconds=30)
     b = _manager(store, clock, cache_seconds=30)
@@ -190,7 +193,9 @@ async def test_destroy_ends_the_session(manager: SessionManager) -> None:
     assert await manager.load(second.id) is None
 
 
-async def test_session_created_on_one_replica_loads_on_another(store: Store, clock: Clock) -> None:
+async def test_session_created_on_one_replica_loads_on_another(
+    store: Store, clock: FakeClock
+) -> None:
     """Two managers on one store (two replicas) see the same sessions."""
     a = _manager(store, clock)
     b = _manager(store, clock)
@@ -202,7 +207,9 @@ async def test_session_created_on_one_replica_loads_on_another(store: Store, clo
         await b.aclose()
 
 
-async def test_destroy_on_one_replica_drops_the_others_cache(store: Store, clock: Clock) -> None:
+async def test_destroy_on_one_replica_drops_the_others_cache(
+    store: Store, clock: FakeClock
+) -> None:
     """A logout on replica A reaches replica B's in-process cache through pub/sub."""
     a = _manager(store, clock, cache_seconds=30)
     b = _manager(store, clock, cache_seconds=30)
@@ -228,7 +235,7 @@ async def test_destroy_on_one_replica_drops_the_others_cache(store: Store, clock
         await b.aclose()
 
 
-async def test_cache_is_bounded(store: Store, clock: Clock) -> None:
+async def test_cache_is_bounded(store: Store, clock: FakeClock) -> None:
     """The in-process cache never holds more than its configured number of sessions."""
     m = _manager(store, clock, cache_max_entries=5)
     try:
@@ -239,7 +246,7 @@ async def test_cache_is_bounded(store: Store, clock: Clock) -> None:
         await m.aclose()
 
 
-async def test_refresh_lock_has_one_holder_across_replicas(store: Store, clock: Clock) -> None:
+async def test_refresh_lock_has_one_holder_across_replicas(store: Store, clock: FakeClock) -> None:
     """Of concurrent re-check attempts on two replicas exactly one gets the lock."""
     a = _manager(store, clock)
     b = _manager(store, clock)
@@ -256,7 +263,7 @@ async def test_refresh_lock_has_one_holder_across_replicas(store: Store, clock: 
         await b.aclose()
 
 
-async def test_mandate_recheck_timing(clock: Clock, manager: SessionManager) -> None:
+async def test_mandate_recheck_timing(clock: FakeClock, manager: SessionManager) -> None:
     """A re-check is due after the interval; staleness is measured from the last success."""
     session = await manager.create(make_identity(), make_employers(2))
     assert not manager.needs_mandate_check(session)
@@ -272,11 +279,11 @@ async def test_mandate_recheck_timing(clock: Clock, manager: SessionManager) -> 
 
 
 async def test_a_session_is_dated_by_its_registry_answer(
-    clock: Clock, manager: SessionManager
+    clock: FakeClock, manager: SessionManager
 ) -> None:
     """A session created (or re-checked) with an answer asked for earlier re-checks when that
     answer turns R old, not R after it started using it."""
-    asked = clock.now
+    asked = clock.now()
     clock.advance(seconds=45)
     session = await manager.create(make_identity(), make_employers(2), mandates_fetched_at=asked)
     assert (session.mandate_check_ok_at, session.last_mandate_check) == (asked, asked)
@@ -284,7 +291,7 @@ async def test_a_session_is_dated_by_its_registry_answer(
     assert not manager.needs_mandate_check(session)
     clock.advance(seconds=1)  # the answer is 60 s old now
     assert manager.needs_mandate_check(session)
-    other = clock.now - dt.timedelta(seconds=50)  # another session's answer, 50 s old
+    other = clock.now() - dt.timedelta(seconds=50)  # another session's answer, 50 s old
     rechecked = await manager.record_mandate_check(session, make_employers(1), fetched_at=other)
     assert rechecked.mandate_check_ok_at == other
     clock.advance(seconds=9)
@@ -294,20 +301,20 @@ async def test_a_session_is_dated_by_its_registry_answer(
 
 
 async def test_a_push_makes_the_check_due_until_an_answer_after_it(
-    clock: Clock, manager: SessionManager
+    clock: FakeClock, manager: SessionManager
 ) -> None:
     """A push newer than the session's answer makes a re-check due and asks for an answer
     from after the push; a failed attempt after the push is not forced again."""
     session = await manager.create(make_identity(), make_employers(2))
     clock.advance(seconds=5)
-    pushed = clock.now
+    pushed = clock.now()
     assert not manager.mandate_check(session, pushed_at=pushed - dt.timedelta(seconds=10)).due
     check = manager.mandate_check(session, pushed_at=pushed)
     assert (check.due, check.not_before, check.stale) == (True, pushed, False)
     clock.advance(seconds=1)
     failed = await manager.record_mandate_check(session, None)
     assert not manager.mandate_check(failed, pushed_at=pushed).due
-    ok = await manager.record_mandate_check(failed, make_employers(1), fetched_at=clock.now)
+    ok = await manager.record_mandate_check(failed, make_employers(1), fetched_at=clock.now())
     assert not manager.mandate_check(ok, pushed_at=pushed).due
 
 
@@ -323,11 +330,11 @@ async def test_revoked_active_employer_is_cleared(manager: SessionManager) -> No
     assert (await manager.load(session.id)) == revoked
 
 
-def test_session_ref_is_a_stable_keyed_hash(store: Store, clock: Clock) -> None:
+def test_session_ref_is_a_stable_keyed_hash(store: Store, clock: FakeClock) -> None:
     """The same ID gives the same 128-bit reference with one secret and another with another."""
     a = _manager(store, clock)
     other = SessionManager(
-        store, SessionSettings(), ref_secret=b"another secret value!!", clock=clock
+        store, SessionSettings(), ref_secret=b"another secret value!!", clock=clock.now
     )
     ref = a.session_ref("abc")
     assert ref == a.session_ref("abc")
@@ -353,23 +360,25 @@ async def test_settings_validation() -> None:
     assert dev.effective_cookie_name(dev.cookie_name) == "gw_session"
 
 
-async def test_aged_out_cache_entry_is_reused_only_if_unchanged(store: Store, clock: Clock) -> None:
+async def test_aged_out_cache_entry_is_reused_only_if_unchanged(
+    store: Store, clock: FakeClock
+) -> None:
     """After the cache time a session is re-read, and decoded again only if it changed."""
-    ticks = [0.0]
+    ticks = FakeClock(0.0)  # the cache's monotonic clock
     a = SessionManager(
         store,
         SessionSettings(cache_seconds=2),
         ref_secret=SECRET,
-        clock=clock,
-        monotonic=lambda: ticks[0],
+        clock=clock.now,
+        monotonic=ticks.time,
     )
     b = _manager(store, clock)
     try:
         session = await a.create(make_identity(), make_employers(50))
-        ticks[0] += 10
+        ticks.advance(10)
         assert await a.load(session.id) is session  # same bytes: the decoded object is reused
         await b.update(session, active_employer="10000002")
-        ticks[0] += 10
+        ticks.advance(10)
         changed = await a.load(session.id)
         assert changed is not None
         assert changed.active_employer == "10000002"
@@ -420,7 +429,9 @@ _AGES = {
 }
 
 
-async def test_load_quiet_answers_exactly_when_nothing_is_due(store: Store, clock: Clock) -> None:
+async def test_load_quiet_answers_exactly_when_nothing_is_due(
+    store: Store, clock: FakeClock
+) -> None:
     """``load_quiet`` returns the session iff ``load`` would return that very object and
     neither a mandate re-check nor staleness is due, for every combination of ages
     around the expiry, touch, re-check and staleness limits (microsecond-exact)."""
@@ -429,7 +440,7 @@ async def test_load_quiet_answers_exactly_when_nothing_is_due(store: Store, cloc
         template = await m.create(make_identity(), make_employers(2))
         outcomes = []
         for created, seen, checked, confirmed in itertools.product(*_AGES.values()):
-            now = clock.now
+            now = clock.now()
             session_id = new_session_id()
             session = replace(
                 template,
@@ -458,15 +469,15 @@ async def test_load_quiet_answers_exactly_when_nothing_is_due(store: Store, cloc
         await m.aclose()
 
 
-async def test_load_quiet_leaves_everything_else_to_load(store: Store, clock: Clock) -> None:
+async def test_load_quiet_leaves_everything_else_to_load(store: Store, clock: FakeClock) -> None:
     """Absent, garbage, uncached, aged-out and ended sessions get ``None`` (ask ``load``)."""
-    ticks = [0.0]
+    ticks = FakeClock(0.0)  # the cache's monotonic clock
     a = SessionManager(
         store,
         SessionSettings(cache_seconds=2),
         ref_secret=SECRET,
-        clock=clock,
-        monotonic=lambda: ticks[0],
+        clock=clock.now,
+        monotonic=ticks.time,
     )
     b = _manager(store, clock)
     try:
@@ -477,7 +488,7 @@ async def test_load_quiet_leaves_everything_else_to_load(store: Store, clock: Cl
         assert b.load_quiet(session.id) is None  # another replica: not in its cache yet
         assert await b.load(session.id) == session
         assert b.load_quiet(session.id) is not None
-        ticks[0] += 2.0  # the cache time (2 s) is over: the store must be asked
+        ticks.advance(2.0)  # the cache time (2 s) is over: the store must be asked
         assert a.load_quiet(session.id) is None
         assert await a.load(session.id) is session
         assert a.load_quiet(session.id) is session
@@ -488,7 +499,7 @@ async def test_load_quiet_leaves_everything_else_to_load(store: Store, clock: Cl
         await b.aclose()
 
 
-async def test_load_quiet_is_off_without_a_cache(store: Store, clock: Clock) -> None:
+async def test_load_quiet_is_off_without_a_cache(store: Store, clock: FakeClock) -> None:
     """With ``cache_seconds: 0`` every request goes through ``load`` (and the store)."""
     m = _manager(store, clock, cache_seconds=0)
     try:
@@ -500,7 +511,7 @@ async def test_load_quiet_is_off_without_a_cache(store: Store, clock: Clock) -> 
         await m.aclose()
 
 
-async def test_without_a_cache_every_load_reads_the_store(store: Store, clock: Clock) -> None:
+async def test_without_a_cache_every_load_reads_the_store(store: Store, clock: FakeClock) -> None:
     """``cache_seconds: 0``: each load sees the store's current bytes; unchanged ones
     are not decoded again (the decoded object is reused), changed ones are."""
     a = _manager(store, clock, cache_seconds=0)
@@ -521,7 +532,9 @@ async def test_without_a_cache_every_load_reads_the_store(store: Store, clock: C
         await b.aclose()
 
 
-async def test_id_hash_memo_holds_exactly_the_cached_sessions(store: Store, clock: Clock) -> None:
+async def test_id_hash_memo_holds_exactly_the_cached_sessions(
+    store: Store, clock: FakeClock
+) -> None:
     """The ID -> hash memo follows the cache: eviction, logout and rotation remove IDs."""
     m = _manager(store, clock, cache_max_entries=3)
     try:

@@ -19,7 +19,6 @@ from types import SimpleNamespace
 from typing import cast
 
 import pytest
-from aiohttp.test_utils import make_mocked_request
 
 from gateway import gate
 from gateway.errors import MandateMissing, RegistryUnavailable
@@ -29,7 +28,7 @@ from gateway.mandates.model import MandateStatus
 from gateway.services import Services
 from gateway.sessions import Session, SessionManager, SessionSettings
 from gateway.store.memory import MemoryStore
-from tests.sessions.conftest import Clock
+from tests.support.clock import FakeClock
 
 ADMIN = "12345678"
 EMPLOYER = "23456789"  # the employer whose mandate is revoked
@@ -62,7 +61,7 @@ def _identity(*, chain_for: str | None = None) -> Identity:
 class Registry:
     """The fund's registry: answers from a dict; can revoke right after its n-th answer."""
 
-    clock: Clock
+    clock: FakeClock
     employers: set[str] = field(default_factory=lambda: {EMPLOYER, OTHER})
     calls: int = 0
     down: bool = False
@@ -86,7 +85,7 @@ class Registry:
 
     def revoke(self) -> None:
         self.employers.discard(EMPLOYER)
-        self.revoked_at = self.clock()
+        self.revoked_at = self.clock.now()
 
     async def close(self) -> None:
         pass
@@ -99,10 +98,10 @@ class Replica:
     services: Services
     manager: SessionManager
     mandates: MandateService
-    clock: Clock
+    clock: FakeClock
 
 
-def _replica(store: MemoryStore, registry: Registry, clock: Clock) -> Replica:
+def _replica(store: MemoryStore, registry: Registry, clock: FakeClock) -> Replica:
     settings = SessionSettings(
         insecure_dev_cookies=True, mandate_recheck_interval=dt.timedelta(seconds=R)
     )
@@ -110,8 +109,8 @@ def _replica(store: MemoryStore, registry: Registry, clock: Clock) -> Replica:
         store,
         settings,
         ref_secret=b"s" * 32,
-        clock=clock,
-        monotonic=lambda: clock().timestamp(),
+        clock=clock.now,
+        monotonic=clock.time,
     )
     mandate_settings = MandateSettings(
         source=FileSourceSettings(path="unused.yaml"), lock_wait=1, lock_poll_interval=0.001
@@ -136,12 +135,9 @@ async def _login(replica: Replica, identity: Identity) -> Session:
 
 async def _request(replica: Replica, session: Session) -> Session | None:
     """One authenticated request: the session as the gate lets it through (None: ended)."""
-    request = make_mocked_request(
-        "GET",
-        "/portaal",
-        headers={"Accept": "application/json", "Cookie": f"gw_session={session.id}"},
+    found = await gate.current_session(
+        replica.services, session.id, "req", browser=False, return_to="/portaal"
     )
-    found = await gate.current_session(request, replica.services, "req", "/portaal")
     return found if isinstance(found, Session) else None
 
 
@@ -161,7 +157,7 @@ async def test_every_session_drops_a_revoked_employer_within_the_interval(
 ) -> None:
     """Two sessions of one administrator, each asking every second: neither uses the
     revoked employer R or more seconds after the revocation (no push)."""
-    clock = Clock()
+    clock = FakeClock()
     store = MemoryStore()
     registry = Registry(clock, revoke_after_call=revoke_after)
     worlds = [_replica(store, registry, clock) for _ in range(replicas)]
@@ -178,7 +174,7 @@ async def test_every_session_drops_a_revoked_employer_within_the_interval(
                 found = await _request(replica, session)
                 assert found is not None
                 if EMPLOYER in found.allowed_kvks:
-                    last_seen_with[name] = clock()
+                    last_seen_with[name] = clock.now()
             clock.advance(seconds=1)
         assert registry.revoked_at is not None
         delays = {n: (t - registry.revoked_at).total_seconds() for n, t in last_seen_with.items()}
@@ -190,7 +186,7 @@ async def test_every_session_drops_a_revoked_employer_within_the_interval(
 async def test_a_chain_login_right_after_a_revocation_is_refused() -> None:
     """A chain login asks the registry: one second after the revocation it is refused,
     although an answer from before the revocation is still in the cache."""
-    clock = Clock()
+    clock = FakeClock()
     registry = Registry(clock, revoke_after_call=1)
     replica = _replica(MemoryStore(), registry, clock)
     await _login(replica, _identity())  # fills the cache; the revocation follows at once
@@ -202,7 +198,7 @@ async def test_a_chain_login_right_after_a_revocation_is_refused() -> None:
 @pytest.mark.parametrize("age", [1, R // 2, R - 1, R, R + 1])
 async def test_a_direct_login_never_uses_an_answer_r_or_more_old(age: int) -> None:
     """A direct login may use a cached answer younger than R, never one R or more old."""
-    clock = Clock()
+    clock = FakeClock()
     registry = Registry(clock, revoke_after_call=1)
     replica = _replica(MemoryStore(), registry, clock)
     await _login(replica, _identity())
@@ -214,7 +210,7 @@ async def test_a_direct_login_never_uses_an_answer_r_or_more_old(age: int) -> No
 async def test_a_push_reaches_every_session_at_its_next_request() -> None:
     """With a push the revocation applies to each session at its next request, on every
     replica, long before R (one registry call for the administrator per replica at most)."""
-    clock = Clock()
+    clock = FakeClock()
     store = MemoryStore()
     registry = Registry(clock)
     replicas = [_replica(store, registry, clock) for _ in range(2)]
@@ -224,7 +220,7 @@ async def test_a_push_reaches_every_session_at_its_next_request() -> None:
         registry.revoke()
         await replicas[0].mandates.invalidate(ADMIN)
         for replica in replicas:  # what the listener does when the message arrives
-            replica.services.invalidated[ADMIN] = clock()
+            replica.services.invalidated[ADMIN] = clock.now()
         clock.advance(seconds=1)
         for replica, session in sessions:
             found = await _request(replica, session)
@@ -237,7 +233,7 @@ async def test_a_push_reaches_every_session_at_its_next_request() -> None:
 async def test_requests_during_a_recheck_do_not_use_the_expired_answer() -> None:
     """While one request of a session waits for the registry, its other requests wait for
     the same answer instead of going on with the one that just stopped being fresh."""
-    clock = Clock()
+    clock = FakeClock()
     registry = Registry(clock)
     replica = _replica(MemoryStore(), registry, clock)
     session = await _login(replica, _identity())
@@ -258,7 +254,7 @@ async def test_requests_during_a_recheck_do_not_use_the_expired_answer() -> None
 async def test_a_chain_login_with_the_registry_down_past_r_is_refused() -> None:
     """Registry unreachable: a chain login uses an answer younger than R, never an older one,
     and the refusal says why (503, Dutch first)."""
-    clock = Clock()
+    clock = FakeClock()
     registry = Registry(clock)
     replica = _replica(MemoryStore(), registry, clock)
     await _login(replica, _identity())

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 
 import aiohttp
 
 from gateway_dev.devkeys import rsa_keypair
+from tests.support.clock import FakeClock
 from tests.support.simulator import (
     NS,
-    FakeClock,
     MiniSp,
     acs_params,
     artifact_response,
@@ -69,10 +70,10 @@ async def test_artifact_resolves_once_and_never_twice() -> None:
 async def test_expired_artifact_does_not_resolve() -> None:
     """An artifact older than its lifetime resolves to an ArtifactResponse without a message."""
     sp = MiniSp()
-    clock = FakeClock()
+    clock = FakeClock(time.time())  # now: the broker's certificates must be valid
     async with (
         start_simulator(
-            sp_metadata=sp.metadata(), clock=clock, artifact_lifetime_seconds=30
+            sp_metadata=sp.metadata(), clock=clock.time, artifact_lifetime_seconds=30
         ) as sim,
         aiohttp.ClientSession() as s,
     ):

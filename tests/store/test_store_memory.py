@@ -7,14 +7,7 @@ import pytest
 from gateway.errors import StoreUnavailable
 from gateway.store.base import Store
 from gateway.store.memory import MemoryStore
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def test_memory_store_satisfies_the_protocol() -> None:
@@ -24,23 +17,23 @@ def test_memory_store_satisfies_the_protocol() -> None:
 
 async def test_expiry_follows_the_injected_clock() -> None:
     """Keys expire when the injected clock passes their deadline, without sleeping."""
-    clock = FakeClock()
-    store = MemoryStore(clock=clock)
+    clock = FakeClock(1000.0)
+    store = MemoryStore(clock=clock.time)
     await store.set("k", b"v", ttl=60)
-    clock.now += 59.9
+    clock.advance(59.9)
     assert await store.get("k") == b"v"
-    clock.now += 0.2
+    clock.advance(0.2)
     assert await store.get("k") is None
 
 
 async def test_periodic_sweep_drops_unread_expired_keys() -> None:
     """Expired keys nobody reads again are removed by the next write after the sweep interval."""
-    clock = FakeClock()
-    store = MemoryStore(clock=clock, sweep_interval=10)
+    clock = FakeClock(1000.0)
+    store = MemoryStore(clock=clock.time, sweep_interval=10)
     for i in range(100):
         await store.set(f"k{i}", b"v", ttl=5)
     assert len(store) == 100
-    clock.now += 11
+    clock.advance(11)
     await store.set("fresh", b"v", ttl=5)
     assert len(store) == 1
 

@@ -10,6 +10,7 @@ from gateway.store.base import Store
 from gateway.store.factory import StoreSettings, create_store
 from gateway.store.memory import MemoryStore
 from gateway.store.token_bucket import take
+from tests.support.clock import FakeClock
 from tests.support.redis import ClusterSetup, RedisServer
 
 
@@ -93,11 +94,11 @@ async def test_push_bounded_keeps_the_newest_and_returns_each_dropped_once(
 
 async def test_memory_store_expires_lists_and_buckets_with_its_clock() -> None:
     """In the memory store a list and a bucket vanish at their expiry like any key."""
-    now = [0.0]
-    store = MemoryStore(clock=lambda: now[0])
+    clock = FakeClock(0.0)
+    store = MemoryStore(clock=clock.time)
     await store.push_bounded("idx:{a}", b"m", 2, ttl=5)
     assert await store.take_token("rl:{a}", rate=1.0, burst=2) == 0.0
-    now[0] = 5.0
+    clock.set(5.0)
     assert await store.ttl("idx:{a}") is None
     assert await store.ttl("rl:{a}") is None
     assert await store.push_bounded("idx:{a}", b"n", 1, ttl=5) == []

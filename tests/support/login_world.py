@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -400,6 +401,7 @@ async def login_world(
     mandates: list[dict[str, Any]] | None = None,
     simulator: dict[str, Any] | None = None,
     mandate_settings: dict[str, Any] | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[LoginWorld]:
     """Start simulator, upstream and gateway on free loopback ports; stop them after.
@@ -407,6 +409,7 @@ async def login_world(
     ``mandates`` is the registry file's content; ``mandate_settings`` is merged
     into the config's ``mandates`` section (the keyword ``mandates`` is taken).
     A file ``source`` there without a ``path`` gets the world's registry file.
+    ``clock``: the gateway's session and mandate time (a ``FakeClock.now``).
     """
     if mandate_settings is not None:
         section = dict(mandate_settings)
@@ -440,7 +443,7 @@ async def login_world(
             sim.set_sp_metadata(sp_metadata_xml(config.saml, keys))
             # As a real broker: ServiceUUIDs, requested attributes from our catalogue.
             sim.set_service_catalogue(service_catalogue_xml(config.saml, keys))
-            app = build_app(config, configure_logs=False)
+            app = build_app(config, configure_logs=False, clock=clock)
             server = TestServer(app, host="127.0.0.1", port=port)
             await server.start_server()
             world = LoginWorld(

@@ -55,19 +55,6 @@ INTERMEDIATE_NAME = "urn:etoegang:1.13:attribute-intermediate:CompanyName"
 BRANCH = "urn:etoegang:1.9:ServiceRestriction:Vestigingsnr"
 
 
-class FakeClock:
-    """A wall clock tests can move forward (seconds since the epoch)."""
-
-    def __init__(self) -> None:
-        self.now = dt.datetime.now(dt.UTC).timestamp()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @contextlib.asynccontextmanager
 async def start_simulator(
     *,

@@ -35,6 +35,7 @@ from gateway.tokens import (
     jwks_headers,
 )
 from gateway.tokens.settings import Algorithm
+from tests.support.clock import FakeClock
 from tests.support.tokens import IdentityVerifier
 
 LOGIN_TIME = dt.datetime(2025, 3, 1, 9, 30, tzinfo=dt.UTC)
@@ -117,24 +118,11 @@ def _settings(keys: Path, issuer: str = "https://gw.example", **overrides: Any) 
     return TokenSettings(issuer=issuer, keys=TokenKeyFiles.in_dir(keys), **overrides)
 
 
-class FakeMonotonic:
-    """A monotonic clock for pyjwt's JWKS cache that tests advance by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
-def jwks_clock(monkeypatch: pytest.MonkeyPatch) -> FakeMonotonic:
-    """Replace the clock of pyjwt's JWKS cache and refresh cooldown (only there)."""
-    clock = FakeMonotonic()
-    fake_time = types.SimpleNamespace(monotonic=clock.monotonic, time=time.time)
+def jwks_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Replace the monotonic clock of pyjwt's JWKS cache and refresh cooldown (only there)."""
+    clock = FakeClock(1000.0)
+    fake_time = types.SimpleNamespace(monotonic=clock.time, time=time.time)
     for module in (jwt.jwks_client, jwt.jwk_set_cache, jwt.api_jwk):
         monkeypatch.setattr(module, "time", fake_time)
     return clock

@@ -16,35 +16,21 @@ from gateway.errors import EmployerNotAllowed, NotAuthenticated
 from gateway.tokens import KeySet, TokenMinter, TokenSettings, TokenSubject
 from gateway.tokens.rotation import signing_key_pem
 from gateway.tokens.settings import Algorithm
+from tests.support.clock import FakeClock
 
 SubjectFactory = Callable[..., TokenSubject]
-
-
-class Clock:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_750_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
 def setup(
     keys_dir: Callable[[Algorithm], Path],
     make_settings: Callable[..., TokenSettings],
-    clock: Clock,
+    clock: FakeClock,
 ) -> Callable[..., tuple[TokenMinter, Path]]:
     def make(**overrides: Any) -> tuple[TokenMinter, Path]:
         d = keys_dir(overrides.get("algorithm", "ES256"))
         settings = make_settings(d, **overrides)
-        return TokenMinter(settings, KeySet.from_settings(settings), clock=clock), d
+        return TokenMinter(settings, KeySet.from_settings(settings), clock=clock.time), d
 
     return make
 
@@ -54,13 +40,13 @@ def _claims(token: str) -> dict[str, Any]:
 
 
 def test_token_is_reused_while_fresh(
-    setup: Callable[..., tuple[TokenMinter, Path]], make_subject: SubjectFactory, clock: Clock
+    setup: Callable[..., tuple[TokenMinter, Path]], make_subject: SubjectFactory, clock: FakeClock
 ) -> None:
     """The same session and audience get the same token until 80% of its lifetime has passed."""
     minter, _ = setup()
     subject = make_subject(3)
     first = minter.mint(subject, "portal")
-    clock.now += 47
+    clock.advance(47)
     assert minter.mint(subject, "portal") == first
     # An equal subject built again (e.g. from the store on another request) also hits.
     assert minter.mint(make_subject(3), "portal") == first
@@ -68,13 +54,13 @@ def test_token_is_reused_while_fresh(
 
 
 def test_token_is_renewed_near_expiry(
-    setup: Callable[..., tuple[TokenMinter, Path]], make_subject: SubjectFactory, clock: Clock
+    setup: Callable[..., tuple[TokenMinter, Path]], make_subject: SubjectFactory, clock: FakeClock
 ) -> None:
     """Once less than the reuse margin of its lifetime is left, a new token is signed."""
     minter, _ = setup()
     subject = make_subject(3)
     first = minter.mint(subject, "portal")
-    clock.now += 48
+    clock.advance(48)
     second = minter.mint(subject, "portal")
     assert second != first
     assert _claims(second)["iat"] == _claims(first)["iat"] + 48

@@ -36,17 +36,18 @@ from gateway.tokens import (
     retire_previous,
     rotate,
 )
+from tests.support.clock import FakeClock
 from tests.support.tokens import IdentityVerifier
 
 if TYPE_CHECKING:
-    from tests.tokens.conftest import FakeMonotonic, TokenGateway
+    from tests.tokens.conftest import TokenGateway
 
 StartGateway = Callable[..., Awaitable["TokenGateway"]]
 SubjectFactory = Callable[..., TokenSubject]
 
 
 async def test_full_rotation_walk_never_fails_a_backend(
-    token_gateway: StartGateway, make_subject: SubjectFactory, jwks_clock: FakeMonotonic
+    token_gateway: StartGateway, make_subject: SubjectFactory, jwks_clock: FakeClock
 ) -> None:
     """Publish next, promote, keep previous, retire it, rotate again: no verification fails."""
     gw = await token_gateway()
@@ -121,7 +122,7 @@ async def test_full_rotation_walk_never_fails_a_backend(
 
 
 async def test_unknown_kid_refresh_is_rate_limited(
-    token_gateway: StartGateway, make_subject: SubjectFactory, jwks_clock: FakeMonotonic
+    token_gateway: StartGateway, make_subject: SubjectFactory, jwks_clock: FakeClock
 ) -> None:
     """Unknown kids make a backend re-fetch the JWKS at most once per cooldown."""
     gw = await token_gateway()
