@@ -21,6 +21,7 @@ from pathlib import Path
 from bench.harness import free_port, wait_http
 from bench.targets import PAGE_PATH, Env, Row, Target
 from bench.targets.gateway import GatewayInstance
+from bench.targets.nginx import main_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "deploy" / "nginx" / "gateway-forward-auth.conf"
@@ -60,24 +61,12 @@ class ForwardAuth(Target):
         port = free_port()
         gateway = self.instance.base_url.removeprefix("http://")
         portal = env.upstream_url.removeprefix("http://")
-        temp = "\n".join(
-            f"    {kind}_temp_path {folder / kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
         (folder / "nginx.conf").write_text(
-            f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {folder / "nginx.pid"};
-error_log {folder / "error.log"} warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log {folder / "access.log"} combined buffer=64k;
-{temp}
-{shipped_config(folder, gateway, portal, port)}
-}}
-"""
+            main_config(
+                folder,
+                f"{folder / 'access.log'} combined buffer=64k",
+                shipped_config(folder, gateway, portal, port),
+            )
         )
         args = [NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", "stderr"]
         subprocess.run([*args, "-t"], check=True, capture_output=True)

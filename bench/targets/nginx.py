@@ -13,11 +13,33 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.harness import free_port, wait_http
 from bench.targets import Env, Row, Target
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def main_config(folder: Path, access_log: str, http_body: str) -> str:
+    """A whole nginx.conf: one foreground process, every path in ``folder``, ``http_body``."""
+    temp = "\n".join(
+        f"    {kind}_temp_path {folder / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {folder / "nginx.pid"};
+error_log {folder / "error.log"} warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {access_log};
+{temp}
+{http_body}
+}}
+"""
 
 
 def start_nginx(
@@ -41,10 +63,6 @@ def start_nginx(
     (folder / "page.html").write_bytes(env.page)
     port = free_port()
     body = location_body or "root {folder}; default_type text/html; try_files /page.html =404;"
-    temp = "\n".join(
-        f"    {kind}_temp_path {folder / kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
     upstream = ""
     if location_body:
         # A pool of idle upstream connections, as a proxy to one portal is configured.
@@ -54,17 +72,10 @@ def start_nginx(
         )
     log = "off" if name == "upstream" else f"{folder / 'access.log'} combined buffer=64k"
     (folder / "nginx.conf").write_text(
-        f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {folder / "nginx.pid"};
-error_log {folder / "error.log"} warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log {log};
-{temp}
-    keepalive_requests 1000000;
+        main_config(
+            folder,
+            log,
+            f"""    keepalive_requests 1000000;
     keepalive_timeout 75s;
 {upstream}
 {http_extra}
@@ -72,9 +83,8 @@ http {{
         listen 127.0.0.1:{port} backlog=4096;
         location / {{ {body.format(folder=folder)} }}
 {server_extra}
-    }}
-}}
-"""
+    }}""",
+        )
     )
     args = [NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", "stderr"]
     check = subprocess.run([*args, "-t"], capture_output=True, text=True, check=False)

@@ -474,16 +474,28 @@ async def test_client_leaving_mid_download_is_not_an_error(
     assert "request_handled" in events
 
 
-async def test_a_bug_inside_the_upstream_call_is_a_500_not_the_clients_400(
-    gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("raised", "status", "code"),
+    [
+        (ValueError("a bug, not a header value"), 500, "internal_error"),
+        (InvalidHeader("line break inside a request header"), 400, "bad_request"),
+    ],
+    ids=["bug-is-500", "header-value-is-400"],
+)
+async def test_only_a_header_value_the_head_cannot_carry_is_the_clients_fault(
+    gateway: GatewayFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    raised: Exception,
+    status: int,
+    code: str,
 ) -> None:
     """Only a header value the request head cannot carry is the client's fault (400); any
     other error inside the upstream call is the gateway's own: 500 and a logged traceback."""
 
-    async def broken(*args: object, **kwargs: object) -> None:
-        raise ValueError("a bug, not a header value")
+    async def failing(*args: object, **kwargs: object) -> None:
+        raise raised
 
-    monkeypatch.setattr(UpstreamClient, "request", broken)
+    monkeypatch.setattr(UpstreamClient, "request", failing)
     client = await gateway(
         [
             {
@@ -495,32 +507,8 @@ async def test_a_bug_inside_the_upstream_call_is_a_500_not_the_clients_400(
         ]
     )
     resp = await client.get("/x", headers={"Accept": "application/json"})
-    assert resp.status == 500
-    assert (await resp.json())["error"] == "internal_error"
-
-
-async def test_a_header_the_request_head_cannot_carry_is_the_clients_400(
-    gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The upstream client's refusal of a header value is a 400 page, not an upstream error."""
-
-    async def refusing(*args: object, **kwargs: object) -> None:
-        raise InvalidHeader("line break inside a request header")
-
-    monkeypatch.setattr(UpstreamClient, "request", refusing)
-    client = await gateway(
-        [
-            {
-                "name": "all",
-                "match": {"path": "/"},
-                "upstream": "http://127.0.0.1:9",
-                "policy": "public",
-            }
-        ]
-    )
-    resp = await client.get("/x", headers={"Accept": "application/json"})
-    assert resp.status == 400
-    assert (await resp.json())["error"] == "bad_request"
+    assert resp.status == status
+    assert (await resp.json())["error"] == code
 
 
 async def test_one_connection_limit_covers_websockets_and_requests(
