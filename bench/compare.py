@@ -152,6 +152,9 @@ class Runner:
                 pids=pids,
             )
         if row.kind == "auth":
+            self.visit_every_session(row, target)
+            if not self.args.quick:
+                seconds = max(seconds, row.min_seconds)
             return run_wrk(
                 target.auth_url(),
                 seconds=seconds,
@@ -173,6 +176,27 @@ class Runner:
             full = self.args.seconds * result.rps * 1.3 + c
             self.pool[row.key] = max(8, min(4000, math.ceil(full)))
         return result
+
+    def visit_every_session(self, row: Row, target: Target) -> None:
+        """One request per session before measuring: the steady state of active sessions.
+
+        In steady traffic an active session came back within seconds, so it is in
+        the server's session cache (the gateway's per-replica cache, nginx's auth
+        cache, mellon's session cache) as far as that cache's lifetime allows. A
+        cold start (the server meets all N sessions for the first time inside the
+        window) is a different workload, measured by its own row.
+        """
+        path = self.cookies[row.key]
+        count = sum(1 for line in path.read_text().splitlines() if line)
+        run_wrk(
+            target.auth_url(),
+            seconds=max(30.0, count / 200),
+            connections=self.args.connections,
+            headers=BROWSER_HEADERS,
+            cookies_file=path,
+            script_dir=self.env.tmp,
+            limit=count,
+        )
 
     def check_after(self, row: Row, target: Target) -> None:
         """A session must still work after its row ran (else the numbers measured redirects)."""

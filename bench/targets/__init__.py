@@ -76,6 +76,12 @@ class Row:
     """``auth`` rows: how many sessions the requests rotate over."""
     compare_with: tuple[str, ...] = ()
     """Rows this one is compared with in the ratios (this row's req/s over theirs)."""
+    min_seconds: float = 0
+    """``auth`` rows: measure at least this long per round (not in ``--quick`` runs).
+
+    The gateway writes a session's ``last_seen`` once per ``touch_interval``
+    (30 s): a window at least that long after every session was visited holds
+    one such write per session, the rate of steady traffic."""
 
 
 class Env:

@@ -98,6 +98,7 @@ def targets() -> list[Target]:
                     "auth",
                     sessions=10_000,
                     compare_with=("mellon-auth", *bare),
+                    min_seconds=32,
                 ),
             ),
         )

@@ -302,6 +302,7 @@ def targets() -> list[Target]:
                     "auth",
                     sessions=10_000,
                     compare_with=("mellon-auth", *bare),
+                    min_seconds=32,
                 ),
                 Row(
                     "gw-login-start",

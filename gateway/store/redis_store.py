@@ -278,8 +278,14 @@ class RedisStore:
     # -- the protocol ------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
+        full = self.full_key(key)
+
         async def attempt() -> bytes | None:
-            value = await (await self._topology.client()).get(self.full_key(key))
+            lane = self._topology.lane()
+            if lane is not None:
+                value = await lane.execute(("GET", full))
+            else:
+                value = await (await self._topology.client()).get(full)
             # No decode_responses anywhere: values come back as bytes.
             assert value is None or isinstance(value, bytes)
             return value

@@ -76,6 +76,7 @@ from gateway.store.failover import (
     parse_switch_message,
     primary_confirmed,
 )
+from gateway.store.pipelined import Lane, close_soon, lane_for
 
 _log = structlog.get_logger("gateway.store")
 
@@ -112,6 +113,10 @@ class Topology(Protocol):
 
     async def client(self) -> Redis | RedisCluster:
         """The client for reads, publishing and subscriptions."""
+
+    def lane(self) -> Lane | None:
+        """The pipelined connection to the current primary (``gateway.store.pipelined``)
+        for ``GET`` and writes without ``WAIT``; ``None``: use ``client()``."""
 
     async def write(self, key: str, command: Command, acks: int, timeout_ms: int) -> WriteReply:
         """Run ``command`` (which writes ``key``) and ``WAIT acks timeout_ms`` after it."""
@@ -178,6 +183,11 @@ async def _write_on_pool(client: Redis, command: Command, acks: int, timeout_ms:
     return WriteReply(reply, acked, (str(connection.host), int(connection.port)))
 
 
+async def _write_on_lane(lane: Lane, command: Command) -> WriteReply:
+    """A write no replica must acknowledge, on the pipelined connection (no ``WAIT``)."""
+    return WriteReply(await lane.execute(command), None, lane.address)
+
+
 async def _role(client: Redis) -> str:
     reply = await client.execute_command("ROLE")  # type: ignore[no-untyped-call]
     first = reply[0] if isinstance(reply, list | tuple) and reply else b""
@@ -191,11 +201,17 @@ class StandaloneTopology:
 
     def __init__(self, client: Redis) -> None:
         self._client = client
+        self._lane = lane_for(client)
 
     async def client(self) -> Redis:
         return self._client
 
+    def lane(self) -> Lane | None:
+        return self._lane
+
     async def write(self, key: str, command: Command, acks: int, timeout_ms: int) -> WriteReply:
+        if acks <= 0 and self._lane is not None:
+            return await _write_on_lane(self._lane, command)
         return await _write_on_pool(self._client, command, acks, timeout_ms)
 
     async def confirm_primary(self, address: Address) -> bool:
@@ -208,6 +224,8 @@ class StandaloneTopology:
         await asyncio.sleep(random.uniform(0.01, 0.03))
 
     async def aclose(self) -> None:
+        if self._lane is not None:
+            self._lane.close()
         with contextlib.suppress(*_CONNECT_FAILURES):
             await self._client.aclose()
 
@@ -236,6 +254,7 @@ class SentinelTopology:
         self._backoff_max = backoff_max
         self._poll = poll_interval
         self._current: tuple[Address, Redis] | None = None
+        self._lane: Lane | None = None
         self._epoch = -1
         self._generation = 0
         self._changed = asyncio.Event()
@@ -264,7 +283,13 @@ class SentinelTopology:
                 raise NotConnected(RedisConnectionError("no sentinel names a usable primary"))
         return current[1]
 
+    def lane(self) -> Lane | None:
+        return self._lane
+
     async def write(self, key: str, command: Command, acks: int, timeout_ms: int) -> WriteReply:
+        lane = self._lane
+        if acks <= 0 and lane is not None:
+            return await _write_on_lane(lane, command)
         return await _write_on_pool(await self.client(), command, acks, timeout_ms)
 
     # -- what the sentinels say ----------------------------------------------------
@@ -327,8 +352,17 @@ class SentinelTopology:
         return True
 
     def _install(self, address: Address, epoch: int) -> None:
-        old = self._current
-        self._current = (address, self._make_client(address))
+        old, old_lane = self._current, self._lane
+        client = self._make_client(address)
+        self._current = (address, client)
+        self._lane = lane_for(client)
+        if old_lane is not None:
+            # Commands already sent to the old primary get their replies first.
+            task = asyncio.create_task(
+                close_soon(old_lane, self._retire_after), name="store-retire-lane"
+            )
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
         self._epoch = epoch
         self._generation += 1
         changed, self._changed = self._changed, asyncio.Event()
@@ -464,6 +498,8 @@ class SentinelTopology:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._watchers = []
+        if self._lane is not None:
+            self._lane.close()
         clients: list[Redis] = [*self._sentinels]
         if self._current is not None:
             clients.append(self._current[1])
@@ -482,6 +518,9 @@ class ClusterTopology:
 
     async def client(self) -> RedisCluster:
         return self._client
+
+    def lane(self) -> Lane | None:
+        return None  # redis-py routes every key to its slot's node
 
     def _node_for(self, key: str) -> ClusterNode:
         node = self._client.get_node_from_key(key)
