@@ -36,11 +36,10 @@ class Loa(enum.Enum):
     @classmethod
     def parse(cls, text: str) -> Loa:
         """Accept the URN, the short name (``loa3``) or the EH name (``EH3``)."""
-        t = text.strip()
-        for loa in cls:
-            if t in (loa.value, loa.short, loa.name, loa.name.replace("PLUS", "+")):
-                return loa
-        raise ValueError(f"unknown level of assurance {text!r}")
+        loa = _LOA_NAMES.get(text.strip()) if isinstance(text, str) else None
+        if loa is None:
+            raise ValueError(f"unknown level of assurance {text!r}")
+        return loa
 
     def __ge__(self, other: object) -> bool:
         if not isinstance(other, Loa):
@@ -54,6 +53,12 @@ class Loa(enum.Enum):
 
 
 _LOA_ORDER = [Loa.EH2, Loa.EH2PLUS, Loa.EH3, Loa.EH4]
+# Every spelling ``Loa.parse`` accepts: the URN, the short name, the EH name (EH2PLUS, EH2+).
+_LOA_NAMES = {
+    name: loa
+    for loa in Loa
+    for name in (loa.value, loa.short, loa.name, loa.name.replace("PLUS", "+"))
+}
 
 
 @dataclass(frozen=True)

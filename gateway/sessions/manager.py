@@ -256,15 +256,24 @@ class SessionManager:
             return "idle"
         return None
 
-    async def _write(self, session: Session, now: dt.datetime) -> bytes:
+    async def _write(self, session: Session, now: dt.datetime, *, index: bool = False) -> bytes:
+        """Store the record (its TTL: the idle timeout, capped by the absolute lifetime).
+
+        ``index``: also write the ``ref`` index, for a new session ID (login, rotation).
+        The token's ``sid`` (the ref) leads back to the record for the employers
+        endpoint; the index holds a hash, never the session ID. It lives for the
+        session's absolute lifetime, so a touch (once per ``touch_interval`` per
+        session) writes the record alone; after the record expired or ended, the
+        index leads nowhere (``view_by_ref`` finds no record).
+        """
         blob = encode_session(session)
         ttl = self._ttl(session, now)
         if ttl > 0:
             session_hash = self._hash(session.id)
             await self._store.set(session_key(session_hash), blob, ttl)
-            # The token's ``sid`` (the ref) leads back to the record for the
-            # employers endpoint; the index holds a hash, never the session ID.
-            await self._store.set(ref_key(session.ref), session_hash.encode(), ttl)
+            if index:
+                left = (session.created_at + self._settings.absolute_lifetime - now).total_seconds()
+                await self._store.set(ref_key(session.ref), session_hash.encode(), left)
         return blob
 
     # -- the API -----------------------------------------------------------------
@@ -299,7 +308,7 @@ class SessionManager:
             version=1,
             ref=self.session_ref(session_id),
         )
-        blob = await self._write(session, now)
+        blob = await self._write(session, now, index=True)
         self._cache_put(self._hash(session_id), session, blob)
         return session
 
@@ -336,6 +345,7 @@ class SessionManager:
                 return None  # garbage never costs a store round trip
             session_hash = digest(session_id)
         session, _ = self._cache_get(session_hash)
+        read_now = session is None
         if session is None:
             blob = await self._store.get(session_key(session_hash))
             if blob is None:
@@ -361,18 +371,22 @@ class SessionManager:
             )
             return None
         if now - session.last_seen >= self._settings.touch_interval:
-            return await self._touch(session_id, session_hash, now)
+            return await self._touch(session_id, session_hash, now, session if read_now else None)
         return session
 
-    async def _touch(self, session_id: str, session_hash: str, now: dt.datetime) -> Session | None:
-        blob = await self._store.get(session_key(session_hash))
-        if blob is None:
-            self._cache_drop(session_hash)
-            return None
-        try:
-            fresh = self._decode(session_id, session_hash, blob)
-        except ValueError:
-            return None
+    async def _touch(
+        self, session_id: str, session_hash: str, now: dt.datetime, fresh: Session | None
+    ) -> Session | None:
+        """Write ``last_seen``, on the record as stored now (``fresh``: just read; else read)."""
+        if fresh is None:
+            blob = await self._store.get(session_key(session_hash))
+            if blob is None:
+                self._cache_drop(session_hash)
+                return None
+            try:
+                fresh = self._decode(session_id, session_hash, blob)
+            except ValueError:
+                return None
         touched = replace(fresh, last_seen=now)
         self._cache_put(session_hash, touched, await self._write(touched, now))
         return touched
@@ -395,7 +409,7 @@ class SessionManager:
         now = self._clock()
         new_id = new_session_id()
         rotated = replace(session, id=new_id, ref=self.session_ref(new_id)).with_changes()
-        blob = await self._write(rotated, now)
+        blob = await self._write(rotated, now, index=True)
         await self._end(self._hash(session.id), session.ref)
         self._cache_put(self._hash(new_id), rotated, blob)
         return rotated

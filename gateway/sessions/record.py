@@ -154,10 +154,28 @@ def _employer_to_json(e: Employer) -> list[Any]:
     return row
 
 
+# Decoded employers, shared between the sessions that list them (``Employer`` is
+# frozen): the sessions of one administration office list the same employers, so
+# a replica's session cache holds each once, and decoding a record mostly looks
+# employers up instead of building them. Bounded: emptied when full.
+_EMPLOYERS: dict[tuple[Any, ...], Employer] = {}
+_EMPLOYERS_MAX = 100_000
+
+
 def _employer_from_json(row: list[Any]) -> Employer:
-    fund_number = row[2] if len(row) > 2 else None
-    scopes = frozenset(row[3]) if len(row) > 3 else frozenset()
-    return Employer(kvk=row[0], name=row[1], fund_number=fund_number, scopes=scopes)
+    n = len(row)
+    key = (row[0], row[1], row[2], *row[3]) if n > 3 else (row[0], row[1], *row[2:3])
+    employer = _EMPLOYERS.get(key)
+    if employer is None:
+        fund_number = row[2] if n > 2 else None
+        scopes = frozenset(row[3]) if n > 3 else frozenset()
+        employer = Employer(kvk=row[0], name=row[1], fund_number=fund_number, scopes=scopes)
+        if not isinstance(employer.kvk, str) or not isinstance(employer.name, str):
+            raise TypeError("employer kvk and name must be text")
+        if len(_EMPLOYERS) >= _EMPLOYERS_MAX:
+            _EMPLOYERS.clear()
+        _EMPLOYERS[key] = employer
+    return employer
 
 
 def encode_session(session: Session) -> bytes:

@@ -154,3 +154,19 @@ def test_tls_and_unix_socket_clients_stay_on_redis_py() -> None:
     assert lane_for(Redis(host="127.0.0.1", port=6399, ssl=True)) is None
     assert lane_for(Redis(unix_socket_path="/tmp/redis.sock")) is None
     assert lane_for(Redis(host="127.0.0.1", port=6399)) is not None
+
+
+def test_the_lane_works_on_uvloop_as_the_gateway_runs_it(server: RedisServer) -> None:
+    """``gateway serve`` runs on uvloop, whose transports are not asyncio's classes."""
+    import uvloop
+
+    async def scenario() -> list[object]:
+        lane = _lane(server)
+        try:
+            await lane.execute(("SET", "k", "on-uvloop"))
+            return list(await asyncio.gather(*(lane.execute(("GET", "k")) for _ in range(50))))
+        finally:
+            lane.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(scenario()) == [b"on-uvloop"] * 50
