@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import Measurement, fetch, median, run_oneshots, run_wrk
+from bench.harness import Measurement, OneShot, fetch, median, run_oneshots, run_wrk
 from bench.targets import BROWSER_HEADERS, PAGE_MARKER, Env, Kind, Row, Target, all_targets
 
 KIND_TITLES: dict[Kind, str] = {
@@ -186,17 +186,16 @@ class Runner:
         cold start (the server meets all N sessions for the first time inside the
         window) is a different workload, measured by its own row.
         """
-        path = self.cookies[row.key]
-        count = sum(1 for line in path.read_text().splitlines() if line)
-        run_wrk(
-            target.auth_url(),
-            seconds=max(30.0, count / 200),
-            connections=self.args.connections,
-            headers=BROWSER_HEADERS,
-            cookies_file=path,
-            script_dir=self.env.tmp,
-            limit=count,
-        )
+        cookies = [c for c in self.cookies[row.key].read_text().splitlines() if c]
+        url = target.auth_url()
+        headers = dict(h.split(": ", 1) for h in BROWSER_HEADERS)
+        shots = [OneShot("GET", url, {**headers, "Cookie": c}) for c in cookies]
+        result = run_oneshots(shots, seconds=600, concurrency=self.args.connections)
+        if result.errors or result.requests != len(cookies):
+            raise RuntimeError(
+                f"{row.key}: visiting every session: {result.requests} of {len(cookies)} "
+                f"answered 200, {result.errors} errors"
+            )
 
     def check_after(self, row: Row, target: Target) -> None:
         """A session must still work after its row ran (else the numbers measured redirects)."""

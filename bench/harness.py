@@ -188,9 +188,7 @@ def wait_http(
 
 # Rotates the Cookie header over the sessions in the file named after ``--``
 # and counts answers other than 200 (wrk alone counts a 3xx as a success,
-# which an expired session's redirect to the login would be). With a second
-# argument N, the thread stops after N answers: N = the number of sessions
-# visits each session once (the rotation is sequential from a random start).
+# which an expired session's redirect to the login would be).
 ROTATE_LUA = """
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
@@ -199,8 +197,6 @@ function init(args)
   for line in io.lines(args[1]) do cookies[#cookies + 1] = line end
   i = math.random(#cookies) - 1
   not200 = 0
-  answers = 0
-  limit = tonumber(args[2] or "0")
 end
 function request()
   i = i % #cookies + 1
@@ -209,8 +205,6 @@ function request()
 end
 function response(status, headers, body)
   if status ~= 200 then not200 = not200 + 1 end
-  answers = answers + 1
-  if limit > 0 and answers >= limit then wrk.thread:stop() end
 end
 function done(summary, latency, requests)
   local n = 0
@@ -254,13 +248,8 @@ def run_wrk(
     cookies_file: Path | None = None,
     script_dir: Path | None = None,
     pids: Sequence[int] = (),
-    limit: int = 0,
 ) -> Measurement:
-    """One wrk run (one thread, keep-alive); CPU of ``pids`` over the same window.
-
-    ``limit`` (with ``cookies_file``): stop after that many answers, or after
-    ``seconds``, whichever comes first.
-    """
+    """One wrk run (one thread, keep-alive); CPU of ``pids`` over the same window."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     # Slow rows (a signed AuthnRequest per request on one core) must not turn
     # into timeouts: a late answer is still an answer, and p99 shows it.
@@ -273,8 +262,6 @@ def run_wrk(
         if not script.exists():
             script.write_text(ROTATE_LUA)
         cmd += ["-s", str(script), url, "--", str(cookies_file)]
-        if limit:
-            cmd.append(str(limit))
     else:
         cmd.append(url)
     before = cpu_ticks(pids)
