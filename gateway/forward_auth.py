@@ -162,9 +162,11 @@ def _handler(current: Current) -> Handler:
         request[ROUTE_NAME] = route.name
         settings = config.forward_auth
         allowed = {
+            # nginx reads X-Accel-Expires only when it comes before Cache-Control
+            # (1.22: a "private" seen first makes the answer uncacheable for good).
+            "X-Accel-Expires": str(settings.cache_seconds),
             "X-Gateway-Route": route.name,
             "Cache-Control": f"private, max-age={settings.cache_seconds}",
-            "X-Accel-Expires": str(settings.cache_seconds),
         }
         if route.policy == "public":
             return web.Response(status=200, headers=allowed)

@@ -29,6 +29,7 @@ from tests.support.login_world import (
     login_world,
 )
 from tests.support.nginx import Nginx, free_port, run_nginx_http
+from tests.support.raw_http import raw_exchange, statuses
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -175,6 +176,63 @@ async def test_the_auth_endpoint_is_not_reachable_from_outside(
             browser, _url(nginx, path), headers={"X-Original-URI": "/werkgevers/1/x"}
         )
         assert status == 404
+
+
+def _auth_answers(world: LoginWorld) -> float:
+    """Allowed answers the gateway gave for the employer pages so far (its own metric)."""
+    metrics = world.services.metrics
+    metrics.flush()
+    value = metrics.registry.get_sample_value(
+        "gateway_requests_total", {"route": "employer-pages", "method": "GET", "status": "200"}
+    )
+    return value or 0.0
+
+
+async def test_most_requests_never_reach_the_gateway_with_the_cache_on(
+    world: LoginWorld, nginx: Nginx, browser: aiohttp.ClientSession
+) -> None:
+    """nginx answers repeated requests of one session from its auth cache, on every page
+    of the same employer: the gateway is asked once per cached interval."""
+    before = _auth_answers(world)
+    started = time.monotonic()
+    pages = [f"/werkgevers/{CLIENT_WITH_MANDATE}/{name}" for name in ("a", "b", "c", "d")]
+    for i in range(20):
+        status, _, _ = await _get(browser, _url(nginx, pages[i % 4] + f"?i={i}"))
+        assert status == 200
+    elapsed = time.monotonic() - started
+    asked = _auth_answers(world) - before
+    # Once, or once more for each cached interval the 20 requests spanned.
+    assert 1 <= asked <= 1 + elapsed // CACHE_SECONDS, (asked, elapsed)
+    assert list((nginx.folder / "auth-cache").rglob("*")), "nginx stored no auth answer"
+
+
+async def test_a_cached_answer_never_covers_another_employer_s_page(
+    world: LoginWorld, nginx: Nginx, browser: aiohttp.ClientSession
+) -> None:
+    """With the allowed employer's answer cached, paths that start with its segment but
+    address another employer (dot segments, escapes, ";", "//", backslashes) are asked
+    of the gateway, refused, and never reach the portal."""
+    page = f"/werkgevers/{CLIENT_WITH_MANDATE}/overzicht"
+    assert (await _get(browser, _url(nginx, page)))[0] == 200  # cached now
+    cookie = "; ".join(f"{c.key}={c.value}" for c in browser.cookie_jar)
+    for tail in (
+        f"/../{FOREIGN}/overzicht",
+        f"/%2e%2e/{FOREIGN}/overzicht",
+        f"/..%2f{FOREIGN}/overzicht",
+        f"//../{FOREIGN}/overzicht",
+        f";x/../{FOREIGN}/overzicht",
+        f"/..\\{FOREIGN}/overzicht",
+        f"/./../{FOREIGN}/overzicht",
+    ):
+        target = f"/werkgevers/{CLIENT_WITH_MANDATE}{tail}"
+        seen = len(world.upstream_log.requests)
+        answer = await raw_exchange(
+            nginx.port,
+            f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n"
+            "Connection: close\r\n\r\n".encode(),
+        )
+        assert statuses(answer) and statuses(answer)[0] != 200, (target, answer[:200])
+        assert len(world.upstream_log.requests) == seen, target
 
 
 async def test_a_revocation_takes_effect_within_the_bound_with_the_cache_on(
