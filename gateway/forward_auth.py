@@ -40,13 +40,14 @@ method has no body (GET, HEAD).
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.audit import audit
 from gateway.config import GatewayConfig
@@ -113,15 +114,6 @@ def original_request(
     return Original(original_method, target, headers.get("X-Forwarded-Host") or host)
 
 
-def _original_headers(headers: CIMultiDictProxy[str], host: str) -> CIMultiDictProxy[str]:
-    """The original request's headers: the auth request's, minus those describing it."""
-    out: CIMultiDict[str] = CIMultiDict(
-        (k, v) for k, v in headers.items() if k.lower() not in _ORIGINAL
-    )
-    out["Host"] = host
-    return CIMultiDictProxy(out)
-
-
 Current = Callable[[], tuple[GatewayConfig, Router]]
 """The configuration and router in force (a reload replaces both)."""
 
@@ -161,26 +153,20 @@ def _handler(current: Current) -> Handler:
         route = match.route.settings
         request[ROUTE_NAME] = route.name
         settings = config.forward_auth
-        allowed = {
-            # nginx reads X-Accel-Expires only when it comes before Cache-Control
-            # (1.22: a "private" seen first makes the answer uncacheable for good).
-            "X-Accel-Expires": str(settings.cache_seconds),
-            "X-Gateway-Route": route.name,
-            "Cache-Control": f"private, max-age={settings.cache_seconds}",
-        }
         if route.policy == "public":
-            return web.Response(status=200, headers=allowed)
-        if (
-            any(s.location == "form" for s in route.employer_scope)
-            and original.method not in _BODYLESS
-        ):
-            raise ForwardAuthDenied(f"route {route.name}: a form employer scope needs the body")
+            return web.Response(status=200, headers=_allowed(route.name, settings.cache_seconds))
+        for scope in route.employer_scope:
+            if scope.location == "form" and original.method not in _BODYLESS:
+                raise ForwardAuthDenied(f"route {route.name}: a form employer scope needs the body")
+            if scope.location == "header" and scope.name.lower() in _ORIGINAL:
+                # That header describes the original request to us; it is not the original's.
+                raise ForwardAuthDenied(f"route {route.name}: employer scope header {scope.name}")
         services = request.app[SERVICES]
         # The same facts and the same decision as proxy mode, read from the
         # original request this one describes (its cookies and headers are the
-        # original's, apart from the ones that describe it).
-        headers = _original_headers(request.headers, original.host)
-        facts = request_facts(route, original.method, target, match.params, headers)
+        # original's, apart from the ones that describe it, which no employer
+        # scope may name: see ``GatewayConfig``).
+        facts = request_facts(route, original.method, target, match.params, request.headers)
         session_id = read_session_cookie(request, services.config.sessions)
         try:
             decision = await authorize(services, route, facts, session_id, request_id)
@@ -190,9 +176,43 @@ def _handler(current: Current) -> Handler:
             if settings.browser_status == 303:
                 return see_other(decision.location)
             return _login_needed(request, decision.location, request_id)
-        return web.Response(status=200, headers={**allowed, **decision.headers})
+        seconds = cacheable_for(
+            settings.cache_seconds,
+            now=services.sessions.now(),
+            mandates_due=services.sessions.mandates_due(decision.session),
+            token_expires=decision.token_expires,
+        )
+        return web.Response(
+            status=200, headers={**_allowed(route.name, seconds), **decision.headers}
+        )
 
     return forward_auth
+
+
+def _allowed(route: str, seconds: int) -> dict[str, str]:
+    """The headers of an allowing answer that the proxy may reuse for ``seconds``."""
+    return {
+        # nginx 1.22 honours X-Accel-Expires only when it comes before Cache-Control:
+        # a "private" seen first makes the answer uncacheable whatever follows.
+        "X-Accel-Expires": str(seconds),
+        "X-Gateway-Route": route,
+        "Cache-Control": f"private, max-age={seconds}" if seconds else "no-store",
+    }
+
+
+def cacheable_for(
+    limit: int, *, now: dt.datetime, mandates_due: dt.datetime, token_expires: int
+) -> int:
+    """How long a proxy may reuse an allowing answer: whole seconds, at most ``limit``.
+
+    Never past the moment the session's mandates must be asked again (so a
+    revocation stops a session through the proxy's cache within the re-check
+    interval, as in proxy mode), nor past the token's ``exp`` (the cached
+    identity header must still verify when the proxy sends it). 0: do not cache.
+    """
+    now_s = now.timestamp()
+    left = min(float(limit), mandates_due.timestamp() - now_s, token_expires - now_s - 1)
+    return max(0, math.floor(left))
 
 
 def _login_needed(request: web.Request, location: str, request_id: str) -> web.Response:

@@ -53,6 +53,8 @@ class Forward:
 
     headers: dict[str, str]
     session: Session
+    token_expires: int = 0
+    """The token's ``exp`` (epoch seconds): a proxy must not reuse these headers after it."""
 
 
 def request_facts(
@@ -107,9 +109,9 @@ async def authorize(
     )
     if isinstance(verdict, Allow):
         assert session is not None
-        token = services.minter.mint(session.token_subject, verdict.audience)
+        token, expires = services.minter.mint_expiring(session.token_subject, verdict.audience)
         value = f"Bearer {token}" if verdict.bearer else token
-        return Forward({verdict.header: value}, session)
+        return Forward({verdict.header: value}, session, expires)
     if isinstance(verdict, Redirect):
         return verdict
     raise await _refusal(services, verdict, session, route.name, request_id)

@@ -8,8 +8,8 @@ as its trusted proxy. Both are pinned to the server core and both count: the
 row's CPU per request is nginx's plus the gateway's.
 
 Sessions are the gateway's own; the auth cache (keyed by the session cookie and
-the employer part of the path, ``forward_auth.cache_seconds``: 5 s) decides how
-many requests reach Python at all.
+the employer part of the path, each answer for up to ``forward_auth.cache_seconds``,
+30 s by default) decides how many requests reach Python at all.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class ForwardAuth(Target):
         self.instance = GatewayInstance(
             self.name,
             config_overrides={
-                "forward_auth": {"enabled": True, "cache_seconds": 5},
+                "forward_auth": {"enabled": True},
                 "server": {"trusted_proxies": ["127.0.0.1/32"]},
             },
         )

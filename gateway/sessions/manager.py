@@ -312,6 +312,23 @@ class SessionManager:
         self._cache_put(self._hash(session_id), session, blob)
         return session
 
+    def now(self) -> dt.datetime:
+        """This manager's clock."""
+        return self._clock()
+
+    def mandates_due(self, session: Session) -> dt.datetime:
+        """When ``session`` must next ask the registry (or end): until then, its answer holds.
+
+        The earlier of its mandate re-check (``Freshness.quiet_until``) and its
+        absolute lifetime; a revocation push can make the re-check come sooner.
+        """
+        return min(
+            self._freshness.quiet_until(
+                fetched_at=session.mandate_check_ok_at, last_attempt=session.last_mandate_check
+            ),
+            session.created_at + self._settings.absolute_lifetime,
+        )
+
     def load_quiet(self, session_id: str | None) -> Session | None:
         """The session for a cookie value when this replica can answer it alone, else ``None``.
 

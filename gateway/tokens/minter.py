@@ -68,7 +68,8 @@ class TokenMinter:
         self._clock = clock
         self._budget = settings.token_budget
         self._reuse_for = settings.lifetime_seconds * (1.0 - settings.reuse_margin)
-        self._cache: OrderedDict[tuple[str, str, str, str], tuple[str, float]] = OrderedDict()
+        # (session ref, fingerprint, audience, kid) -> (token, reuse until, its exp)
+        self._cache: OrderedDict[tuple[str, str, str, str], tuple[str, float, int]] = OrderedDict()
         # Large sets: (count, digest) per session version, so renewals and other audiences
         # do not re-hash 10,000 employers; and the serialised employers document.
         self._summaries: OrderedDict[tuple[str, str], tuple[int, str]] = OrderedDict()
@@ -101,10 +102,15 @@ class TokenMinter:
         It walks the cache (at most ``cache_size`` entries); call it seldom.
         """
         threshold = since + self._reuse_for  # the cache keeps "reuse until" = signed + reuse_for
-        return len({key[0] for key, (_, until) in self._cache.items() if until >= threshold})
+        return len({key[0] for key, (_, until, _) in self._cache.items() if until >= threshold})
 
     def mint(self, subject: TokenSubject, audience: str) -> str:
-        """The compact JWS for this session and audience: cached if still fresh, else newly signed.
+        """The compact JWS for this session and audience (see ``mint_expiring``)."""
+        return self.mint_expiring(subject, audience)[0]
+
+    def mint_expiring(self, subject: TokenSubject, audience: str) -> tuple[str, int]:
+        """The compact JWS for this session and audience, and its ``exp`` (epoch seconds):
+        cached if still fresh, else newly signed.
 
         Raises ``EmployerNotAllowed`` when the session's active employer is not in its
         allowed set (never signed), ``ValueError`` for registry values that cannot be
@@ -117,13 +123,14 @@ class TokenMinter:
         if cached is not None and now < cached[1]:
             self._cache.move_to_end(key)
             self.hits += 1
-            return cached[0]
+            return cached[0], cached[2]
         issued_at = int(now)
         token = self._sign(subject, audience, issued_at, snapshot)
-        self._cache[key] = (token, issued_at + self._reuse_for)
+        expires = issued_at + self._settings.lifetime_seconds
+        self._cache[key] = (token, issued_at + self._reuse_for, expires)
         self._cache.move_to_end(key)
         _bound(self._cache, self._settings.cache_size)
-        return token
+        return token, expires
 
     def _sign(self, subject: TokenSubject, audience: str, now: int, snap: KeySnapshot) -> str:
         settings = self._settings

@@ -37,7 +37,11 @@ def test_ingress_nginx_example_is_valid_kubernetes_and_asks_the_gateway() -> Non
     assert notes["nginx.ingress.kubernetes.io/auth-url"].endswith(AUTH_PATH)
     assert notes["nginx.ingress.kubernetes.io/auth-response-headers"] == HEADER
     assert "/_gateway/login?next=" in notes["nginx.ingress.kubernetes.io/auth-signin"]
-    assert "$http_cookie" in notes["nginx.ingress.kubernetes.io/auth-cache-key"]
+    key = notes["nginx.ingress.kubernetes.io/auth-cache-key"]
+    assert "$http_cookie" in key
+    # In the auth subrequest $uri is the subrequest's own location: a key with $uri
+    # would share one answer between every page of every employer.
+    assert "$request_uri" in key and "$uri" not in key.replace("$request_uri", "")
     snippet = pages["metadata"]["annotations"]["nginx.ingress.kubernetes.io/server-snippet"]
     assert f"location = {AUTH_PATH} {{ return 404; }}" in snippet
     assert f"location ^~ {AUTH_PATH}/ {{ return 404; }}" in snippet

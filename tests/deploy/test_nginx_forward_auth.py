@@ -36,7 +36,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "gateway-forward-auth.conf"
 FOREIGN = "99999999"
 RECHECK_SECONDS = 2
-CACHE_SECONDS = 2
+CACHE_SECONDS = 30
+"""Far longer than the re-check interval: each answer's time is cut to its mandates' freshness."""
 
 
 def shipped_config(folder: Path, gateway: str, portal: str, port: int) -> str:
@@ -201,8 +202,9 @@ async def test_most_requests_never_reach_the_gateway_with_the_cache_on(
         assert status == 200
     elapsed = time.monotonic() - started
     asked = _auth_answers(world) - before
-    # Once, or once more for each cached interval the 20 requests spanned.
-    assert 1 <= asked <= 1 + elapsed // CACHE_SECONDS, (asked, elapsed)
+    # Once, or once more each time the answer's time ran out (at most the mandates'
+    # freshness: RECHECK_SECONDS; whole seconds, so at least every second).
+    assert 1 <= asked <= 2 + elapsed, (asked, elapsed)
     assert list((nginx.folder / "auth-cache").rglob("*")), "nginx stored no auth answer"
 
 
@@ -238,7 +240,8 @@ async def test_a_cached_answer_never_covers_another_employer_s_page(
 async def test_a_revocation_takes_effect_within_the_bound_with_the_cache_on(
     world: LoginWorld, nginx: Nginx
 ) -> None:
-    """After a revocation, requests through nginx are refused within re-check + cache seconds."""
+    """After a revocation, requests through nginx are refused within the re-check interval,
+    however long the auth cache may keep answers."""
     session = world.browser()
     resp, _ = await world.login(session, "direct")
     assert resp.status == 200
@@ -254,7 +257,7 @@ async def test_a_revocation_takes_effect_within_the_bound_with_the_cache_on(
         ]
     )
     revoked_at = time.monotonic()
-    bound = RECHECK_SECONDS + CACHE_SECONDS
+    bound = RECHECK_SECONDS
     status = 200
     while time.monotonic() - revoked_at < bound + 5:
         status = (await _get(session, page))[0]

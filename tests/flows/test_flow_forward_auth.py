@@ -7,6 +7,7 @@ the answers are checked: the same routes, scope and token as proxy mode.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest_asyncio
 import yaml
 from structlog.testing import capture_logs
 
+from gateway.forward_auth import cacheable_for
 from tests.conftest import make_config
 from tests.support.login_world import CLIENT_WITH_MANDATE, LoginWorld, login_world
 
@@ -192,7 +194,7 @@ async def test_the_documented_configuration_snippet_is_valid() -> None:
     route = {"name": "all", "match": {"path": "/"}, "upstream": "http://u", "policy": "public"}
     config = make_config({**snippet, "routes": [route]})
     assert config.forward_auth.enabled is True
-    assert config.forward_auth.cache_seconds == 5
+    assert config.forward_auth.cache_seconds == 30
     assert [str(n) for n in config.server.trusted_proxies] == ["10.0.0.0/8"]
 
 
@@ -216,3 +218,27 @@ async def test_forward_auth_and_proxy_mode_decide_alike(
         if allowed and "X-Gateway-Identity" in headers:
             forwarded = world.upstream_headers()["x-gateway-identity"][0]
             assert headers["X-Gateway-Identity"] == forwarded, target
+
+
+@pytest.mark.parametrize(
+    ("limit", "mandates_in", "token_in", "expected"),
+    [
+        (30, 3600.0, 60, 30),  # the configured limit
+        (30, 7.9, 60, 7),  # the mandates must be asked again sooner: whole seconds, down
+        (30, 3600.0, 12, 11),  # the token expires sooner: a second of margin
+        (30, 0.5, 60, 0),  # due within the second: not cached
+        (30, -4.0, 60, 0),  # already due (the re-check is running): not cached
+        (0, 3600.0, 60, 0),  # caching off
+    ],
+)
+async def test_an_answer_is_cacheable_until_its_mandates_or_its_token_run_out(
+    limit: int, mandates_in: float, token_in: int, expected: int
+) -> None:
+    now = dt.datetime(2026, 12, 7, 12, 0, 0, tzinfo=dt.UTC)
+    seconds = cacheable_for(
+        limit,
+        now=now,
+        mandates_due=now + dt.timedelta(seconds=mandates_in),
+        token_expires=int(now.timestamp()) + token_in,
+    )
+    assert seconds == expected
