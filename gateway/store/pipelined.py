@@ -58,6 +58,7 @@ class Pipelined(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._broken: BaseException | None = None
+        self._outgoing: list[bytes] = []
 
     @property
     def usable(self) -> bool:
@@ -105,11 +106,20 @@ class Pipelined(asyncio.Protocol):
         if self._broken is not None or self._transport is None:
             future.set_exception(RedisConnectionError("connection is closed"))
             return future
-        self._transport.write(hiredis.pack_command(command))
+        # Commands issued in one turn of the event loop leave in one write (one
+        # system call for the requests that read their sessions at the same time).
+        self._outgoing.append(hiredis.pack_command(command))
+        if len(self._outgoing) == 1:
+            self._loop.call_soon(self._send)
         self._pending.append((future, self._loop.time() + self._timeout))
         if self._timer is None:
             self._timer = self._loop.call_at(self._pending[0][1], self._check_deadline)
         return future
+
+    def _send(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if self._transport is not None and self._broken is None:
+            self._transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
 
     def _check_deadline(self) -> None:
         self._timer = None
