@@ -27,6 +27,7 @@ from tests.support.login_world import (
     DEFAULT_MANDATES,
     LoginWorld,
     login_world,
+    mandate,
 )
 from tests.support.nginx import Nginx, free_port, run_nginx_http
 from tests.support.raw_http import raw_exchange, statuses
@@ -270,6 +271,42 @@ async def test_a_revocation_takes_effect_within_the_bound_with_the_cache_on(
     # The bound plus the registry file's poll (0.2 s) and scheduling slack.
     assert delay <= bound + 1.5
     world.write_mandates(DEFAULT_MANDATES)
+
+
+async def test_a_renewed_answer_replaces_the_cached_one(world: LoginWorld, nginx: Nginx) -> None:
+    """After its time runs out, nginx forwards the gateway's new answer, not the old one
+    (the shipped file keeps cache files open between hits)."""
+    session = world.browser()
+    resp, _ = await world.login(session, "direct")
+    assert resp.status == 200
+    page = _url(nginx, f"/werkgevers/{CLIENT_WITH_MANDATE}/overzicht")
+
+    async def employers_seen() -> set[str]:
+        seen = len(world.upstream_log.requests)
+        assert (await _get(session, page))[0] == 200
+        token = world.upstream_headers(seen)["x-gateway-identity"][0]
+        claims = await world.verify(token, "employer-pages")
+        return {e["kvk"] for e in claims["employers"]}
+
+    # An earlier test's revocation may still be in the registry answer this login
+    # reused (it is fresh for RECHECK_SECONDS): wait until the page is allowed.
+    deadline = time.monotonic() + RECHECK_SECONDS + 5
+    while (await _get(session, page))[0] != 200:
+        assert time.monotonic() < deadline, "the page never became allowed"
+        await asyncio.sleep(0.2)
+    before = await employers_seen()
+    assert await employers_seen() == before  # from the cache
+    extra = mandate(ADMIN, "45678901", "Nieuwe Werkgever B.V.")
+    world.write_mandates([*DEFAULT_MANDATES, extra])
+    try:
+        deadline = time.monotonic() + RECHECK_SECONDS + 5
+        now_seen = before
+        while "45678901" not in now_seen and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            now_seen = await employers_seen()
+        assert now_seen == before | {"45678901"}
+    finally:
+        world.write_mandates(DEFAULT_MANDATES)
 
 
 async def test_shipped_file_mentions_every_address_once() -> None:
