@@ -53,6 +53,27 @@ PRESETS = {
 
 
 @dataclass(frozen=True)
+class Lag:
+    """Event-loop lag during one run, from a lag histogram read before and after it."""
+
+    worst_ms: float
+    """Upper bound of the highest bucket any wake-up fell in (inf: above the last bound)."""
+    over_20ms: int
+    """Wake-ups late by more than 20 ms."""
+    ticks: int
+
+    @staticmethod
+    def between(before: dict[float, float] | None, after: dict[float, float] | None) -> Lag:
+        if not before or not after:
+            return Lag(float("nan"), 0, 0)
+        delta = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+        total = delta.get(math.inf, max(delta.values()))
+        worst = next((le for le, n in delta.items() if n >= total), math.inf)
+        over = total - delta.get(0.02, 0.0)
+        return Lag(worst * 1000, int(over), int(total))
+
+
+@dataclass(frozen=True)
 class Summary:
     row: Row
     rps: float
@@ -120,6 +141,8 @@ class Runner:
         self.args = args
         self.cookies: dict[str, Path] = {}
         self.pool: dict[str, int] = {}
+        self.lags: dict[str, list[Lag]] = {}
+        """Per row: the server's event-loop lag in each round (servers that report it)."""
 
     def prepare(self, row: Row, target: Target) -> None:
         """Probe the row (and make its sessions); fail loudly if it would measure errors."""
@@ -140,6 +163,14 @@ class Runner:
                 raise RuntimeError(f"{row.key}: no signed redirect: {status} {location[:200]}")
 
     def measure(self, row: Row, target: Target, seconds: float) -> Measurement:
+        """One run of ``row``; for login rows, also the server's event-loop lag meanwhile."""
+        before = target.loop_lag() if row.kind in ("login", "login_start") else None
+        result = self._measure(row, target, seconds)
+        if before is not None:
+            self.lags.setdefault(row.key, []).append(Lag.between(before, target.loop_lag()))
+        return result
+
+    def _measure(self, row: Row, target: Target, seconds: float) -> Measurement:
         c = self.args.connections
         headers = BROWSER_HEADERS
         pids = target.pids()
@@ -206,7 +237,7 @@ class Runner:
                 raise RuntimeError(f"{row.key}: a session stopped working: {status}")
 
 
-def run(args: argparse.Namespace) -> tuple[list[Summary], dict[str, str]]:
+def run(args: argparse.Namespace) -> tuple[list[Summary], dict[str, str], dict[str, list[Lag]]]:
     chosen = select(all_targets(), args.rows)
     env = Env(quick=args.quick, session_cache=args.session_cache, keep=args.keep)
     # This process, wrk, the upstream, Redis and the simulator share the load side.
@@ -221,6 +252,7 @@ def run(args: argparse.Namespace) -> tuple[list[Summary], dict[str, str]]:
                 target.start(env)
                 started.add(target.name)
         runner = Runner(env, args)
+        lags = runner.lags
         for row, target in chosen:
             runner.prepare(row, target)
         if args.warmup > 0:
@@ -252,7 +284,7 @@ def run(args: argparse.Namespace) -> tuple[list[Summary], dict[str, str]]:
         )
         for row, _ in chosen
     ]
-    return summaries, info
+    return summaries, info, {k: v for k, v in lags.items() if k in results}
 
 
 # -- report ------------------------------------------------------------------
@@ -327,7 +359,34 @@ def ratios(summaries: list[Summary]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def report(summaries: list[Summary], info: dict[str, str], args: argparse.Namespace) -> str:
+def lag_lines(summaries: list[Summary], lags: dict[str, list[Lag]]) -> str:
+    """The event-loop lag of the rows whose server reports it (the gateway's logins)."""
+    lines = []
+    for s in summaries:
+        runs = [lag for lag in lags.get(s.row.key, []) if lag.ticks]
+        if not runs:
+            continue
+        worst = max(lag.worst_ms for lag in runs)
+        over = sum(lag.over_20ms for lag in runs)
+        bound = "above 5 s" if math.isinf(worst) else f"at most {worst:g} ms"
+        lines.append(
+            f"- {s.row.label}: worst wake-up {bound} late; wake-ups more than 20 ms late: "
+            f"{over} of {sum(lag.ticks for lag in runs):,}"
+        )
+    if not lines:
+        return ""
+    return (
+        "Event-loop lag during the runs (the gateway's 10 ms timer, "
+        "gateway_event_loop_lag_seconds, read before and after each run):\n\n" + "\n".join(lines)
+    )
+
+
+def report(
+    summaries: list[Summary],
+    info: dict[str, str],
+    args: argparse.Namespace,
+    lags: dict[str, list[Lag]] | None = None,
+) -> str:
     head = [
         f"bench compare, {info['date']}: {info['cpu']}; {info['pinning']}",
         f"load average before {info['load_before']}, after {info.get('load_after', '?')}",
@@ -343,6 +402,9 @@ def report(summaries: list[Summary], info: dict[str, str], args: argparse.Namesp
             "\n\nRatios (this row / the other row, same run; req/s: above 1 is faster, "
             "CPU per request: below 1 is cheaper)\n\n" + rt
         )
+    lag = lag_lines(summaries, lags or {})
+    if lag:
+        out += "\n\n" + lag
     return out + "\n"
 
 
@@ -402,8 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The servers run in their own sessions (so a terminal's Ctrl-C reaches only
     # this process): a TERM must still unwind into the cleanup that stops them.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    summaries, info = run(args)
-    print(report(summaries, info, args))
+    summaries, info, lags = run(args)
+    print(report(summaries, info, args, lags))
     if args.chart:
         chart(summaries, info, args.chart)
         say(f"chart written to {args.chart}")

@@ -30,6 +30,7 @@ from gateway.health import (
 )
 from gateway.login import login_routes
 from gateway.logs import access_logger, configure_logging
+from gateway.loop_lag import measure_lag
 from gateway.metrics import METRICS, Metrics, ScrapeGuard, metrics_handler, metrics_listener_ctx
 from gateway.overview import overview_routes
 from gateway.proxy import FORWARDER, Forwarder
@@ -127,9 +128,13 @@ async def _forwarder_ctx(app: web.Application, forwarder: Forwarder) -> AsyncIte
 async def _background_ctx(
     app: web.Application, runtime: Runtime, metrics: Metrics
 ) -> AsyncIterator[None]:
-    """The access-log flusher, and the config file watcher when reload by polling is on."""
+    """The access-log flusher, the event-loop lag timer, and the config file watcher when
+    reload by polling is on."""
     interval = runtime.current.config.server.config_poll_seconds
-    tasks = [asyncio.create_task(flush_access_log(app))]
+    tasks = [
+        asyncio.create_task(flush_access_log(app)),
+        asyncio.create_task(measure_lag(metrics.loop_lag.observe), name="loop-lag"),
+    ]
     if runtime.path is not None and interval > 0:
         tasks.append(asyncio.create_task(watch(runtime, metrics, interval)))
     yield

@@ -155,6 +155,13 @@ class Metrics:
             buckets=_BUCKETS,
             registry=reg,
         )
+        self.loop_lag = Histogram(
+            "gateway_event_loop_lag_seconds",
+            "How late a 10 ms timer on this worker's event loop woke up: a request that "
+            "holds the loop delays every other request of the worker by as long.",
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0),
+            registry=reg,
+        )
         self.upstream_duration = Histogram(
             "gateway_upstream_duration_seconds",
             "Time until the upstream's response headers arrived, by route.",

@@ -184,6 +184,11 @@ class Target:
         """``count`` prepared login completions, each usable once."""
         raise NotImplementedError(f"{self.name} has no login")
 
+    def loop_lag(self) -> dict[float, float] | None:
+        """The server's event-loop lag histogram so far (upper bound -> cumulative count),
+        if it has one (the gateway's ``gateway_event_loop_lag_seconds``)."""
+        return None
+
 
 TARGET_MODULES = (
     "bench.targets.nginx",

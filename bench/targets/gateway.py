@@ -210,6 +210,18 @@ class GatewayInstance:
             await store.close()
         return out
 
+    def loop_lag(self) -> dict[float, float]:
+        """``gateway_event_loop_lag_seconds`` from the gateway's metrics endpoint."""
+        status, _, body = fetch(self.base_url + "/_gateway/metrics")
+        if status != 200:
+            raise RuntimeError(f"{self.name}: metrics answered {status}")
+        buckets: dict[float, float] = {}
+        for m in re.finditer(
+            rb'^gateway_event_loop_lag_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', body, re.M
+        ):
+            buckets[float(m.group(1))] = float(m.group(2))
+        return buckets
+
     # -- logins -----------------------------------------------------------------
 
     def login_start_url(self) -> str:
@@ -277,6 +289,10 @@ class Gateway(Target):
     def logins(self, env: Env, count: int) -> list[OneShot]:
         assert self.instance is not None
         return self.instance.logins(env, count)
+
+    def loop_lag(self) -> dict[float, float]:
+        assert self.instance is not None
+        return self.instance.loop_lag()
 
 
 def targets() -> list[Target]:
