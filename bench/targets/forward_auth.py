@@ -47,10 +47,13 @@ class ForwardAuth(Target):
     """nginx + the gateway in forward-auth mode, authenticated requests."""
 
     instance: GatewayInstance | None = None
+    workers: int = 1
+    """nginx workers and gateway workers; more than one: unpinned (the whole-box row)."""
 
     def start(self, env: Env) -> None:
         self.instance = GatewayInstance(
             self.name,
+            workers=self.workers,
             config_overrides={
                 "forward_auth": {"enabled": True},
                 "server": {"trusted_proxies": ["127.0.0.1/32"]},
@@ -66,12 +69,13 @@ class ForwardAuth(Target):
                 folder,
                 f"{folder / 'access.log'} combined buffer=64k",
                 shipped_config(folder, gateway, portal, port),
+                workers=self.workers,
             )
         )
         args = [NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", "stderr"]
         subprocess.run([*args, "-t"], check=True, capture_output=True)
         log = folder / "nginx.log"
-        proc = env.processes.start(env.server_cmd(args), log=log)
+        proc = env.processes.start(env.server_cmd(args) if self.workers == 1 else args, log=log)
         self.base_url = f"http://127.0.0.1:{port}"
         wait_http(f"{self.base_url}/_gateway/healthz", proc=proc, log=log)
         self._pids = [proc.pid, self.instance.pid]
@@ -101,5 +105,22 @@ def targets() -> list[Target]:
                     min_seconds=32,
                 ),
             ),
-        )
+        ),
+        ForwardAuth(
+            name="forward-auth-box",
+            ours=True,
+            workers=2,
+            rows=(
+                Row(
+                    "box-fa-auth-10k",
+                    "whole box: nginx (2 workers) + gateway forward-auth (workers: 2), "
+                    "authenticated, 10,000 sessions",
+                    "forward-auth-box",
+                    "auth",
+                    sessions=10_000,
+                    compare_with=("box-mellon-auth",),
+                    min_seconds=32,
+                ),
+            ),
+        ),
     ]

@@ -63,6 +63,8 @@ class GatewayInstance:
     base_url: str = ""
     pid: int = 0
     config_path: Path | None = None
+    workers: int = 1
+    """``server.workers``; more than one runs unpinned, on every core (the whole-box rows)."""
     _cookie_lines: list[str] = field(default_factory=list)
 
     def start(self, env: Env) -> None:
@@ -107,6 +109,7 @@ class GatewayInstance:
             "total_per_second": 100_000,
         }
         data["saml"].pop("verify_pool", None)
+        data["server"]["workers"] = self.workers
         data["mandates"]["source"].pop("check_interval", None)
         data["routes"] = [
             r for r in data["routes"] if r["name"] in ("employer-pages", "public", "portal")
@@ -146,12 +149,8 @@ class GatewayInstance:
         )
         wait_http(f"{sim_url}/saml/metadata", proc=sim, log=sim_log)
         log = folder / "gateway.log"
-        proc = env.processes.start(
-            env.server_cmd(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)]
-            ),
-            log=log,
-        )
+        cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)]
+        proc = env.processes.start(env.server_cmd(cmd) if self.workers == 1 else cmd, log=log)
         wait_http(f"{self.base_url}/_gateway/healthz", proc=proc, log=log)
         self.pid = proc.pid
 
@@ -265,9 +264,10 @@ class Gateway(Target):
     """The gateway alone: public route, authenticated route, login start and completion."""
 
     instance: GatewayInstance | None = None
+    workers: int = 1
 
     def start(self, env: Env) -> None:
-        self.instance = GatewayInstance(self.name)
+        self.instance = GatewayInstance(self.name, workers=self.workers)
         self.instance.start(env)
         self.base_url = self.instance.base_url
         self._pids = [self.instance.pid]
@@ -335,5 +335,21 @@ def targets() -> list[Target]:
                     compare_with=("mellon-login",),
                 ),
             ),
-        )
+        ),
+        Gateway(
+            name="gateway-box",
+            ours=True,
+            workers=2,
+            rows=(
+                Row(
+                    "box-gw-auth-10k",
+                    "whole box: gateway (workers: 2), authenticated, 10,000 sessions",
+                    "gateway-box",
+                    "auth",
+                    sessions=10_000,
+                    compare_with=("box-mellon-auth",),
+                    min_seconds=32,
+                ),
+            ),
+        ),
     ]

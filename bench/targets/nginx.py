@@ -21,16 +21,17 @@ from bench.targets import Env, Row, Target
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def main_config(folder: Path, access_log: str, http_body: str) -> str:
-    """A whole nginx.conf: one foreground process, every path in ``folder``, ``http_body``."""
+def main_config(folder: Path, access_log: str, http_body: str, *, workers: int = 1) -> str:
+    """A whole nginx.conf: one foreground process (or a master and ``workers`` workers),
+    every path in ``folder``, ``http_body``."""
     temp = "\n".join(
         f"    {kind}_temp_path {folder / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
     return f"""
 daemon off;
-master_process off;
-worker_processes 1;
+master_process {"off" if workers == 1 else "on"};
+worker_processes {workers};
 pid {folder / "nginx.pid"};
 error_log {folder / "error.log"} warn;
 events {{ worker_connections 4096; }}

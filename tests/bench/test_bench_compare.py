@@ -143,3 +143,28 @@ def test_the_commands_in_the_performance_doc_name_real_rows_and_options() -> Non
         else:
             assert words[2] in PRESETS, words
             assert select(targets, PRESETS[words[2]]), words
+
+
+def test_loop_lag_between_two_histogram_readings() -> None:
+    """The worst bucket and the wake-ups above 20 ms come from the difference of two readings."""
+    import math
+
+    from bench.compare import Lag
+
+    before = {0.001: 90.0, 0.005: 95.0, 0.01: 99.0, 0.02: 100.0, 0.05: 100.0, math.inf: 100.0}
+    after = {0.001: 180.0, 0.005: 195.0, 0.01: 199.0, 0.02: 200.0, 0.05: 202.0, math.inf: 202.0}
+    lag = Lag.between(before, after)
+    assert lag == Lag(worst_ms=50.0, over_20ms=2, ticks=102)
+    quiet = Lag.between(
+        before,
+        {
+            **before,
+            0.001: 100.0,
+            0.005: 105.0,
+            0.01: 109.0,
+            0.02: 110.0,
+            0.05: 110.0,
+            math.inf: 110.0,
+        },
+    )
+    assert quiet == Lag(worst_ms=1.0, over_20ms=0, ticks=10)
