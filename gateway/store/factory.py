@@ -39,12 +39,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.store.base import Store
+from gateway.store.cluster import ClusterTopology
 from gateway.store.failover import UnreplicatedMode
 from gateway.store.memory import MemoryStore
 from gateway.store.redis_store import Durability, RedisStore
 from gateway.store.topology import (
     Address,
-    ClusterTopology,
     SentinelTopology,
     StandaloneTopology,
     Topology,

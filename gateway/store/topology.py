@@ -35,11 +35,9 @@ closed a little later. Pooled connections never keep writing to the old primary,
 which is what lost every session written in the ~10 s until Sentinel turned
 the old primary into a replica (it does that only when it next polls it).
 
-**Cluster** (:class:`ClusterTopology`). redis-py's ``RedisCluster`` routes reads
-and follows ``MOVED``/``ASK``; writes with ``WAIT`` are sent here on one
-connection of the slot's primary, following ``MOVED`` (patching redis-py's slot
-map) and ``ASK`` the same way. A slot whose primary has no replica in the slot
-map is written without ``WAIT`` (nothing could acknowledge it).
+**Cluster** (:class:`gateway.store.cluster.ClusterTopology`, its own module):
+redis-py routes reads and follows ``MOVED``/``ASK``; writes with ``WAIT`` go
+on one connection of the slot's primary.
 """
 
 from __future__ import annotations
@@ -54,17 +52,13 @@ from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
-    AskError,
-    ClusterError,
-    MovedError,
     RedisError,
     ResponseError,
-    SlotNotCoveredError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.store.failover import (
     Failure,
@@ -84,9 +78,7 @@ Address = tuple[str, int]
 Command = tuple[Any, ...]
 
 # What opening a connection can raise: nothing was sent yet.
-_CONNECT_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
-# The slot's node changed while a write was on its way; follow at most this many.
-_MAX_REDIRECTS = 5
+CONNECT_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 # After a +switch-master: ask the sentinels this often, this many times, until
 # their newest configuration names a primary the store can adopt.
 _FOLLOW_ATTEMPTS = 20
@@ -132,7 +124,7 @@ class Topology(Protocol):
         """Stop background work and close every connection."""
 
 
-async def _exchange(connection: Connection, commands: Sequence[Command]) -> list[Any]:
+async def exchange(connection: Connection, commands: Sequence[Command]) -> list[Any]:
     """Send ``commands`` in one write on one connection and read every reply.
 
     Error replies are returned as exception objects (the connection stays
@@ -148,11 +140,11 @@ async def _exchange(connection: Connection, commands: Sequence[Command]) -> list
     return replies
 
 
-def _with_wait(command: Command, acks: int, timeout_ms: int) -> list[Command]:
+def with_wait(command: Command, acks: int, timeout_ms: int) -> list[Command]:
     return [command, ("WAIT", acks, timeout_ms)] if acks > 0 else [command]
 
 
-def _split(replies: list[Any], acks: int) -> tuple[Any, int | None]:
+def split_replies(replies: list[Any], acks: int) -> tuple[Any, int | None]:
     """(the command's reply or raised error, the replica count ``WAIT`` returned)."""
     reply = replies[0]
     if isinstance(reply, Exception):
@@ -169,17 +161,17 @@ async def _write_on_pool(client: Redis, command: Command, acks: int, timeout_ms:
     pool = client.connection_pool
     try:
         connection: Connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-    except _CONNECT_FAILURES as exc:
+    except CONNECT_FAILURES as exc:
         raise NotConnected(exc) from exc
     try:
-        replies = await _exchange(connection, _with_wait(command, acks, timeout_ms))
+        replies = await exchange(connection, with_wait(command, acks, timeout_ms))
     except BaseException:
         # A reply may still be on its way: the connection must not be reused.
         await connection.disconnect()
         raise
     finally:
         await pool.release(connection)
-    reply, acked = _split(replies, acks)
+    reply, acked = split_replies(replies, acks)
     return WriteReply(reply, acked, (str(connection.host), int(connection.port)))
 
 
@@ -217,7 +209,7 @@ class StandaloneTopology:
     async def confirm_primary(self, address: Address) -> bool:
         try:
             return await _role(self._client) == "master"
-        except _CONNECT_FAILURES:
+        except CONNECT_FAILURES:
             return False
 
     async def recover(self, failure: Failure, generation: int, *, patient: bool = True) -> None:
@@ -226,7 +218,7 @@ class StandaloneTopology:
     async def aclose(self) -> None:
         if self._lane is not None:
             self._lane.close()
-        with contextlib.suppress(*_CONNECT_FAILURES):
+        with contextlib.suppress(*CONNECT_FAILURES):
             await self._client.aclose()
 
 
@@ -382,11 +374,11 @@ class SentinelTopology:
         # Idle connections go now; commands still running on busy ones finish
         # (their writes are checked by WAIT) before the pool is closed.
         try:
-            with contextlib.suppress(*_CONNECT_FAILURES):
+            with contextlib.suppress(*CONNECT_FAILURES):
                 await client.connection_pool.disconnect(inuse_connections=False)
             await asyncio.sleep(self._retire_after)
         finally:
-            with contextlib.suppress(*_CONNECT_FAILURES):
+            with contextlib.suppress(*CONNECT_FAILURES):
                 await client.aclose()
 
     async def _answers(self) -> bool:
@@ -396,7 +388,7 @@ class SentinelTopology:
             return False
         try:
             await current[1].ping()
-        except _CONNECT_FAILURES:
+        except CONNECT_FAILURES:
             return False
         return True
 
@@ -504,113 +496,5 @@ class SentinelTopology:
         if self._current is not None:
             clients.append(self._current[1])
         for client in clients:
-            with contextlib.suppress(*_CONNECT_FAILURES):
+            with contextlib.suppress(*CONNECT_FAILURES):
                 await client.aclose()
-
-
-class ClusterTopology:
-    """A Redis Cluster: redis-py routes; writes with ``WAIT`` are sent here (module docstring)."""
-
-    generation = 0
-
-    def __init__(self, client: RedisCluster) -> None:
-        self._client = client
-
-    async def client(self) -> RedisCluster:
-        return self._client
-
-    def lane(self) -> Lane | None:
-        return None  # redis-py routes every key to its slot's node
-
-    def _node_for(self, key: str) -> ClusterNode:
-        node = self._client.get_node_from_key(key)
-        if node is None:
-            raise SlotNotCoveredError("no node serves the key's slot")
-        return node
-
-    def _has_replica(self, key: str) -> bool:
-        nodes = self._client.nodes_manager.slots_cache.get(self._client.keyslot(key), [])
-        return len(nodes) > 1
-
-    async def _on_node(self, node: ClusterNode, commands: list[Command]) -> list[Any]:
-        connection = node.acquire_connection()
-        try:
-            try:
-                await node.disconnect_if_needed(connection)
-                await connection.connect()  # type: ignore[no-untyped-call]
-            except _CONNECT_FAILURES as exc:
-                raise NotConnected(exc) from exc
-            try:
-                return await _exchange(connection, commands)
-            except BaseException:
-                await connection.disconnect()
-                raise
-        finally:
-            node.release(connection)
-
-    async def write(self, key: str, command: Command, acks: int, timeout_ms: int) -> WriteReply:
-        client = self._client
-        try:
-            await client.initialize()
-        except _CONNECT_FAILURES as exc:
-            raise NotConnected(exc) from exc
-        wait = acks if self._has_replica(key) else 0
-        node = self._node_for(key)
-        asking = False
-        for _ in range(_MAX_REDIRECTS):
-            commands = _with_wait(command, wait, timeout_ms)
-            try:
-                replies = await self._on_node(
-                    node, [("ASKING",), *commands] if asking else commands
-                )
-            except (NotConnected, RedisConnectionError, OSError):
-                # The slot's node may be gone: the next command refreshes the slot map.
-                client._request_refresh(last_failed_node_name=node.name)
-                raise
-            if asking:
-                replies = replies[1:]
-                asking = False
-            first = replies[0]
-            if isinstance(first, MovedError):
-                # Not run: the slot moved (a failover or a reshard). Patch the map
-                # the way RedisCluster does and send it to the new owner.
-                await client.nodes_manager.move_slot(first)
-                node = self._node_for(key)
-                continue
-            if isinstance(first, AskError):
-                target = client.get_node(host=first.host, port=first.port)
-                if target is None:
-                    raise first
-                node, asking = target, True
-                continue
-            reply, acked = _split(replies, wait)
-            return WriteReply(reply, acked, (str(node.host), int(node.port)))
-        raise ClusterError("too many redirects")
-
-    async def confirm_primary(self, address: Address) -> bool:
-        node = self._client.get_node(host=address[0], port=address[1])
-        if node is None:
-            return False
-        try:
-            role = await node.execute_command("ROLE")
-            info = await node.execute_command("CLUSTER", "INFO")
-        except _CONNECT_FAILURES:
-            return False
-        first = role[0] if isinstance(role, list | tuple) and role else b""
-        is_master = (first.decode() if isinstance(first, bytes) else str(first)) == "master"
-        if isinstance(info, dict):
-            state = str(info.get("cluster_state", info.get(b"cluster_state", "")))
-            healthy = state in ("ok", "b'ok'")
-        else:
-            healthy = "cluster_state:ok" in (
-                info.decode() if isinstance(info, bytes) else str(info)
-            )
-        return is_master and healthy
-
-    async def recover(self, failure: Failure, generation: int, *, patient: bool = True) -> None:
-        # The retry's own initialize() runs the refresh the failure asked for.
-        await asyncio.sleep(random.uniform(0.02, 0.06))
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(*_CONNECT_FAILURES):
-            await self._client.aclose()
