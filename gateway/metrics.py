@@ -439,6 +439,12 @@ class TimedStore:
         result: bool = await self._timed("add", self.inner.add(key, value, ttl))
         return result
 
+    async def replace_if(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
+        result: bool = await self._timed(
+            "replace_if", self.inner.replace_if(key, expected, value, ttl)
+        )
+        return result
+
     async def take(self, key: str) -> bytes | None:
         result: bytes | None = await self._timed("take", self.inner.take(key))
         return result

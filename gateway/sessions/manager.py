@@ -188,15 +188,15 @@ class SessionManager:
 
     # -- cache -------------------------------------------------------------------
 
-    def _cache_get(self, session_hash: str) -> tuple[Session | None, bytes | None]:
-        """(fresh cached session or None, the stored bytes it was decoded from or None)."""
+    def _cache_get(self, session_hash: str) -> tuple[Session | None, _CacheEntry | None]:
+        """(fresh cached session or None, the cache entry, even aged out, or None)."""
         item = self._cache.get(session_hash)
         if item is None:
             return None, None
         self._cache.move_to_end(session_hash)
         if item.expires <= self._monotonic():
-            return None, item.blob
-        return item.session, item.blob
+            return None, item
+        return item.session, item
 
     def _cache_put(self, session_hash: str, session: Session, blob: bytes) -> None:
         # With ``cache_seconds: 0`` the entry is born aged out: every load still
@@ -361,7 +361,18 @@ class SessionManager:
             if not _ID_RE.match(session_id):
                 return None  # garbage never costs a store round trip
             session_hash = digest(session_id)
-        session, _ = self._cache_get(session_hash)
+        session, entry = self._cache_get(session_hash)
+        now = self._clock()
+        if (
+            session is None
+            and entry is not None
+            and now - entry.session.last_seen >= self._settings.touch_interval
+        ):
+            # Aged out and due for a touch: the compare-and-set of the touch also
+            # tells whether the cached copy is still what the store holds.
+            touched = await self._touch_cached(session_hash, entry, now)
+            if touched is not None:
+                return touched
         read_now = session is None
         if session is None:
             blob = await self._store.get(session_key(session_hash))
@@ -375,7 +386,6 @@ class SessionManager:
                 await self._store.delete(session_key(session_hash))
                 return None
             self._cache_put(session_hash, session, blob)
-        now = self._clock()
         reason = self._expired_reason(session, now)
         if reason is not None:
             await self._end(session_hash)
@@ -391,11 +401,39 @@ class SessionManager:
             return await self._touch(session_id, session_hash, now, session if read_now else None)
         return session
 
+    async def _touch_cached(
+        self, session_hash: str, entry: _CacheEntry, now: dt.datetime
+    ) -> Session | None:
+        """Write ``last_seen`` on the cached copy if the store still holds exactly it.
+
+        One round trip (``Store.replace_if``) instead of a read and a write. The
+        stored bytes equal the cached ones, so the cached copy is the session as
+        stored, and nothing another replica wrote (a new employer, a logout) is
+        overwritten. ``None``: not written (changed, gone, or expired): read it.
+        """
+        session = entry.session
+        if self._expired_reason(session, now) is not None:
+            return None  # the general path ends it, with its audit event
+        touched = replace(session, last_seen=now)
+        ttl = self._ttl(touched, now)
+        if ttl <= 0:
+            return None
+        blob = encode_session(touched)
+        if not await self._store.replace_if(session_key(session_hash), entry.blob, blob, ttl):
+            return None
+        self._cache_put(session_hash, touched, blob)
+        return touched
+
     async def _touch(
         self, session_id: str, session_hash: str, now: dt.datetime, fresh: Session | None
     ) -> Session | None:
         """Write ``last_seen``, on the record as stored now (``fresh``: just read; else read)."""
         if fresh is None:
+            entry = self._cache.get(session_hash)
+            if entry is not None:
+                touched = await self._touch_cached(session_hash, entry, now)
+                if touched is not None:
+                    return touched
             blob = await self._store.get(session_key(session_hash))
             if blob is None:
                 self._cache_drop(session_hash)

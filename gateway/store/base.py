@@ -36,6 +36,15 @@ class Store(Protocol):
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
         """Store only if ``key`` is absent; True if stored. Used for locks and replay caches."""
 
+    async def replace_if(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
+        """Compare and set: store ``value`` for ``ttl`` seconds only if ``key`` holds
+        exactly ``expected`` now; True if stored. False also when ``key`` is absent.
+
+        A caller that holds a copy of a value writes its update in one round trip,
+        and never over a change (or a deletion) it has not seen: on False it reads
+        the value again. (Sessions: the ``last_seen`` touch.)
+        """
+
     async def take(self, key: str) -> bytes | None:
         """Atomically return and delete the value: single-use state (pending logins)."""
 

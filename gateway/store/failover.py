@@ -11,22 +11,26 @@ Pure decisions, values in and values out; :mod:`gateway.store.redis_store` and
 2. **May it be sent again?** (:func:`may_retry`) Once, after the store has
    looked for the current primary:
 
-   ==========  =========================  ======================================
-   operation   Redis                      sent again after
-   ==========  =========================  ======================================
-   ``get``     ``GET``                    any failure (reads change nothing)
-   ``ttl``     ``PTTL``                   any failure
-   ``ping``    ``PING``                   any failure
-   ``set``     ``SET PX`` (+ ``WAIT``)    any failure: writing the same value
-                                          again has the same effect
-   ``delete``  ``DEL`` (+ ``WAIT``)       any failure: deleting twice is deleting
-   ``publish`` ``PUBLISH``                any failure: every message the gateway
-                                          sends is an idempotent invalidation
-   ``add``     ``SET NX PX`` (+ ``WAIT``) only when the first attempt certainly
-                                          did not take effect (see below)
-   ``take``    ``GETDEL`` (+ ``WAIT``)    only when the first attempt certainly
-                                          did not take effect
-   ==========  =========================  ======================================
+   ================  ==========================  =========================================
+   operation         Redis                       sent again after
+   ================  ==========================  =========================================
+   ``get``           ``GET``                     any failure (reads change nothing)
+   ``ttl``           ``PTTL``                    any failure
+   ``ping``          ``PING``                    any failure
+   ``set``           ``SET PX`` (+ ``WAIT``)     any failure: writing the same value
+                                                 again has the same effect
+   ``delete``        ``DEL`` (+ ``WAIT``)        any failure: deleting twice is deleting
+   ``publish``       ``PUBLISH``                 any failure: every message the gateway
+                                                 sends is an idempotent invalidation
+   ``replace_if``    Lua ``EVAL`` (+ ``WAIT``)   any failure: a second run changes
+                                                 nothing the first did not; after a first
+                                                 that stored, it answers "not stored"
+                                                 and the caller reads the value again
+   ``add``           ``SET NX PX`` (+ ``WAIT``)  only when the first attempt certainly
+                                                 did not take effect (see below)
+   ``take``          ``GETDEL`` (+ ``WAIT``)     only when the first attempt certainly
+                                                 did not take effect
+   ================  ==========================  =========================================
 
    ``take_token`` and ``push_bounded`` (Lua ``EVAL`` + ``WAIT``: login-start
    buckets, a browser's pending logins) follow the ``add``/``take`` rule: a second
@@ -116,7 +120,7 @@ class NotDurable(Exception):
         retry. Otherwise it ran on a node that may be replaced, and may vanish."""
 
 
-_IDEMPOTENT = frozenset({"get", "ttl", "ping", "set", "delete", "publish"})
+_IDEMPOTENT = frozenset({"get", "ttl", "ping", "set", "delete", "publish", "replace_if"})
 _NOT_IDEMPOTENT = frozenset({"add", "take", "take_token", "push_bounded"})
 OPERATIONS = _IDEMPOTENT | _NOT_IDEMPOTENT
 

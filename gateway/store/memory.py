@@ -102,6 +102,17 @@ class MemoryStore:
         self._data[key] = (bytes(value), now + ttl)
         return True
 
+    async def replace_if(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
+        self._check_open()
+        self._check_ttl(ttl)
+        now = self._clock()
+        item = self._live(key, now)
+        # No await between the comparison and the write: atomic on the event loop.
+        if item is None or item[0] != expected:
+            return False
+        self._data[key] = (bytes(value), now + ttl)
+        return True
+
     async def take(self, key: str) -> bytes | None:
         self._check_open()
         item = self._live(key, self._clock())

@@ -160,6 +160,16 @@ return dropped
 """
 
 
+# Compare and set. ARGV: expected value, new value, ttl (ms). Returns 1 if stored.
+_REPLACE_IF_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
 class RedisStore:
     """Redis implementation of :class:`gateway.store.base.Store`."""
 
@@ -302,6 +312,14 @@ class RedisStore:
         full = self.full_key(key)
         stored = await self._write("add", full, ("SET", full, value, "NX", "PX", ms))
         return stored is not None
+
+    async def replace_if(self, key: str, expected: bytes, value: bytes, ttl: float) -> bool:
+        ms = self._ms(ttl)
+        full = self.full_key(key)
+        stored = await self._write(
+            "replace_if", full, ("EVAL", _REPLACE_IF_LUA, 1, full, expected, value, ms)
+        )
+        return int(stored) == 1
 
     async def take(self, key: str) -> bytes | None:
         full = self.full_key(key)

@@ -68,6 +68,8 @@ async def test_non_positive_ttl_is_refused(store: Store, ttl: float) -> None:
         await store.set("k", b"v", ttl=ttl)
     with pytest.raises(ValueError, match="ttl"):
         await store.add("k", b"v", ttl=ttl)
+    with pytest.raises(ValueError, match="ttl"):
+        await store.replace_if("k", b"", b"v", ttl=ttl)
 
 
 async def test_add_stores_only_when_absent(store: Store) -> None:
@@ -91,6 +93,50 @@ async def test_add_race_has_exactly_one_winner(store: Store) -> None:
     assert results.count(True) == 1
     winner = results.index(True)
     assert await store.get("race") == str(winner).encode()
+
+
+async def test_replace_if_writes_only_over_the_expected_value(store: Store) -> None:
+    """Compare and set: the new value and TTL only where the key holds exactly ``expected``."""
+    await store.set("k", b"one", ttl=100)
+    assert await store.replace_if("k", b"other", b"two", ttl=100) is False
+    assert await store.get("k") == b"one"
+    assert await store.replace_if("k", b"one", b"two", ttl=5) is True
+    assert await store.get("k") == b"two"
+    left = await store.ttl("k")
+    assert left is not None and 0 < left <= 5
+    # The same update again finds its own result, not what it expected.
+    assert await store.replace_if("k", b"one", b"two", ttl=5) is False
+
+
+async def test_replace_if_never_brings_back_a_deleted_or_expired_key(store: Store) -> None:
+    """An absent key holds nothing to compare with: nothing is written."""
+    assert await store.replace_if("never", b"", b"v", ttl=10) is False
+    await store.set("k", b"one", ttl=10)
+    await store.delete("k")
+    assert await store.replace_if("k", b"one", b"two", ttl=10) is False
+    await store.set("short", b"one", ttl=SHORT_TTL)
+    await asyncio.sleep(SHORT_TTL + 0.1)
+    assert await store.replace_if("short", b"one", b"two", ttl=10) is False
+    assert await store.get("k") is None and await store.get("short") is None
+
+
+async def test_replace_if_race_has_exactly_one_winner(store: Store) -> None:
+    """Of many concurrent updates of the same value exactly one is written."""
+    await store.set("k", b"v0", ttl=10)
+    results = await asyncio.gather(
+        *(store.replace_if("k", b"v0", f"v{i}".encode(), 10) for i in range(1, 40))
+    )
+    assert results.count(True) == 1
+    assert await store.get("k") == f"v{results.index(True) + 1}".encode()
+
+
+async def test_replace_if_keeps_bytes_exact(store: Store) -> None:
+    """Values with NUL and high bytes compare and store byte for byte."""
+    old, new = bytes(range(256)) * 3, bytes(reversed(range(256))) * 3
+    await store.set("k", old, ttl=10)
+    assert await store.replace_if("k", old[:-1] + b"x", new, ttl=10) is False
+    assert await store.replace_if("k", old, new, ttl=10) is True
+    assert await store.get("k") == new
 
 
 async def test_take_returns_value_once(store: Store) -> None:
