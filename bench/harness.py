@@ -187,21 +187,24 @@ def wait_http(
 # -- wrk ---------------------------------------------------------------------
 
 # Rotates the Cookie header over the sessions in the file named after ``--``
-# and counts answers other than 200 (wrk alone counts a 3xx as a success,
+# (each request built once, at start: the load side stays cheap) and counts
+# answers other than 200 (wrk alone counts a 3xx as a success,
 # which an expired session's redirect to the login would be).
 ROTATE_LUA = """
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function init(args)
-  cookies = {}
-  for line in io.lines(args[1]) do cookies[#cookies + 1] = line end
-  i = math.random(#cookies) - 1
+  reqs = {}
+  for line in io.lines(args[1]) do
+    wrk.headers["Cookie"] = line
+    reqs[#reqs + 1] = wrk.format()
+  end
+  i = math.random(#reqs) - 1
   not200 = 0
 end
 function request()
-  i = i % #cookies + 1
-  wrk.headers["Cookie"] = cookies[i]
-  return wrk.format()
+  i = i % #reqs + 1
+  return reqs[i]
 end
 function response(status, headers, body)
   if status ~= 200 then not200 = not200 + 1 end

@@ -243,6 +243,10 @@ def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
     return any(ip in net for net in trusted)
 
 
+# Deny-lists whose header name sets are kept (configuration reloads add one each).
+_HEADER_SETS_KEPT = 8
+
+
 def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:
     """Header names listed in ``Connection``: hop-by-hop by declaration."""
     value = headers.get("Connection", "")
@@ -291,6 +295,7 @@ class Forwarder:
         # Names the gateway itself sets on every request: a client's look-alike
         # (X_Request_ID) must not arrive next to ours.
         self._set_by_gateway = frozenset({server.request_id_header.lower()})
+        self._header_sets: dict[frozenset[str], tuple[frozenset[str], frozenset[str]]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._client: UpstreamClient | None = None
         self._upstreams: dict[int, Upstream] = {}
@@ -349,12 +354,21 @@ class Forwarder:
         ``deny`` (lower-case names) holds the client-sent headers nobody behind
         the gateway may see: identity headers and the configured deny-list.
         """
-        drop = (
-            HOP_BY_HOP | _FORWARDING | _CLIENT_FORBIDDEN | deny | connection_tokens(request.headers)
-        )
+        sets = self._header_sets.get(deny)
+        if sets is None:
+            # Per deny-list (one per configuration generation), not per request.
+            sets = self._header_sets[deny] = (
+                HOP_BY_HOP | _FORWARDING | _CLIENT_FORBIDDEN | deny,
+                _FORWARDING | _CLIENT_FORBIDDEN | deny | self._set_by_gateway,
+            )
+            while len(self._header_sets) > _HEADER_SETS_KEPT:
+                del self._header_sets[next(iter(self._header_sets))]
+        drop, protected = sets
+        listed = request.headers.get("Connection")
+        if listed:
+            drop = drop | connection_tokens(request.headers)
         if websocket:
-            drop |= _WS_HANDSHAKE | {"sec-websocket-protocol"}
-        protected = _FORWARDING | _CLIENT_FORBIDDEN | deny | self._set_by_gateway
+            drop = drop | _WS_HANDSHAKE | {"sec-websocket-protocol"}
         underscores = self.server.underscores_in_headers
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in request.headers.items():

@@ -54,8 +54,10 @@ class Session:
     ref: str = ""
     """Keyed hash of ``id`` for logs, audit and the token ``sid`` (set by the manager)."""
 
-    @property
+    @cached_property
     def allowed_kvks(self) -> frozenset[str]:
+        """KvK numbers of the allowed employers (built once per ``Session`` object:
+        every request on an employer's page asks)."""
         return frozenset(e.kvk for e in self.allowed)
 
     def employer(self, kvk: str) -> Employer | None:
