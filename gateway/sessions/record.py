@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-import json
 import zlib
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
+
+import orjson
 
 from gateway.identity import Employer, Identity, Loa
 from gateway.tokens.claims import TokenSubject
@@ -195,7 +196,7 @@ def encode_session(session: Session) -> bytes:
     }
     if session.active_employer is not None:
         data["ae"] = session.active_employer
-    raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw = orjson.dumps(data)  # compact, UTF-8 (ensure_ascii=False)
     if len(raw) > _COMPRESS_ABOVE:
         return b"Z" + zlib.compress(raw, 1)
     return b"J" + raw
@@ -210,7 +211,7 @@ def decode_session(session_id: str, ref: str, blob: bytes) -> Session:
             raw = blob[1:]
         else:
             raise ValueError("unknown session encoding")
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         if data.get("v") != FORMAT_VERSION:
             raise ValueError("unknown session format version")
         return Session(
@@ -226,5 +227,7 @@ def decode_session(session_id: str, ref: str, blob: bytes) -> Session:
             version=data["n"],
             ref=ref,
         )
+    except orjson.JSONDecodeError as exc:
+        raise ValueError("corrupt session record: not JSON") from exc
     except (KeyError, TypeError, IndexError, AttributeError, zlib.error) as exc:
         raise ValueError(f"corrupt session record: {type(exc).__name__}") from exc
