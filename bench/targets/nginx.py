@@ -32,6 +32,7 @@ def main_config(folder: Path, access_log: str, http_body: str, *, workers: int =
 daemon off;
 master_process {"off" if workers == 1 else "on"};
 worker_processes {workers};
+pcre_jit on;
 pid {folder / "nginx.pid"};
 error_log {folder / "error.log"} warn;
 events {{ worker_connections 4096; }}

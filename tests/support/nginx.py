@@ -46,6 +46,7 @@ def _config(folder: Path, http_body: str) -> str:
 daemon off;
 master_process off;
 worker_processes 1;
+pcre_jit on;
 pid {folder / "nginx.pid"};
 error_log {folder / "error.log"} info;
 events {{ worker_connections 512; }}
