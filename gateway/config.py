@@ -382,14 +382,16 @@ class ForwardAuthSettings(Model):
         "Traefik forwardAuth and Envoy ext_authz. Only peers in server.trusted_proxies may ask.",
     )
     cache_seconds: int = Field(
-        30,
+        60,
         ge=0,
         le=60,
         description="How long the proxy may cache an allowing answer at most (X-Accel-Expires "
         "and Cache-Control max-age). Each answer's time is also cut to when the session's "
         "mandates must be asked again and to its token's expiry, so a revocation takes "
-        "effect within the mandate re-check interval, as in proxy mode. A session that "
-        "ended (logout) passes the proxy's cache for at most this long.",
+        "effect within the mandate re-check interval, as in proxy mode, and no cached answer "
+        "outlives the token it carries. A session that ended (logout) passes the proxy's "
+        "cache for at most this long: by default no longer than its last token stays valid "
+        "(tokens.lifetime_seconds, 60 s).",
     )
     browser_status: Literal[401, 303] = Field(
         401,

@@ -194,7 +194,7 @@ async def test_the_documented_configuration_snippet_is_valid() -> None:
     route = {"name": "all", "match": {"path": "/"}, "upstream": "http://u", "policy": "public"}
     config = make_config({**snippet, "routes": [route]})
     assert config.forward_auth.enabled is True
-    assert config.forward_auth.cache_seconds == 30
+    assert config.forward_auth.cache_seconds == 60
     assert [str(n) for n in config.server.trusted_proxies] == ["10.0.0.0/8"]
 
 
@@ -224,6 +224,8 @@ async def test_forward_auth_and_proxy_mode_decide_alike(
     ("limit", "mandates_in", "token_in", "expected"),
     [
         (30, 3600.0, 60, 30),  # the configured limit
+        (60, 3600.0, 60, 59),  # the defaults: never past the token it carries
+        (60, 60.0, 60, 59),  # ... and its mandates (re-check interval: 60 s)
         (30, 7.9, 60, 7),  # the mandates must be asked again sooner: whole seconds, down
         (30, 3600.0, 12, 11),  # the token expires sooner: a second of margin
         (30, 0.5, 60, 0),  # due within the second: not cached
