@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import structlog
 from multidict import CIMultiDictProxy
@@ -47,8 +47,7 @@ from gateway.tokens import TokenSubject
 log = structlog.get_logger("gateway.gate")
 
 
-@dataclass(frozen=True)
-class Forward:
+class Forward(NamedTuple):
     """Go ahead: add these headers upstream."""
 
     headers: dict[str, str]

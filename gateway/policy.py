@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import quote
 
 from gateway.config import EmployerScope, RouteSettings
@@ -59,8 +59,7 @@ from gateway.target import Target, query_pairs
 Pairs = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class RequestFacts:
+class RequestFacts(NamedTuple):
     """What the policy reads of one request, taken from it once by the shell.
 
     ``headers`` holds only the headers a route's employer scope names (every
@@ -78,8 +77,7 @@ class RequestFacts:
     browser: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Allow:
+class Allow(NamedTuple):
     """Forward it, with a token for ``audience`` in ``header`` (``Authorization``: bearer)."""
 
     header: str

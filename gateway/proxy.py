@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import aiohttp
 import structlog
@@ -178,8 +179,7 @@ class Upstream:
         return out
 
 
-@dataclass(frozen=True)
-class ClientView:
+class ClientView(NamedTuple):
     """Who the client is and how it reached us, after applying trusted-proxy rules."""
 
     address: str
@@ -267,8 +267,7 @@ def strip_gateway_cookies(cookie_header: str, prefixes: tuple[str, ...]) -> str:
     return ";".join(kept).strip()
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardPlan:
+class ForwardPlan(NamedTuple):
     """Everything decided about one request before it goes upstream (``gateway.plan``)."""
 
     target: Target

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -406,7 +406,7 @@ def test_the_example_route_table_routes_and_decides_on_one_spelling() -> None:
     verdict = decide(
         match.route.settings,
         session(),
-        replace(facts(target.raw), params=match.params),
+        facts(target.raw)._replace(params=match.params),
         prefix=PREFIX,
         token_header=TOKEN_HEADER,
     )
