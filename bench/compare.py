@@ -32,9 +32,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.harness import Measurement, OneShot, fetch, median, run_oneshots, run_wrk
@@ -61,6 +62,9 @@ class Lag:
     over_20ms: int
     """Wake-ups late by more than 20 ms."""
     ticks: int
+    steal_ms: float = 0.0
+    """CPU time the hypervisor took from the server CPU(s) meanwhile (steal time): a
+    virtual machine's core that is not running cannot wake the loop up on time."""
 
     @staticmethod
     def between(before: dict[float, float] | None, after: dict[float, float] | None) -> Lag:
@@ -71,6 +75,19 @@ class Lag:
         worst = next((le for le, n in delta.items() if n >= total), math.inf)
         over = total - delta.get(0.02, 0.0)
         return Lag(worst * 1000, int(over), int(total))
+
+
+def steal_seconds(cpus: Iterable[int], stat: str | None = None) -> float:
+    """Steal time of ``cpus`` so far (``/proc/stat``, or ``stat``): seconds the hypervisor
+    ran something else while these virtual CPUs had work."""
+    text = Path("/proc/stat").read_text() if stat is None else stat
+    wanted = {f"cpu{c}" for c in cpus}
+    ticks = 0
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] in wanted and len(fields) > 8:
+            ticks += int(fields[8])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -170,9 +187,12 @@ class Runner:
         ``warmup``: a run whose numbers are not kept (``row.min_seconds`` does not apply).
         """
         before = target.loop_lag() if row.kind in ("login", "login_start") else None
+        stolen = steal_seconds(self.env.server_cpus)
         result = self._measure(row, target, seconds, warmup=warmup)
         if before is not None:
-            self.lags.setdefault(row.key, []).append(Lag.between(before, target.loop_lag()))
+            lag = Lag.between(before, target.loop_lag())
+            steal_ms = (steal_seconds(self.env.server_cpus) - stolen) * 1000
+            self.lags.setdefault(row.key, []).append(replace(lag, steal_ms=steal_ms))
         return result
 
     def _measure(
@@ -250,6 +270,7 @@ def run(args: argparse.Namespace) -> tuple[list[Summary], dict[str, str], dict[s
     # This process, wrk, the upstream, Redis and the simulator share the load side.
     os.sched_setaffinity(0, env.load_cpus)
     info = machine_info(env)
+    steal_at_start, started_at = steal_seconds(env.server_cpus), time.monotonic()
     results: dict[str, list[Measurement]] = {row.key: [] for row, _ in chosen}
     try:
         started: set[str] = set()
@@ -277,6 +298,8 @@ def run(args: argparse.Namespace) -> tuple[list[Summary], dict[str, str], dict[s
                 time.sleep(0.3)  # let closing connections settle before the next row
     finally:
         info["load_after"] = loadavg()
+        stolen = steal_seconds(env.server_cpus) - steal_at_start
+        info["steal"] = f"{stolen:.1f} s of {time.monotonic() - started_at:.0f} s"
         env.close()
         if args.keep:
             say(f"kept {env.tmp}")
@@ -376,15 +399,18 @@ def lag_lines(summaries: list[Summary], lags: dict[str, list[Lag]]) -> str:
         worst = max(lag.worst_ms for lag in runs)
         over = sum(lag.over_20ms for lag in runs)
         bound = "above 5 s" if math.isinf(worst) else f"at most {worst:g} ms"
+        steal = sum(lag.steal_ms for lag in runs)
         lines.append(
             f"- {s.row.label}: worst wake-up {bound} late; wake-ups more than 20 ms late: "
-            f"{over} of {sum(lag.ticks for lag in runs):,}"
+            f"{over} of {sum(lag.ticks for lag in runs):,}; steal time on the server CPU "
+            f"meanwhile: {steal:,.0f} ms"
         )
     if not lines:
         return ""
     return (
         "Event-loop lag during the runs (the gateway's 10 ms timer, "
-        "gateway_event_loop_lag_seconds, read before and after each run):\n\n" + "\n".join(lines)
+        "gateway_event_loop_lag_seconds, read before and after each run; steal time: what "
+        "the hypervisor took from the server's virtual CPU):\n\n" + "\n".join(lines)
     )
 
 
@@ -396,7 +422,8 @@ def report(
 ) -> str:
     head = [
         f"bench compare, {info['date']}: {info['cpu']}; {info['pinning']}",
-        f"load average before {info['load_before']}, after {info.get('load_after', '?')}",
+        f"load average before {info['load_before']}, after {info.get('load_after', '?')}; "
+        f"steal time on the server CPU during the run: {info.get('steal', '?')}",
         f"wrk -t1 -c{args.connections}, keep-alive, {args.seconds:g} s per row, "
         f"median of {args.rounds} interleaved round(s); logins: {args.connections} concurrent",
         f"{info['nginx']}; {info['apache']}; {info['mellon']}; Python {info['python']}",
@@ -423,7 +450,8 @@ def chart(summaries: list[Summary], info: dict[str, str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ours = {row.key for t in all_targets() if t.ours for row in t.rows}
-    labels = [s.row.label for s in summaries][::-1]
+    # Long labels (the whole-box rows) on two lines, so the panels keep their width.
+    labels = [textwrap.fill(s.row.label, 52) for s in summaries][::-1]
     rps = [s.rps for s in summaries][::-1]
     cpu = [s.cpu_us for s in summaries][::-1]
     colours = ["#1f6fb4" if s.row.key in ours else "#9a9a9a" for s in summaries][::-1]
@@ -431,8 +459,8 @@ def chart(summaries: list[Summary], info: dict[str, str], path: Path) -> None:
         1, 2, figsize=(13, 0.42 * len(labels) + 1.6), sharey=True, constrained_layout=True
     )
     for ax, values, title, fmt in (
-        (left, rps, "requests (logins) per second, log scale: longer is faster", "{:,.0f}"),
-        (right, cpu, "server CPU µs per request (login), log scale: shorter is cheaper", "{:,.0f}"),
+        (left, rps, "requests (logins) per second\nlog scale: longer is faster", "{:,.0f}"),
+        (right, cpu, "server CPU µs per request (login)\nlog scale: shorter is cheaper", "{:,.0f}"),
     ):
         clean = [v if v == v else 0 for v in values]
         ax.barh(labels, clean, color=colours)

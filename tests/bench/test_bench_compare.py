@@ -168,3 +168,22 @@ def test_loop_lag_between_two_histogram_readings() -> None:
         },
     )
     assert quiet == Lag(worst_ms=1.0, over_20ms=0, ticks=10)
+
+
+def test_steal_time_is_read_per_cpu_from_proc_stat() -> None:
+    """The eighth number of a cpuN line of /proc/stat, in seconds, for the CPUs asked."""
+    import os
+
+    from bench.compare import steal_seconds
+
+    stat = (
+        "cpu  291893 5734 82810 367428 1372 0 34647 4174 0 0\n"
+        "cpu0 169429 5204 32198 169134 730 0 17443 1488 0 0\n"
+        "cpu1 122463 529 50612 198293 642 0 17204 2685 0 0\n"
+        "intr 1 2 3\n"
+    )
+    tick = os.sysconf("SC_CLK_TCK")
+    assert steal_seconds([0], stat) == 1488 / tick
+    assert steal_seconds([0, 1], stat) == (1488 + 2685) / tick
+    assert steal_seconds([7], stat) == 0
+    assert steal_seconds([0]) >= 0  # this machine's own /proc/stat
