@@ -187,12 +187,13 @@ class Runner:
         ``warmup``: a run whose numbers are not kept (``row.min_seconds`` does not apply).
         """
         before = target.loop_lag() if row.kind in ("login", "login_start") else None
+        if before is None:
+            return self._measure(row, target, seconds, warmup=warmup)
         stolen = steal_seconds(self.env.server_cpus)
         result = self._measure(row, target, seconds, warmup=warmup)
-        if before is not None:
-            lag = Lag.between(before, target.loop_lag())
-            steal_ms = (steal_seconds(self.env.server_cpus) - stolen) * 1000
-            self.lags.setdefault(row.key, []).append(replace(lag, steal_ms=steal_ms))
+        lag = Lag.between(before, target.loop_lag())
+        steal_ms = (steal_seconds(self.env.server_cpus) - stolen) * 1000
+        self.lags.setdefault(row.key, []).append(replace(lag, steal_ms=steal_ms))
         return result
 
     def _measure(

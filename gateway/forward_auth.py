@@ -50,13 +50,13 @@ import structlog
 from aiohttp import web
 
 from gateway.audit import audit
+from gateway.client import is_trusted_peer
 from gateway.config import GatewayConfig
 from gateway.context import REQUEST_ID, ROUTE_NAME, Handler, Route
 from gateway.errors import Forbidden, NotAuthenticated
 from gateway.gate import authorize, request_facts
 from gateway.pages import error_response, see_other
 from gateway.policy import Redirect, login_action
-from gateway.proxy import is_trusted_peer
 from gateway.routing import NoMatch, Router
 from gateway.services import SERVICES
 from gateway.sessions.cookies import read_session_cookie

@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 
 from gateway.audit import audit
+from gateway.client import client_view
 from gateway.context import REQUEST_ID, Handler, Route
 from gateway.errors import (
     Action,
@@ -36,7 +37,6 @@ from gateway.errors import (
 )
 from gateway.identity import Identity, Loa
 from gateway.pages import PAGE_HEADERS, error_response, html_response, render
-from gateway.proxy import client_view
 from gateway.saml.authn_request import AuthnRequestHttp, build_authn_request
 from gateway.services import SERVICES, Services
 from gateway.sessions import Session, new_relay_state

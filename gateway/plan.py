@@ -12,7 +12,7 @@ For every request outside the reserved prefix, in this order:
    employer scope needs it, build the ``RequestFacts`` and ask the policy
    (``gateway.gate`` around ``gateway.policy``): a redirect is answered here,
    a refusal raised;
-5. work out the client's address, scheme and host (``gateway.proxy.client_view``).
+5. work out the client's address, scheme and host (``gateway.client.client_view``).
 
 The result is either a response to send as it is, or the plan the forwarder
 carries out (``gateway.proxy.Forwarder.forward``).
@@ -25,12 +25,13 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from gateway.audit import audit
+from gateway.client import client_view
 from gateway.context import REQUEST_ID, ROUTE_NAME, TIMING
 from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, NotFound
 from gateway.gate import authorize, request_facts
 from gateway.pages import see_other
 from gateway.policy import Pairs, Redirect
-from gateway.proxy import ForwardPlan, client_view
+from gateway.proxy import ForwardPlan
 from gateway.routing import NoMatch
 from gateway.runtime import RUNTIME
 from gateway.services import SERVICES

@@ -22,9 +22,8 @@ What crosses the gateway, and what does not:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -36,6 +35,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway import http_fields
+from gateway.client import ClientView
 from gateway.config import RouteSettings, ServerSettings
 from gateway.errors import (
     BadRequest,
@@ -102,7 +102,6 @@ _CLIENT_FORBIDDEN = frozenset(
 _WS_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
 )
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -177,70 +176,6 @@ class Upstream:
         if loc.raw_fragment:
             out += "#" + loc.raw_fragment
         return out
-
-
-class ClientView(NamedTuple):
-    """Who the client is and how it reached us, after applying trusted-proxy rules."""
-
-    address: str
-    proto: str
-    host: str
-    xff: str
-    forwarded: str
-
-    @property
-    def public_origin(self) -> str:
-        return f"{self.proto}://{self.host}"
-
-
-def client_view(
-    request: web.BaseRequest, trusted: Iterable[Network], public_url: str | None
-) -> ClientView:
-    """Work out client address, scheme and host; believe forwarded headers only from ``trusted``."""
-    peer = request.remote or "unknown"
-    proto = request.scheme
-    host = request.host
-    trusted = tuple(trusted)
-    incoming_xff = request.headers.get("X-Forwarded-For", "")
-    incoming_fwd = request.headers.get("Forwarded", "")
-    if trusted and _is_trusted(peer, trusted):
-        hops = [h.strip() for h in incoming_xff.split(",") if h.strip()]
-        client = peer
-        for hop in reversed(hops):
-            client = hop
-            if not _is_trusted(hop, trusted):
-                break
-        proto = request.headers.get("X-Forwarded-Proto", proto).split(",")[0].strip() or proto
-        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip() or host
-        xff = f"{incoming_xff}, {peer}" if incoming_xff else peer
-        fwd_prefix = f"{incoming_fwd}, " if incoming_fwd else ""
-    else:
-        client = peer
-        xff = peer
-        fwd_prefix = ""
-    if public_url:
-        pub = URL(public_url)
-        proto, host = pub.scheme, pub.raw_authority
-    for_value = f'"[{peer}]"' if ":" in peer else peer
-    forwarded = f"{fwd_prefix}for={for_value};proto={proto};host={_quote_host(host)}"
-    return ClientView(client, proto, host, xff, forwarded)
-
-
-def _quote_host(host: str) -> str:
-    return f'"{host}"' if ":" in host else host
-
-
-def is_trusted_peer(remote: str | None, trusted: Iterable[Network]) -> bool:
-    """Is the TCP peer one of the configured trusted proxies?"""
-    return remote is not None and _is_trusted(remote, tuple(trusted))
-
-
-def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in trusted)
 
 
 # Deny-lists whose header name sets are kept (configuration reloads add one each).

@@ -29,7 +29,7 @@ can only make that moment later, never earlier). Refusals are audited as
 deployment's bucket one event for all clients, ``client_address`` ``*``), so a
 flood cannot flood the audit log either.
 
-The client address is what ``gateway.proxy.client_view`` trusts: the peer, or
+The client address is what ``gateway.client.client_view`` trusts: the peer, or
 the ``X-Forwarded-For`` hop a configured trusted proxy vouches for. IPv4 counts
 per address (IPv4-mapped IPv6 as IPv4), IPv6 per network of
 ``ipv6_prefix_length`` bits.
