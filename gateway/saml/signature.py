@@ -13,6 +13,7 @@ signed, which defeats every signature-wrapping variant.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import xmlsec
@@ -41,6 +42,27 @@ _DIGEST_TRANSFORMS = {
     alg.DIGEST_SHA384: _C.TransformSha384,
     alg.DIGEST_SHA512: _C.TransformSha512,
 }
+
+
+@functools.lru_cache(maxsize=64)
+def _verification_key(cert_pem: bytes) -> xmlsec.Key:
+    """A trusted certificate's key, parsed once per process (``xmlsec.Error`` if it is not one).
+
+    Parsing a PEM certificate costs libxmlsec a few hundred microseconds, a
+    noticeable part of a login; the key object itself is never handed to a
+    context (assigning ``SignatureContext.key`` copies it), so one parsed key
+    serves every verification. Keyed by the certificate's bytes: a metadata
+    refresh with new certificates gets new keys, never an old one.
+    """
+    return xmlsec.Key.from_memory(cert_pem, _C.KeyDataFormatCertPem)
+
+
+@functools.lru_cache(maxsize=8)
+def _signing_key(key_pem: bytes, cert_pem: bytes) -> xmlsec.Key:
+    """Our private key with its certificate, parsed once per process (see ``_verification_key``)."""
+    key = xmlsec.Key.from_memory(key_pem, _C.KeyDataFormatPem)
+    key.load_cert_from_memory(cert_pem, _C.KeyDataFormatCertPem)
+    return key
 
 
 def has_signature(element: etree._Element) -> bool:
@@ -111,7 +133,7 @@ def verify_enveloped(
         ctx.register_id(element, "ID")
         try:
             # A preset key makes libxmlsec skip KeyInfo: the sender never picks the key.
-            ctx.key = xmlsec.Key.from_memory(cert, _C.KeyDataFormatCertPem)
+            ctx.key = _verification_key(cert)
             ctx.verify(sig)
         except xmlsec.Error:
             continue
@@ -141,8 +163,6 @@ def sign_enveloped(
     key_info = xmlsec.template.ensure_key_info(sig)
     xmlsec.template.add_x509_data(key_info)
     ctx = xmlsec.SignatureContext()
-    key = xmlsec.Key.from_memory(key_pem, _C.KeyDataFormatPem)
-    key.load_cert_from_memory(cert_pem, _C.KeyDataFormatCertPem)
-    ctx.key = key
+    ctx.key = _signing_key(key_pem, cert_pem)
     ctx.register_id(element, "ID")
     ctx.sign(sig)
