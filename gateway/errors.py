@@ -397,6 +397,12 @@ class LoginsBusy(ServiceUnavailable):
     default_text_en = "A great many people are logging in right now. Please try again shortly."
 
 
+class LoginWorkerFailed(ServiceUnavailable):
+    code = "login_worker_failed"
+    default_text_nl = "Door een storing kon het inloggen niet worden afgerond. Probeer het opnieuw."
+    default_text_en = "A fault stopped the login from completing. Please try again."
+
+
 class Overloaded(ServiceUnavailable):
     code = "overloaded"
     default_text_nl = (

@@ -14,13 +14,12 @@ import base64
 import binascii
 import datetime as dt
 import functools
-import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from gateway.errors import SamlInvalid
+from gateway.errors import LoginWorkerFailed, SamlInvalid
 from gateway.identity import Identity
 from gateway.saml import worker
 from gateway.saml.artifact import ArtifactResolver, parse_artifact
@@ -28,6 +27,7 @@ from gateway.saml.authn_request import AuthnRequestHttp, build_authn_request, ne
 from gateway.saml.keys import SpKeys, load_sp_keys
 from gateway.saml.logout import LogoutExpectation, LogoutRequestHttp, slo_skip_reason
 from gateway.saml.metadata import BrokerMetadata, BrokerMetadataSource
+from gateway.saml.pool import ProcessPool, WorkerLost
 from gateway.saml.settings import SamlSettings
 from gateway.saml.sp_metadata import service_catalogue_xml, sp_metadata_xml
 from gateway.saml.verify import Expectation, VerifiedLogin
@@ -58,20 +58,18 @@ class ServiceProvider:
             expiry_warning_seconds=settings.broker_metadata_expiry_warning_seconds,
             require_https=not settings.insecure_dev_http,
         )
-        self._pool: Executor | None = None
+        self._pool: ProcessPool | ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
         """Open the HTTP session and worker pool, load the broker metadata, start refreshing."""
         n = self.settings.verify_workers
         if self.settings.verify_pool == "process":
-            # forkserver: never fork the running event loop's process (threads, sockets).
-            self._pool = ProcessPoolExecutor(
-                max_workers=n,
-                mp_context=multiprocessing.get_context("forkserver"),
-                initializer=functools.partial(worker.init_worker, nice=10),
-                initargs=(self.settings,),
+            # Started through the forkserver (see gateway.saml.pool): the running event
+            # loop's process (threads, sockets) is never forked.
+            self._pool = ProcessPool(
+                n, functools.partial(worker.init_worker, nice=10), (self.settings,)
             )
-            await asyncio.gather(*(self._run(worker.ping) for _ in range(n)))
+            await self._pool.start()
         else:
             worker.init_worker(self.settings, self.keys)
             self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="saml-verify")
@@ -81,9 +79,11 @@ class ServiceProvider:
     async def close(self) -> None:
         await self.broker.close()
         await self._resolver.close()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        pool, self._pool = self._pool, None
+        if isinstance(pool, ProcessPool):
+            await pool.close()
+        elif pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     @property
     def metadata(self) -> BrokerMetadata:
@@ -190,5 +190,12 @@ class ServiceProvider:
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         if self._pool is None:
             raise RuntimeError("ServiceProvider.start() was not called")
+        if isinstance(self._pool, ProcessPool):
+            try:
+                return await self._pool.run(fn, *args)
+            except WorkerLost as exc:
+                # Killed mid-call (out of memory, an operator): this one login fails
+                # with a clear page; the pool has started a replacement already.
+                raise LoginWorkerFailed(str(exc)) from exc
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
