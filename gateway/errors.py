@@ -40,6 +40,7 @@ The tree::
         ├── RegistryUnavailable       the fund's mandate registry is unreachable
         ├── BrokerUnavailable         the eHerkenning broker is unreachable
         ├── LoginsBusy                the deployment's login-start limit is reached
+        ├── LoginWorkerFailed         the SAML worker process running a login was killed
         └── Overloaded                too many connections, or no file descriptors left
 
 ``LoginFailed`` is raised while logging in; ``AccessDenied`` on requests of a

@@ -307,7 +307,8 @@ class ProcessPool:
         if process.exitcode is None:
             process.kill()
             await self.loop.run_in_executor(None, process.join, _EXIT_WAIT)
-        process.close()
+        with contextlib.suppress(ValueError):  # still running after a kill: leave it be
+            process.close()
 
     async def close(self) -> None:
         """Let running calls finish (up to a few seconds), stop every worker, fail the rest."""
