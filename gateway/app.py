@@ -31,7 +31,8 @@ from gateway.health import (
 from gateway.login import login_routes
 from gateway.logs import access_logger, configure_logging
 from gateway.loop_lag import measure_lag
-from gateway.metrics import METRICS, Metrics, ScrapeGuard, metrics_handler, metrics_listener_ctx
+from gateway.metrics import METRICS, Metrics
+from gateway.metrics_endpoint import ScrapeGuard, metrics_handler, metrics_listener_ctx
 from gateway.overview import overview_routes
 from gateway.proxy import FORWARDER, Forwarder
 from gateway.runtime import RUNTIME, Runtime, compile_generation, watch

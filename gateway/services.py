@@ -23,7 +23,8 @@ from gateway.config import GatewayConfig
 from gateway.errors import RegistryUnavailable, StoreUnavailable
 from gateway.mandates import MandateService
 from gateway.mandates.file_source import FileMandateSource
-from gateway.metrics import Metrics, ServiceStates, TimedMandateSource, TimedStore
+from gateway.metrics import Metrics, TimedMandateSource, TimedStore
+from gateway.metrics_states import ServiceStates
 from gateway.saml import ServiceProvider
 from gateway.sessions import LoginStateStore, ReplayCache, SessionManager
 from gateway.sessions.login_limits import LoginStartLimiter

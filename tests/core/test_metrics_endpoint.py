@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from gateway.app import build_app
-from gateway.metrics import metrics_listener_address
+from gateway.metrics_endpoint import metrics_listener_address
 from tests.conftest import GatewayFactory, make_config
 
 TOKEN = "metrics-token-0123456789abcdef"

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from gateway.app import build_app
-from gateway.metrics import Metrics, ScrapeGuard, metrics_app
+from gateway.metrics import Metrics
+from gateway.metrics_endpoint import ScrapeGuard, metrics_app
 from gateway.store.factory import parse_store_url
 from tests.support.deploy import (
     KUSTOMIZE,

@@ -25,7 +25,8 @@ import pytest_asyncio
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import Metrics, ScrapeGuard, metrics_app
+from gateway.metrics import Metrics
+from gateway.metrics_endpoint import ScrapeGuard, metrics_app
 from tests.support.deploy import REPO, only
 from tests.support.login_world import LoginWorld, login_world
 
