@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 
@@ -38,7 +39,8 @@ async def running_simulator(
     """
     app = build_simulator_app(settings, clock=clock)
     sim = app[SIMULATOR]
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # A test tool: idle keep-alive connections must not hold its stop for a minute.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -61,9 +63,24 @@ async def running_simulator(
 async def serve_simulator(
     settings: SimulatorSettings, host: str = "127.0.0.1", port: int = 8081
 ) -> None:
-    """Serve until cancelled (the ``gateway simulator`` subcommand awaits this)."""
-    async with running_simulator(settings, host, port):
-        await asyncio.Event().wait()
+    """Serve until SIGINT or SIGTERM (or until cancelled), then stop.
+
+    The signals are handled by the loop itself (as the gateway does): they wake it
+    through its own descriptor whichever thread the kernel hands them to, so a
+    signal is never left waiting for the loop's next wake-up.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with running_simulator(settings, host, port):
+            await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        log.info("sim_stopped")
 
 
 def run_simulator(settings: SimulatorSettings, host: str = "127.0.0.1", port: int = 8081) -> None:

@@ -146,10 +146,12 @@ async def test_demo_serves_sample_portal(processes: Callable[..., GatewayProcess
     assert await gw.wait_exit() == 0
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 async def test_simulator_command_serves_metadata_on_its_port(
-    processes: Callable[..., GatewayProcess],
+    processes: Callable[..., GatewayProcess], stop_signal: signal.Signals
 ) -> None:
-    """`gateway simulator --port N` runs the broker simulator standalone with URLs on port N."""
+    """`gateway simulator --port N` runs the broker simulator standalone with URLs on port N;
+    Ctrl-C and SIGTERM (what a process manager sends) both stop it cleanly."""
     port = free_port()
     sim = processes(["simulator", "--port", str(port)], cwd=ROOT)
     await sim.wait_http(f"http://127.0.0.1:{port}/saml/metadata")
@@ -159,8 +161,9 @@ async def test_simulator_command_serves_metadata_on_its_port(
             metadata = await resp.text()
     assert f'Location="http://127.0.0.1:{port}/saml/ars"' in metadata
     assert "ArtifactResolutionService" in metadata
-    sim.signal(signal.SIGINT)
+    sim.signal(stop_signal)
     assert await sim.wait_exit() == 0
+    assert "sim_stopped" in sim.output()
 
 
 async def test_workers_exit_when_supervisor_is_killed(
