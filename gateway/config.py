@@ -30,25 +30,16 @@ file, then every file it names (``gateway.config_files``).
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
-from pydantic import (
-    AnyHttpUrl,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
@@ -61,344 +52,52 @@ from gateway.config_source import (
     problem_message,
 )
 from gateway.errors import ConfigInvalid, ConfigProblem
-from gateway.http_fields import (
-    HeaderName,
-    HeaderSet,
-    IdentityHeaderName,
-    header_name_problem,
-)
 from gateway.identity import Loa
 from gateway.mandates.settings import MandateSettings
 from gateway.metrics import MetricsSettings
 from gateway.route_patterns import PatternError, compile_pattern
+from gateway.route_settings import (
+    HTTP_METHODS,
+    EmployerScope,
+    HeaderOps,
+    MatchRule,
+    RouteSettings,
+    Timeouts,
+)
 from gateway.saml.settings import SamlSettings
+from gateway.server_settings import (
+    DEFAULT_DENY_HEADERS,
+    AdminSettings,
+    ForwardAuthSettings,
+    LoggingSettings,
+    ServerSettings,
+)
 from gateway.sessions.settings import SessionSettings
+from gateway.settings_base import Model
 from gateway.store.factory import StoreSettings
 from gateway.tokens.settings import TokenSettings
 
-# Hop-by-hop and identity headers are always removed; this list adds the
-# headers a legacy portal behind us might be tempted to trust.
-DEFAULT_DENY_HEADERS = (
-    "X-Gateway-Identity",
-    "X-Remote-User",
-    "X-Forwarded-User",
-    "X-Authenticated-User",
-    "Remote-User",
-    "X-User",
-    "X-Employer",
-    "X-Kvk",
-)
-
-HTTP_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
-)
-# The JSON Schema states the single-key rules the validators below enforce.
-_METHOD = (
-    "^(?:" + "|".join("".join(f"[{c}{c.lower()}]" for c in m) for m in sorted(HTTP_METHODS)) + ")$"
-)
-_RESERVED_PREFIX = r"^/[A-Za-z0-9._~-]+/$"
-
-
-class Model(BaseModel):
-    """Base for every config section: immutable, and unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ServerSettings(Model):
-    """How the gateway listens and what it serves itself."""
-
-    host: str = Field("127.0.0.1", description="Address to listen on.")
-    port: int = Field(8080, ge=0, le=65535, description="TCP port (0 picks a free one).")
-    public_url: AnyHttpUrl | None = Field(
-        None,
-        description="The URL users type (e.g. https://portaal.fonds.nl). Used to rewrite "
-        "upstream redirects, and later as the token issuer. Default: taken from each request.",
-    )
-    reserved_prefix: str = Field(
-        "/_gateway/",
-        description="Everything the gateway serves itself lives here.",
-        json_schema_extra={"pattern": _RESERVED_PREFIX},
-    )
-    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
-        default_factory=list,
-        description="Networks whose X-Forwarded-*/Forwarded headers are believed "
-        "(your load balancer). Everyone else's are replaced.",
-    )
-    workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
-    shutdown_grace_seconds: float = Field(
-        25.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
-    )
-    drain_delay_seconds: float = Field(
-        0.0,
-        ge=0,
-        description="On SIGTERM, how long to keep accepting while readiness reports 503, "
-        "so a load balancer can stop sending traffic first.",
-    )
-    uvloop: bool = Field(True, description="Use uvloop when it is installed.")
-    config_poll_seconds: float = Field(
-        2.0, ge=0, description="How often to check the config file for changes (0: only SIGHUP)."
-    )
-    deny_headers: list[HeaderName] = Field(
-        default_factory=lambda: list(DEFAULT_DENY_HEADERS),
-        description="Client-sent headers never forwarded upstream (in any spelling: case, "
-        "and _ for -). Identity headers of every route are always added to this list.",
-    )
-    underscores_in_headers: bool = Field(
-        False,
-        description="Forward client headers whose names contain an underscore (like nginx's "
-        "underscores_in_headers). Off: they are dropped, since CGI/WSGI-style stacks read "
-        "X_Remote_User and X-Remote-User as one variable. Even when on, a name that equals a "
-        "denied or gateway-set header once _ is read as - is dropped.",
-    )
-    request_id_header: HeaderName = Field(
-        "X-Request-ID",
-        description="Request id header: a valid incoming value is kept, else one is made; "
-        "sent upstream, returned and logged.",
-    )
-    upstream_pool_size: int = Field(
-        200,
-        ge=1,
-        description="Maximum open connections to all upstreams together (websockets included).",
-    )
-    upstream_idle_seconds: float = Field(
-        15.0,
-        gt=0,
-        description="Close a pooled upstream connection after this long unused. Keep it below "
-        "the upstream's own keep-alive timeout.",
-    )
-    gateway_cookie_prefixes: list[str] = Field(
-        default_factory=lambda: ["__Host-gw_", "gw_"],
-        description="Cookies whose name starts with one of these belong to the gateway and "
-        "are never forwarded upstream.",
-    )
-    # Client connections (docs/operations.md, "Client connections: deadlines and caps").
-    client_keepalive_seconds: float = Field(
-        75.0,
-        gt=0,
-        description="Close a client's keep-alive connection after this long without a new "
-        "request (nginx keepalive_timeout: 75 s). Keep it above your load balancer's idle "
-        "timeout.",
-    )
-    client_header_timeout_seconds: float = Field(
-        20.0,
-        gt=0,
-        description="The whole request head (request line and headers) must arrive within "
-        "this time: from the connection's start for its first request, from the first byte "
-        "for later ones. Otherwise the connection is closed (nginx client_header_timeout: 60 s).",
-    )
-    client_body_timeout_seconds: float = Field(
-        60.0,
-        gt=0,
-        description="Longest pause between two reads of a request body; past it the client "
-        "gets a 408 page and the connection is closed (nginx client_body_timeout: 60 s).",
-    )
-    max_connections: int | None = Field(
-        None,
-        ge=1,
-        description="Client connections one worker keeps open; more get a 503 page and are "
-        "closed. Default (null): what the descriptor limit leaves after a reserve for "
-        "upstream connections, at most 4096.",
-    )
-    max_connections_per_client: int = Field(
-        256,
-        ge=1,
-        description="Client connections one worker keeps open per client address (IPv6: per "
-        "/64); more get a 503 page and are closed. Peers in trusted_proxies count only toward "
-        "max_connections.",
-    )
-
-    @field_validator("reserved_prefix")
-    @classmethod
-    def _prefix_shape(cls, v: str) -> str:
-        if not re.fullmatch(_RESERVED_PREFIX, v):
-            raise ValueError("must look like /_gateway/ (one path segment, slashes both sides)")
-        return v
-
-
-class LoggingSettings(Model):
-    format: Literal["json", "console"] = Field(
-        "json", description="json in production; console for people."
-    )
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    access_log: bool = Field(True, description="One structured line per request.")
-
-
-class MatchRule(Model):
-    """Which requests a route takes."""
-
-    path: str = Field(
-        description="Path prefix, exact path, or pattern (see `type`).",
-        json_schema_extra={"pattern": "^/"},
-    )
-    type: Literal["prefix", "exact", "pattern"] = Field(
-        "prefix",
-        description="prefix: segment-wise prefix (/api takes /api and /api/x, not /apix); "
-        "exact: this path only; pattern: full match with {name} for one segment "
-        "or {name:regex}.",
-    )
-    host: str | None = Field(
-        None, description="Host name to match (case-insensitive; *.example.nl allowed)."
-    )
-    methods: list[str] | None = Field(
-        None,
-        description="Allowed methods; default all.",
-        json_schema_extra={"minItems": 1, "items": {"type": "string", "pattern": _METHOD}},
-    )
-
-    @field_validator("path")
-    @classmethod
-    def _path_shape(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError("must start with /")
-        return v
-
-    @field_validator("methods")
-    @classmethod
-    def _methods_known(cls, v: list[str] | None) -> list[str] | None:
-        if v is None:
-            return v
-        up = [m.upper() for m in v]
-        unknown = sorted(set(up) - HTTP_METHODS)
-        if unknown:
-            raise ValueError(f"unknown HTTP method(s): {', '.join(unknown)}")
-        if not up:
-            raise ValueError("must list at least one method, or be left out for all")
-        return up
-
-
-class Timeouts(Model):
-    connect: float = Field(5.0, gt=0, description="Seconds to open a connection upstream.")
-    read: float = Field(
-        60.0, gt=0, description="Seconds the upstream may stay silent while answering."
-    )
-
-
-class HeaderOps(Model):
-    set: HeaderSet = Field(default_factory=dict, description="Headers to set (replace).")
-    remove: list[HeaderName] = Field(default_factory=list, description="Headers to remove.")
-
-
-class EmployerScope(Model):
-    """Where an employer identifier appears in requests on a route.
-
-    The gateway answers 403 before the request reaches the portal when the
-    identifier is not in the session's allowed set.
-    """
-
-    location: Literal["path", "query", "header", "form"] = Field(
-        description="path: a named parameter of a pattern route; query: a query parameter; "
-        "header: a request header; form: a field of a urlencoded form post (small bodies)."
-    )
-    name: str = Field(description="Parameter, header or field name.")
-    identifier: Literal["kvk", "fund_number"] = Field(
-        "kvk", description="Which employer identifier the value is."
-    )
-
-    @model_validator(mode="after")
-    def _header_name(self) -> EmployerScope:
-        if self.location == "header":
-            problem = header_name_problem(self.name)
-            if problem:
-                raise ValueError(f"name: {problem}")
-        return self
-
-
-class RouteSettings(Model):
-    """One entry of the ordered route list; the first route that matches wins."""
-
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Unique route name.")
-    match: MatchRule
-    upstream: AnyHttpUrl = Field(description="Base URL of the application behind this route.")
-    policy: Literal["public", "authenticated"] = "authenticated"
-    strip_prefix: str | None = Field(
-        None,
-        description="Path prefix removed before forwarding (e.g. /portaal).",
-        json_schema_extra={"pattern": "^/.*[^/]$"},
-    )
-    preserve_host: bool = Field(
-        False, description="Send the client's Host upstream instead of the upstream's own."
-    )
-    timeouts: Timeouts = Field(default_factory=Timeouts)
-    max_body_bytes: int = Field(
-        10 * 1024 * 1024, ge=0, description="Largest request body accepted (413 above)."
-    )
-    websocket: bool = Field(False, description="Pass websocket upgrades through.")
-    request_headers: HeaderOps = Field(default_factory=HeaderOps)
-    response_headers: HeaderOps = Field(default_factory=HeaderOps)
-    audience: str | None = Field(
-        None, description="Token audience (aud) for this route; default: the route name."
-    )
-    identity_header: IdentityHeaderName | None = Field(
-        None, description="Header that carries the token; default: tokens.header_name."
-    )
-    token_transport: Literal["header", "bearer"] = Field(
-        "header", description="header: identity_header; bearer: Authorization: Bearer."
-    )
-    employer_scope: list[EmployerScope] = Field(
-        default_factory=list, description="Where employer identifiers appear (403 if foreign)."
-    )
-    min_loa: Loa | None = Field(
-        None, description="Minimum level for this route (e.g. loa4); lower logins step up."
-    )
-    required_scope: str | None = Field(
-        None,
-        description="A mandate scope the employer in the request (or the active one) must carry.",
-    )
-
-    @field_validator("min_loa", mode="before")
-    @classmethod
-    def _parse_loa(cls, v: object) -> object:
-        return Loa.parse(v) if isinstance(v, str) else v
-
-    @field_validator("strip_prefix")
-    @classmethod
-    def _strip_shape(cls, v: str | None) -> str | None:
-        if v is not None and (not v.startswith("/") or v.endswith("/")):
-            raise ValueError("must start with / and not end with / (e.g. /portaal)")
-        return v
-
-    @model_validator(mode="after")
-    def _upstream_plain(self) -> RouteSettings:
-        if self.upstream.query or self.upstream.fragment:
-            raise ValueError("upstream: must not have a query or fragment")
-        return self
-
-
-class AdminSettings(Model):
-    """The credential for the gateway's admin endpoints (mandate revocation push)."""
-
-    token_file: Path = Field(
-        description="File holding the shared secret the registry sends as a Bearer token."
-    )
-
-
-class ForwardAuthSettings(Model):
-    """The auth-subrequest endpoint for a proxy that carries the bytes (docs/forward-auth.md)."""
-
-    enabled: bool = Field(
-        False,
-        description="Serve {reserved_prefix}auth for nginx auth_request, ingress-nginx auth-url, "
-        "Traefik forwardAuth and Envoy ext_authz. Only peers in server.trusted_proxies may ask.",
-    )
-    cache_seconds: int = Field(
-        60,
-        ge=0,
-        le=60,
-        description="How long the proxy may cache an allowing answer at most (X-Accel-Expires "
-        "and Cache-Control max-age). Each answer's time is also cut to when the session's "
-        "mandates must be asked again and to its token's expiry, so a revocation takes "
-        "effect within the mandate re-check interval, as in proxy mode, and no cached answer "
-        "outlives the token it carries. A session that ended (logout) passes the proxy's "
-        "cache for at most this long: by default no longer than its last token stays valid "
-        "(tokens.lifetime_seconds, 60 s).",
-    )
-    browser_status: Literal[401, 303] = Field(
-        401,
-        description="A browser without a session: 401 with the login URL in Location and "
-        "X-Auth-Redirect (nginx: error_page 401), or 303 straight to the login (Traefik, Envoy, "
-        "which pass the answer to the client).",
-    )
+__all__ = [
+    "DEFAULT_DENY_HEADERS",
+    "HTTP_METHODS",
+    "AdminSettings",
+    "CheckedConfig",
+    "EmployerScope",
+    "ForwardAuthSettings",
+    "GatewayConfig",
+    "HeaderOps",
+    "LoggingSettings",
+    "MatchRule",
+    "Model",
+    "RouteSettings",
+    "ServerSettings",
+    "Timeouts",
+    "check_config",
+    "config_json_schema",
+    "loa_spellings",
+    "load_config",
+    "parse_config",
+]
 
 
 class GatewayConfig(Model):
