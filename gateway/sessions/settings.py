@@ -58,7 +58,7 @@ class SessionSettings(BaseModel):
     """A session unused this long ends (seconds or ISO 8601 duration in config)."""
     absolute_lifetime: Duration = dt.timedelta(hours=8)
     """A session ends this long after login, however active it is."""
-    touch_interval: Duration = dt.timedelta(seconds=30)
+    touch_interval: Duration = dt.timedelta(seconds=60)
     """``last_seen`` is written at most this often per session (not on every request), so
     the effective idle timeout is between ``idle_timeout - touch_interval`` and ``idle_timeout``."""
     cookie_name: str = Field(default="__Host-gw_session", pattern=r"^[A-Za-z0-9_-]+$")
@@ -69,7 +69,7 @@ class SessionSettings(BaseModel):
     """DEVELOPMENT ONLY, NEVER IN PRODUCTION: send cookies without ``Secure`` (and so
     without the ``__Host-`` prefix) so a plain-HTTP demo on localhost works. With it,
     cookies travel in clear text and can be set by other hosts."""
-    cache_seconds: float = Field(default=30.0, ge=0, le=300)
+    cache_seconds: float = Field(default=60.0, ge=0, le=300)
     """How long a replica may serve a session from its in-process cache (0 = no cache).
     Changes elsewhere reach it by pub/sub at once; when messages may have been lost (the
     subscription broke and came back) the whole cache is dropped, so this is only the

@@ -129,10 +129,11 @@ async def test_store_ttl_never_outlives_the_absolute_lifetime(
 
 async def test_touch_is_throttled(store: Store, clock: FakeClock, manager: SessionManager) -> None:
     """``last_seen`` is written at most every touch interval, not on every request."""
+    interval = manager.settings.touch_interval.total_seconds()
     session = await manager.create(make_identity())
-    clock.advance(seconds=10)
+    clock.advance(seconds=interval - 5)
     assert (await manager.load(session.id)).last_seen == session.last_seen  # type: ignore[union-attr]
-    clock.advance(seconds=25)
+    clock.advance(seconds=5)
     touched = await manager.load(session.id)
     assert touched is not None
     assert touched.last_seen == clock.now()
@@ -143,13 +144,14 @@ async def test_touch_keeps_a_newer_change_from_another_replica(
     store: Store, clock: FakeClock
 ) -> None:
     """A touch re-reads the stored record, so it never writes a stale cached copy back."""
-    a = _manager(store, clock, cache_seconds=30)
-    b = _manager(store, clock, cache_seconds=30)
+    touch = dt.timedelta(seconds=30)
+    a = _manager(store, clock, cache_seconds=30, touch_interval=touch)
+    b = _manager(store, clock, cache_seconds=30, touch_interval=touch)
     try:
         session = await a.create(make_identity(), make_employers(2))
         assert await a.load(session.id) is not None  # cached on A
         await b.update(session, active_employer="10000001")
-        clock.advance(seconds=31)
+        clock.advance(seconds=31)  # A's copy is due for a touch (its cache time is monotonic)
         touched = await a.load(session.id)
         assert touched is not None
         assert touched.active_employer == "10000001"

@@ -267,3 +267,19 @@ async def test_a_chain_login_with_the_registry_down_past_r_is_refused() -> None:
         await _login(replica, _identity(chain_for=EMPLOYER))
     assert refused.value.status == 503
     assert refused.value.text_nl.startswith("Met een ketenmachtiging")
+
+
+def test_default_session_bounds_stay_within_the_mandate_recheck_interval() -> None:
+    """The session defaults never outlast the gateway's one-minute bound.
+
+    A cached session copy (``cache_seconds``: only a pub/sub loss nobody noticed
+    relies on it) and a ``last_seen`` write (``touch_interval``) are each at most
+    the mandate re-check interval R, the bound the docs give for a revocation;
+    the idle timeout stays exact to within one touch interval.
+    """
+    defaults = SessionSettings()
+    bound = defaults.mandate_recheck_interval.total_seconds()
+    assert bound == 60
+    assert 0 < defaults.cache_seconds <= bound
+    assert dt.timedelta(0) < defaults.touch_interval <= defaults.mandate_recheck_interval
+    assert defaults.idle_timeout - defaults.touch_interval >= dt.timedelta(minutes=14)
