@@ -20,9 +20,11 @@ the proxy path keeps that chain as short as a bare proxy's plus one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import time
+from collections.abc import Callable
 from functools import partial
 
 import structlog
@@ -109,8 +111,8 @@ async def edge(request: web.Request, handler: Handler | None = None) -> web.Stre
                     "request_id": request_id,
                     "route": route,
                     "method": request.method,
-                    "path": redact_path(request.path),
-                    "query": safe_query(request.query_string),
+                    "path": _logged(redact_path, request.path),
+                    "query": _logged(safe_query, request.query_string),
                     "status": status,
                     "bytes": _bytes_sent(request, resp),
                     "duration_ms": round(elapsed * 1000, 2),
@@ -120,6 +122,17 @@ async def edge(request: web.Request, handler: Handler | None = None) -> web.Stre
                     "client": request.remote,
                 },
             )
+
+
+@functools.lru_cache(maxsize=4096)
+def _logged_short(clean: Callable[[str], str], value: str) -> str:
+    return clean(value)
+
+
+def _logged(clean: Callable[[str], str], value: str) -> str:
+    """``clean(value)`` for the access line, remembered for short values: a page's
+    path and query come again and again, and cleaning them is a pure function."""
+    return _logged_short(clean, value) if len(value) <= 256 else clean(value)
 
 
 def edged(handler: Handler) -> Handler:

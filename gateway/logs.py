@@ -301,6 +301,9 @@ class BufferedLineLogger:
 
 
 _stream: TextIO | None = None
+# The processors of the JSON format as ``configure_logging`` set them up last
+# (None: another format): level, timestamp, exc_info, redaction, renderer.
+_json_chain: tuple[Any, ...] | None = None
 
 
 def _format_exc_info_if_any(
@@ -324,9 +327,23 @@ class AccessLog:
         self.sink = sink
         self.enabled = enabled
         self._processors = structlog.get_config()["processors"]
+        # The JSON chain ``configure_logging`` set up, element by element: while
+        # the configured list still holds exactly it, a line is rendered here
+        # in one step with the same output (see ``emit``).
+        self._json_chain = list(_json_chain) if _json_chain else None
+        self._timestamp = _json_chain[1] if _json_chain else _UtcTimestamp()
 
     def emit(self, event: str, fields: dict[str, Any]) -> None:
+        """Write one access line. ``fields`` must be safe already (``PRECHECKED``)."""
         fields["event"] = event
+        if self._processors == self._json_chain:
+            # What the chain does with a pre-checked event without exc_info, in its
+            # order: level, timestamp, the marker dropped (redact), JSON.
+            fields["level"] = "info"
+            self._timestamp(None, "info", fields)
+            fields.pop(PRECHECKED, None)
+            self.sink.msg(orjson.dumps(fields, default=str).decode())
+            return
         rendered: Any = fields
         try:
             for processor in self._processors:
@@ -360,11 +377,14 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
         redact,
     ]
     renderer: Any
+    global _json_chain
     if fmt == "console":
         shared.append(redact)
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        _json_chain = None
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        _json_chain = (*shared, renderer)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

@@ -12,7 +12,15 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from gateway.logs import REDACTED, BufferedLineLogger, configure_logging, redact, safe_query
+from gateway.logs import (
+    PRECHECKED,
+    REDACTED,
+    AccessLog,
+    BufferedLineLogger,
+    configure_logging,
+    redact,
+    safe_query,
+)
 from gateway.runtime import RUNTIME
 from tests.conftest import GatewayFactory
 
@@ -173,6 +181,59 @@ def test_timestamps_are_iso_utc_with_milliseconds() -> None:
     assert abs((dt.datetime.now(dt.UTC) - parsed).total_seconds()) < 5
 
 
+@pytest.mark.usefixtures("restore_structlog")
+def test_access_line_is_the_configured_chains_line() -> None:
+    """An access line comes out exactly as the configured JSON processors render it.
+
+    The access log renders a line in one step while the configured processors
+    are the JSON chain; the result must be the chain's own, byte for byte
+    (the timestamp aside), and a changed chain (``capture_logs``, another
+    format) must be honoured.
+    """
+
+    def fields() -> dict[str, object]:
+        return {
+            PRECHECKED: True,
+            "request_id": "0123456789abcdef0123456789abcdef",
+            "route": "employer-pages",
+            "method": "GET",
+            "path": "/werkgevers/30000001/overzicht",
+            "query": "periode=2024-12",
+            "status": 200,
+            "bytes": 2048,
+            "duration_ms": 0.52,
+            "upstream_ms": None,
+            "client": "127.0.0.1",
+        }
+
+    stream = io.StringIO()
+    configure_logging("json", "info", stream=stream)
+    direct = AccessLog(BufferedLineLogger(stream, interval=3600), enabled=True)
+    chain = AccessLog(BufferedLineLogger(stream, interval=3600), enabled=True)
+    chain._json_chain = None  # every processor, one by one
+    direct.emit("request_handled", fields())
+    chain.emit("request_handled", fields())
+    direct.sink.flush()
+    chain.sink.flush()
+    one, two = (
+        re.sub(r'"timestamp":"[^"]+"', "T", line) for line in stream.getvalue().splitlines()
+    )
+    assert one == two
+    record = json.loads(stream.getvalue().splitlines()[0])
+    assert PRECHECKED not in record
+    assert list(record)[-3:] == ["event", "level", "timestamp"]
+    assert record["path"] == "/werkgevers/30000001/overzicht" and record["upstream_ms"] is None
+    with capture_logs() as logs:
+        direct.emit("request_handled", fields())
+    assert [e["event"] for e in logs] == ["request_handled"]
+    configure_logging("console", "info", stream=io.StringIO())
+    console = AccessLog(BufferedLineLogger(stream, interval=3600), enabled=True)
+    console.emit("request_handled", fields())
+    assert "request_handled" in console.sink._lines[0] and not console.sink._lines[0].startswith(
+        "{"
+    )
+
+
 def test_buffered_access_logger_batches_whole_lines() -> None:
     """Access lines wait for the interval or flush() and go out in whole-line batches <= 4 KiB."""
 
@@ -216,3 +277,18 @@ async def test_access_log_counts_bytes_of_gateway_pages(gateway: GatewayFactory)
         body = await resp.read()
     (line,) = [e for e in logs if e["event"] == "request_handled"]
     assert line["bytes"] == len(body) > 0
+
+
+def test_access_line_cleaning_is_remembered_only_for_short_values() -> None:
+    """The access line's path and query are cleaned as always, remembered or not."""
+    from gateway.edge import _logged, _logged_short
+    from gateway.logs import redact_path
+
+    token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    for _ in range(2):
+        assert _logged(redact_path, f"/reset/{token}") == f"/reset/{REDACTED}"
+        assert _logged(safe_query, f"token={token}&a=1") == safe_query(f"token={token}&a=1")
+    hits = _logged_short.cache_info().hits
+    long_path = "/x/" + "a" * 300
+    assert _logged(redact_path, long_path) == redact_path(long_path)
+    assert _logged_short.cache_info().hits == hits
