@@ -22,6 +22,7 @@ What crosses the gateway, and what does not:
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -188,12 +189,34 @@ def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set
     return {t.strip().lower() for t in value.split(",") if t.strip()}
 
 
+@functools.lru_cache(maxsize=256)
+def _and_listed(names: frozenset[str], listed: str) -> frozenset[str]:
+    """``names`` and the header names a ``Connection`` value lists (one set per value,
+    not per message: upstreams and browsers send the same few values)."""
+    return names | {t.strip().lower() for t in listed.split(",") if t.strip()}
+
+
 def is_gateway_cookie(name: str, prefixes: tuple[str, ...]) -> bool:
     return name.startswith(prefixes)
 
 
 def strip_gateway_cookies(cookie_header: str, prefixes: tuple[str, ...]) -> str:
-    """``Cookie`` without the gateway's own cookies; other cookies pass unchanged."""
+    """``Cookie`` without the gateway's own cookies; other cookies pass unchanged.
+
+    A browser sends the same header on every request of a session: the answer
+    for a usual-sized one is remembered (a pure function of its arguments).
+    """
+    if len(cookie_header) <= 512:
+        return _stripped(cookie_header, prefixes)
+    return _strip(cookie_header, prefixes)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _stripped(cookie_header: str, prefixes: tuple[str, ...]) -> str:
+    return _strip(cookie_header, prefixes)
+
+
+def _strip(cookie_header: str, prefixes: tuple[str, ...]) -> str:
     kept = [
         part
         for part in cookie_header.split(";")
@@ -300,7 +323,7 @@ class Forwarder:
         drop, protected = sets
         listed = request.headers.get("Connection")
         if listed:
-            drop = drop | connection_tokens(request.headers)
+            drop = _and_listed(drop, listed)
         if websocket:
             drop = drop | _WS_HANDSHAKE | {"sec-websocket-protocol"}
         underscores = self.server.underscores_in_headers
@@ -417,7 +440,8 @@ class Forwarder:
             status=upstream.status, reason=upstream.reason
         )
         out = resp.headers
-        drop = HOP_BY_HOP | connection_tokens(upstream.headers)
+        listed = upstream.headers.get("Connection")
+        drop = _and_listed(HOP_BY_HOP, listed) if listed else HOP_BY_HOP
         for name, value in upstream.headers.items():
             low = name.lower()
             if low in drop:

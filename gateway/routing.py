@@ -95,8 +95,25 @@ class Router:
             )
             for i, r in enumerate(routes)
         )
+        # Answers for (host, path, method) seen lately: routing depends on nothing
+        # else, and a page is asked for again and again. Bounded like
+        # ``gateway.target``'s memo; callers treat the answer (and its params)
+        # as read-only.
+        self._memo: dict[tuple[str, str, str], RouteMatch | NoMatch] = {}
 
     def resolve(self, host: str, path: str, method: str) -> RouteMatch | NoMatch:
+        key = (host, path, method)
+        known = self._memo.get(key)
+        if known is not None:
+            return known
+        answer = self._resolve(host, path, method)
+        if len(path) <= 512 and len(host) <= 256:
+            if len(self._memo) >= 4096:
+                self._memo.clear()
+            self._memo[key] = answer
+        return answer
+
+    def _resolve(self, host: str, path: str, method: str) -> RouteMatch | NoMatch:
         host = _bare_host(host)
         path_matched = False
         for route in self.routes:

@@ -121,8 +121,28 @@ def check_message(request: Message) -> None:
             raise NotImplementedHere(f"transfer coding {te[:40]!r}")
 
 
+# Accepted targets seen lately: a page is asked for again and again (by every
+# session on it), and a target's parse depends on nothing but its text. Only
+# short targets are kept, and the whole memo is dropped when full.
+_PARSED: dict[str, Target] = {}
+_PARSED_MAX = 4096
+_PARSED_LONGEST = 512
+
+
 def parse_target(raw: str) -> Target:
     """Parse the request-target of a request line, or raise ``BadTarget``."""
+    known = _PARSED.get(raw)
+    if known is not None:
+        return known
+    target = _parse_target(raw)
+    if len(raw) <= _PARSED_LONGEST:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[raw] = target
+    return target
+
+
+def _parse_target(raw: str) -> Target:
     if not raw.startswith("/"):
         if raw == "*":
             raise BadTarget("asterisk-form target")

@@ -79,9 +79,30 @@ def cookie_value(request: web.BaseRequest, name: str) -> str | None:
     header = request.headers.get(hdrs.COOKIE)
     if not header or name not in header:
         return None  # aiohttp's names are substrings of the header: not there, no cookie
+    # A browser sends the same header on every request of a session: the answer
+    # for a usual-sized one is remembered (a pure function of header and name).
+    found = _simple_value(header, name) if len(header) <= 512 else _scan(header, name)
+    return request.cookies.get(name) if isinstance(found, _NotSimple) else found
+
+
+class _NotSimple:
+    """``_scan``'s answer for a header the fast path does not read: ask aiohttp."""
+
+
+_NOT_SIMPLE = _NotSimple()
+
+
+@functools.lru_cache(maxsize=65_536)
+def _simple_value(header: str, name: str) -> str | _NotSimple | None:
+    return _scan(header, name)
+
+
+def _scan(header: str, name: str) -> str | _NotSimple | None:
+    """The value of ``name`` in a simple ``header`` (see ``cookie_value``); ``_NOT_SIMPLE``
+    for a header (or name) of another shape."""
     key = _search_key(name)
     if key is None or _SIMPLE_HEADER.fullmatch(header) is None:
-        return request.cookies.get(name)
+        return _NOT_SIMPLE
     # In a simple header whitespace only follows a ";", and names and values hold
     # no ";", so ``name=`` starts a pair exactly where it starts the header or
     # follows ";", space or tab; the value runs to the next ";". Occurrences of

@@ -115,3 +115,34 @@ def test_authenticated_routes_match_every_spelling_public_routes_one() -> None:
     assert _name(router.resolve("h", "/static/app.css", "GET")) == "static"
     assert _name(router.resolve("h", "/STATIC/app.css", "GET")) == "rest"
     assert _name(router.resolve("h", "/werkgevers", "GET")) == "rest"
+
+
+def test_remembered_answers_equal_fresh_ones_and_stay_bounded() -> None:
+    """Answers are remembered per (host, path, method) and always equal a fresh resolve.
+
+    Routing depends on nothing else, so a repeated page costs a lookup; the memo
+    is bounded (emptied when full) and leaves out long paths.
+    """
+    router = _router(
+        {"name": "one", "match": {"type": "pattern", "path": "/werkgevers/{kvk}/{rest:.*}"}},
+        {"name": "get-only", "match": {"path": "/lezen", "methods": ["GET"]}},
+    )
+    cases = [
+        ("h", "/werkgevers/30000001/a", "GET"),
+        ("H:8080", "/werkgevers/30000002/b", "POST"),
+        ("h", "/lezen", "POST"),
+        ("h", "/nergens", "GET"),
+    ]
+    for _ in range(2):
+        for host, path, method in cases:
+            assert router.resolve(host, path, method) == router._resolve(host, path, method)
+    first = router.resolve("h", "/werkgevers/30000001/a", "GET")
+    assert isinstance(first, RouteMatch) and first.params == {"kvk": "30000001", "rest": "a"}
+    assert router.resolve("h", "/lezen", "POST") == NoMatch(path_matched=True)
+    assert router.resolve("h", "/" + "x" * 600, "GET") == NoMatch(path_matched=False)
+    assert ("h", "/" + "x" * 600, "GET") not in router._memo
+    for i in range(5000):
+        router.resolve("h", f"/werkgevers/{i}/p", "GET")
+        assert len(router._memo) <= 4096
+    again = router.resolve("h", "/werkgevers/4999/p", "GET")
+    assert isinstance(again, RouteMatch) and again.params == {"kvk": "4999", "rest": "p"}

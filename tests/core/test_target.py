@@ -84,3 +84,22 @@ def test_query_pairs_decode_as_a_form_reading_portal_does() -> None:
         ("werkgever", "9"),
     ]
     assert query_pairs(None) == []
+
+
+def test_remembered_targets_parse_as_fresh_and_refusals_stay_refused() -> None:
+    """Accepted targets are remembered (bounded, short ones only); a refused one never is."""
+    import gateway.target as target_module
+
+    raw = "/werkgevers/30000001/overzicht?periode=2024-12"
+    first = parse_target(raw)
+    assert parse_target(raw) == first == target_module._parse_target(raw)
+    assert first.path == "/werkgevers/30000001/overzicht" and first.raw_query == "periode=2024-12"
+    for _ in range(2):
+        with pytest.raises(BadTarget):
+            parse_target("/a/../b")
+    assert "/a/../b" not in target_module._PARSED
+    long = "/" + "a" * 600
+    assert parse_target(long).path == long and long not in target_module._PARSED
+    for i in range(5000):
+        parse_target(f"/p/{i}")
+        assert len(target_module._PARSED) <= target_module._PARSED_MAX
