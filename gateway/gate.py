@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import weakref
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -35,6 +36,7 @@ from gateway.policy import (
     Pairs,
     Redirect,
     RequestFacts,
+    Verdict,
     admit,
     decide,
     is_browser_navigation,
@@ -95,16 +97,16 @@ async def authorize(
 
     Raises the error of a ``Deny`` verdict, after its audit event.
     """
-    session, lost_active = await _load(services, session_id, request_id)
+    # The usual request: cached, nothing due, no push for it (see ``_load``),
+    # answered without another coroutine.
+    session = services.sessions.load_quiet(session_id)
+    lost_active = False
+    if session is None or (services.invalidated and _push_pending(services, session)):
+        session, lost_active = await _load(services, session_id, request_id)
     config = services.config
     assert config.tokens is not None
-    verdict = decide(
-        route,
-        session,
-        facts,
-        prefix=config.server.reserved_prefix,
-        token_header=config.tokens.header_name,
-        lost_active_employer=lost_active,
+    verdict = _decide(
+        route, session, facts, config.server.reserved_prefix, config.tokens.header_name, lost_active
     )
     if isinstance(verdict, Allow):
         assert session is not None
@@ -114,6 +116,57 @@ async def authorize(
     if isinstance(verdict, Redirect):
         return verdict
     raise await _refusal(services, verdict, session, route.name, request_id)
+
+
+# ``Allow`` verdicts of lately decided requests. ``decide`` is a pure function of
+# the route, the session object (frozen: any change makes a new one), the
+# request's facts, the prefix and the token header, so a session asking for the
+# same page again gets the very verdict it got before; only the usual requests
+# are remembered (no re-check just removed an employer, no form or scoped
+# header, a short target), and the whole memo is dropped when full. Sessions
+# are held weakly: a replaced session object (every touch makes one) is not
+# kept alive by the memo.
+_ALLOWED: dict[tuple[object, ...], tuple[weakref.ref[Session], RouteSettings, Allow]] = {}
+_ALLOWED_MAX = 16_384
+_ALLOWED_TARGET = 1024
+
+
+def _decide(
+    route: RouteSettings,
+    session: Session | None,
+    facts: RequestFacts,
+    prefix: str,
+    token_header: str,
+    lost_active: bool,
+) -> Verdict:
+    """``decide``, remembered for the usual request (see ``_ALLOWED``)."""
+    target = facts.target
+    if (
+        session is None
+        or lost_active
+        or facts.headers
+        or facts.form is not None
+        or len(target.raw_path) + len(target.raw_query or "") > _ALLOWED_TARGET
+    ):
+        return decide(
+            route,
+            session,
+            facts,
+            prefix=prefix,
+            token_header=token_header,
+            lost_active_employer=lost_active,
+        )
+    key: tuple[object, ...] = (id(session), id(route), facts.method, target)
+    key += (facts.multipart, facts.browser, prefix, token_header)
+    known = _ALLOWED.get(key)
+    if known is not None and known[0]() is session and known[1] is route:
+        return known[2]
+    verdict = decide(route, session, facts, prefix=prefix, token_header=token_header)
+    if isinstance(verdict, Allow):
+        if len(_ALLOWED) >= _ALLOWED_MAX:
+            _ALLOWED.clear()
+        _ALLOWED[key] = (weakref.ref(session), route, verdict)
+    return verdict
 
 
 async def current_session(
@@ -157,7 +210,7 @@ async def _load(
     # so the general path below would change nothing (it costs more: coroutines,
     # clock readings, date arithmetic).
     session = manager.load_quiet(session_id)
-    if session is not None and not _push_pending(services, session):
+    if session is not None and not (services.invalidated and _push_pending(services, session)):
         return session, False
     session = await manager.load(session_id)
     if session is None:

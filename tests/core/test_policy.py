@@ -10,14 +10,17 @@ written inline.
 from __future__ import annotations
 
 import datetime as dt
+import gc
+import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from gateway import gate
 from gateway.config import RouteSettings
 from gateway.errors import (
     Action,
@@ -393,6 +396,54 @@ def test_the_policy_table(case: Case) -> None:
             assert getattr(verdict.error, name) == value
     else:
         assert verdict == case.verdict
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_the_gate_remembers_exactly_the_policys_verdicts(case: Case) -> None:
+    """The gate's remembered verdicts are the policy's, asked twice, on every row of the table.
+
+    A request the memo keeps (an ``Allow``) gets the very same answer the second
+    time; anything else is decided anew each time, never answered from memory.
+    """
+    for _ in range(2):
+        verdict = gate._decide(
+            case.route, case.session, case.facts, PREFIX, TOKEN_HEADER, case.lost_active_employer
+        )
+        again = decide(
+            case.route,
+            case.session,
+            case.facts,
+            prefix=PREFIX,
+            token_header=TOKEN_HEADER,
+            lost_active_employer=case.lost_active_employer,
+        )
+        assert type(verdict) is type(again)
+        if isinstance(again, Deny):
+            assert isinstance(verdict, Deny) and type(verdict.error) is type(again.error)
+            assert (verdict.audit, verdict.end_session) == (again.audit, again.end_session)
+        else:
+            assert verdict == again
+
+
+def test_a_changed_session_is_decided_anew(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session whose allowed set changed (a new object) is not answered from memory,
+    and the memo does not keep the replaced object alive."""
+    r = employer_route(employer_scope=[{"location": "path", "name": "kvk"}])
+    request = facts(f"/werkgevers/{UNRESTRICTED.kvk}/x", params={"kvk": UNRESTRICTED.kvk})
+    before = session()
+    assert isinstance(gate._decide(r, before, request, PREFIX, TOKEN_HEADER, False), Allow)
+    assert isinstance(gate._decide(r, before, request, PREFIX, TOKEN_HEADER, False), Allow)
+    after = replace(before, allowed=(PREMIE_ONLY,))
+    refused = gate._decide(r, after, request, PREFIX, TOKEN_HEADER, False)
+    assert isinstance(refused, Deny) and isinstance(refused.error, EmployerNotAllowed)
+    gone = weakref.ref(before)
+    del before
+    gc.collect()
+    assert gone() is None  # the memo does not keep a replaced session alive
+    monkeypatch.setattr(gate, "_ALLOWED_MAX", 20)
+    for _ in range(100):  # every one a new session: the memo stays within its bound
+        assert isinstance(gate._decide(r, session(), request, PREFIX, TOKEN_HEADER, False), Allow)
+        assert len(gate._ALLOWED) <= 20
 
 
 def test_the_example_route_table_routes_and_decides_on_one_spelling() -> None:
