@@ -11,6 +11,7 @@ trusted peers.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -61,11 +62,17 @@ def client_view(
         xff = peer
         fwd_prefix = ""
     if public_url:
-        pub = URL(public_url)
-        proto, host = pub.scheme, pub.raw_authority
+        proto, host = _public_parts(public_url)
     for_value = f'"[{peer}]"' if ":" in peer else peer
     forwarded = f"{fwd_prefix}for={for_value};proto={proto};host={_quote_host(host)}"
     return ClientView(client, proto, host, xff, forwarded)
+
+
+@functools.lru_cache(maxsize=16)
+def _public_parts(public_url: str) -> tuple[str, str]:
+    """Scheme and authority of ``server.public_url``: parsed once, not per request."""
+    pub = URL(public_url)
+    return pub.scheme, pub.raw_authority
 
 
 def _quote_host(host: str) -> str:

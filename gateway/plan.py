@@ -76,12 +76,7 @@ async def plan(request: web.Request) -> web.StreamResponse | ForwardPlan:
         if isinstance(decision, Redirect):
             return see_other(decision.location)
         identity = decision.headers
-    server = config.server
-    client = client_view(
-        request,
-        server.trusted_proxies,
-        str(server.public_url).rstrip("/") if server.public_url else None,
-    )
+    client = client_view(request, config.server.trusted_proxies, generation.public_url)
     return ForwardPlan(
         target=target,
         route=route,

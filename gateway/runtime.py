@@ -37,13 +37,17 @@ class Generation:
     router: Router
     deny_headers: frozenset[str]
     number: int
+    public_url: str | None = None
+    """``server.public_url`` without its trailing slash, as the proxy path uses it."""
 
 
 def compile_generation(config: GatewayConfig, number: int) -> Generation:
     # Identity headers are always denied, whatever the deny-list says: nothing
     # behind the gateway may ever see a client-made identity.
     deny = {h.lower() for h in config.server.deny_headers} | config.identity_headers()
-    return Generation(config, Router(config.routes), frozenset(deny), number)
+    public = config.server.public_url
+    public_url = str(public).rstrip("/") if public else None
+    return Generation(config, Router(config.routes), frozenset(deny), number, public_url)
 
 
 @dataclass
