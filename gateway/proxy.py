@@ -211,7 +211,7 @@ def strip_gateway_cookies(cookie_header: str, prefixes: tuple[str, ...]) -> str:
     return _strip(cookie_header, prefixes)
 
 
-@functools.lru_cache(maxsize=65_536)
+@functools.lru_cache(maxsize=16_384)
 def _stripped(cookie_header: str, prefixes: tuple[str, ...]) -> str:
     return _strip(cookie_header, prefixes)
 

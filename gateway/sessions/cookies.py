@@ -92,7 +92,7 @@ class _NotSimple:
 _NOT_SIMPLE = _NotSimple()
 
 
-@functools.lru_cache(maxsize=65_536)
+@functools.lru_cache(maxsize=16_384)
 def _simple_value(header: str, name: str) -> str | _NotSimple | None:
     return _scan(header, name)
 
