@@ -97,12 +97,11 @@ async def authorize(
 
     Raises the error of a ``Deny`` verdict, after its audit event.
     """
-    # The usual request: cached, nothing due, no push for it (see ``_load``),
-    # answered without another coroutine.
-    session = services.sessions.load_quiet(session_id)
+    # The usual request (``_quiet``) is answered without another coroutine.
+    session = _quiet(services, session_id)
     lost_active = False
-    if session is None or (services.invalidated and _push_pending(services, session)):
-        session, lost_active = await _load(services, session_id, request_id)
+    if session is None:
+        session, lost_active = await _load_due(services, session_id, request_id)
     config = services.config
     assert config.tokens is not None
     verdict = _decide(
@@ -203,15 +202,32 @@ async def _load(
     Also says whether that re-check removed the employer the session was
     working for.
     """
-    manager = services.sessions
-    # Most requests: the session is in this replica's cache, nothing about it is
-    # due and no revocation push concerns it. ``load_quiet`` answers exactly then,
-    # and then ``load`` would return the same object and no re-check would be due,
-    # so the general path below would change nothing (it costs more: coroutines,
-    # clock readings, date arithmetic).
-    session = manager.load_quiet(session_id)
-    if session is not None and not (services.invalidated and _push_pending(services, session)):
+    session = _quiet(services, session_id)
+    if session is not None:
         return session, False
+    return await _load_due(services, session_id, request_id)
+
+
+def _quiet(services: Services, session_id: str | None) -> Session | None:
+    """The session when this replica can answer alone, else ``None`` (use ``_load_due``).
+
+    Most requests: the session is in this replica's cache, nothing about it is
+    due and no revocation push concerns it. ``load_quiet`` answers exactly then,
+    and then ``load`` would return the same object and no re-check would be due,
+    so the general path would change nothing (it costs more: coroutines, clock
+    readings, date arithmetic).
+    """
+    session = services.sessions.load_quiet(session_id)
+    if session is None or (services.invalidated and _push_pending(services, session)):
+        return None
+    return session
+
+
+async def _load_due(
+    services: Services, session_id: str | None, request_id: str
+) -> tuple[Session | None, bool]:
+    """``_load``'s general path: store reads, expiry, touches and due mandate re-checks."""
+    manager = services.sessions
     session = await manager.load(session_id)
     if session is None:
         return None, False

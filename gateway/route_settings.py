@@ -15,8 +15,7 @@ from typing import Literal
 from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 
 from gateway.http_fields import HeaderName, HeaderSet, IdentityHeaderName, header_name_problem
-from gateway.identity import Loa
-from gateway.settings_base import Model
+from gateway.settings_base import LoaSetting, Model
 
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
@@ -141,18 +140,13 @@ class RouteSettings(Model):
     employer_scope: list[EmployerScope] = Field(
         default_factory=list, description="Where employer identifiers appear (403 if foreign)."
     )
-    min_loa: Loa | None = Field(
+    min_loa: LoaSetting | None = Field(
         None, description="Minimum level for this route (e.g. loa4); lower logins step up."
     )
     required_scope: str | None = Field(
         None,
         description="A mandate scope the employer in the request (or the active one) must carry.",
     )
-
-    @field_validator("min_loa", mode="before")
-    @classmethod
-    def _parse_loa(cls, v: object) -> object:
-        return Loa.parse(v) if isinstance(v, str) else v
 
     @field_validator("strip_prefix")
     @classmethod

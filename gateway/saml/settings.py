@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.identity import Loa
+from gateway.settings_base import LoaSetting
 
 # The algorithm URIs we know how to check. SHA-1 and RSA-1.5 are absent on
 # purpose: they are broken (collisions; Bleichenbacher padding oracles).
@@ -156,7 +157,7 @@ class ServiceSettings(BaseModel):
     service_restrictions_allowed: tuple[str, ...] = (RESTRICTION_BRANCH,)
     """``ServiceRestrictionsAllowed``: restrictions a user's authorisation may carry for
     this service; default: a branch (Vestigingsnummer), which the mandate check handles."""
-    loa: Loa = Loa.EH3
+    loa: LoaSetting = Loa.EH3
     """Level of assurance registered for the service."""
     identifier_types: tuple[IdentifierType, ...] = ("KvKnr", "RSIN")
     """LegalSubjectID types the service accepts (EntityConcernedTypesAllowed)."""
@@ -166,11 +167,6 @@ class ServiceSettings(BaseModel):
     """ServiceURL for the catalogue (the portal's home page)."""
     privacy_policy_url: str | None = None
     """PrivacyPolicyURL for the catalogue."""
-
-    @field_validator("loa", mode="before")
-    @classmethod
-    def _parse_loa(cls, v: object) -> object:
-        return Loa.parse(v) if isinstance(v, str) else v
 
     @field_validator("service_id")
     @classmethod

@@ -385,17 +385,20 @@ def test_the_policy_table(case: Case) -> None:
         token_header=TOKEN_HEADER,
         lost_active_employer=case.lost_active_employer,
     )
-    if isinstance(case.verdict, Deny):
-        assert isinstance(verdict, Deny)
-        assert type(verdict.error) is type(case.verdict.error)
-        assert (verdict.audit, verdict.end_session) == (
-            case.verdict.audit,
-            case.verdict.end_session,
-        )
+    assert_same_verdict(verdict, case.verdict)
+    if isinstance(verdict, Deny):
         for name, value in case.error_context.items():
             assert getattr(verdict.error, name) == value
+
+
+def assert_same_verdict(verdict: Verdict, expected: Verdict) -> None:
+    """Equal verdicts; a ``Deny`` compared by error type, audit and end of session."""
+    if isinstance(expected, Deny):
+        assert isinstance(verdict, Deny)
+        assert type(verdict.error) is type(expected.error)
+        assert (verdict.audit, verdict.end_session) == (expected.audit, expected.end_session)
     else:
-        assert verdict == case.verdict
+        assert verdict == expected
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -418,11 +421,7 @@ def test_the_gate_remembers_exactly_the_policys_verdicts(case: Case) -> None:
             lost_active_employer=case.lost_active_employer,
         )
         assert type(verdict) is type(again)
-        if isinstance(again, Deny):
-            assert isinstance(verdict, Deny) and type(verdict.error) is type(again.error)
-            assert (verdict.audit, verdict.end_session) == (again.audit, again.end_session)
-        else:
-            assert verdict == again
+        assert_same_verdict(verdict, again)
 
 
 def test_a_changed_session_is_decided_anew(monkeypatch: pytest.MonkeyPatch) -> None:
